@@ -1,0 +1,1 @@
+"""shelfsight export: Keras embedder -> verified int8 TFLite with its spec sidecar."""

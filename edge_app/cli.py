@@ -1,0 +1,70 @@
+"""`shelfsight`: the one console command. Subcommands live beside the code they drive.
+
+Commands only parse arguments, call the library and turn domain errors into
+clean messages. Modules that need TensorFlow import it inside the command
+function, so `shelfsight --help` and every edge command work without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from typing import Any, Callable, TypeVar
+
+import click
+
+from edge_app.errors import ShelfsightError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Each module exposes `COMMANDS`, a list of click commands or groups.
+COMMAND_MODULES = (
+    "train.cli",
+    "convert.cli",
+    "edge_app.eval_cli",
+)
+
+
+def domain_errors(func: F) -> F:
+    """Turn a ShelfsightError into a one-line message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ShelfsightError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="shelfsight")
+def cli(verbose: int) -> None:
+    """shelfsight: visual product search for store kiosks, fully offline.
+
+    \b
+    Example:
+      shelfsight demo            # the whole pipeline on built-in sample data
+    """
+    setup_logging(verbose)
+
+
+def build_cli() -> click.Group:
+    """The root group with every subcommand attached (idempotent; used by tests too)."""
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    return cli
+
+
+def main() -> None:
+    build_cli()(prog_name="shelfsight")

@@ -1,0 +1,1 @@
+"""shelfsight workstation side: pretrained backbone import, metric-learning training."""
