@@ -1,0 +1,12 @@
+"""Files that ship inside the package: the default int8 embedder and its model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent
+
+
+def default_model_path() -> Path:
+    """The bundled default embedder (`default_model.tflite`, with its `.json` sidecar)."""
+    return ASSETS_DIR / "default_model.tflite"
