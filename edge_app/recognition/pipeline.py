@@ -1,0 +1,292 @@
+"""The recognition pipeline shared by the kiosk, the HTTP API and `shelfsight eval`.
+
+frame -> region of interest -> (empty view?) -> embedding -> catalog shortlist
+-> geometric verification of the shortlist (ORB + ratio test + RANSAC) ->
+decision: a product with a confidence, "unknown" (not in the catalog) or "empty".
+
+Scores. Each shortlisted product gets `score = similarity + g`, where the
+cosine similarity comes from the global embedding and `g = n / (n + min_inliers)`
+is a geometric bonus in [0.5, 1) when the best reference has n >= min_inliers
+RANSAC inliers (0 otherwise). A verified product therefore always outranks an
+unverified one, and one threshold on the top score (calibrated by
+`shelfsight eval --calibrate`, stored in the catalog as "unknown_threshold")
+separates catalog products from unknown ones. The displayed confidence combines
+both kinds of evidence: 1 - (1 - max(similarity, 0)) * (1 - g).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_app.config import RecognitionConfig, RoiConfig
+from edge_app.errors import CatalogError, ImageError
+from edge_app.images import fit_square
+from edge_app.recognition.verify import MIN_MATCHES, Features, ReferenceFeatureCache, count_inliers, extract
+from edge_app.runtime.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_META_KEY = "unknown_threshold"
+STAGES = ("preprocess", "invoke", "search", "verification", "decision")
+
+
+class SearchHitLike(Protocol):
+    product_id: str
+    score: float
+    reference_id: Any
+
+
+class CatalogLike(Protocol):
+    """The part of `catalog.store.Catalog` the pipeline uses."""
+
+    version: int
+    model_fingerprint: str | None
+    embedding_dim: int | None
+
+    def search(self, embedding: np.ndarray, k: int = 5) -> list[Any]: ...
+    def keypoints(self, reference_id: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def product(self, product_id: str) -> dict[str, Any]: ...
+    def get_meta(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    product_id: str
+    similarity: float
+    inliers: int
+    score: float
+    confidence: float
+    verified: bool
+    reference_id: str = ""
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id, "name": self.name, "score": round(self.score, 4),
+            "similarity": round(self.similarity, 4), "inliers": self.inliers, "verified": self.verified,
+            "confidence": round(self.confidence, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Recognition:
+    decision: str  # "product" | "unknown" | "empty"
+    product: dict[str, Any] | None  # catalog data of the recognised product (thumbnail bytes removed)
+    confidence: float
+    alternatives: tuple[Candidate, ...]  # runners-up (or, for "unknown", the closest products)
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    candidates: tuple[Candidate, ...] = ()  # the full ranking, best first
+    threshold: float = 0.0
+
+    @property
+    def product_id(self) -> str | None:
+        return None if self.product is None else str(self.product["product_id"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "product": self.product,
+            "confidence": round(self.confidence, 4),
+            "alternatives": [c.to_dict() for c in self.alternatives],
+            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+            "threshold": round(self.threshold, 4),
+        }
+
+
+def geometric_bonus(inliers: int, min_inliers: int) -> float:
+    return inliers / (inliers + min_inliers) if inliers >= min_inliers else 0.0
+
+
+def combined_confidence(similarity: float, bonus: float) -> float:
+    return 1.0 - (1.0 - min(max(similarity, 0.0), 1.0)) * (1.0 - bonus)
+
+
+def crop_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError(f"expected an RGB uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    x0, y0 = int(round(roi.x * w)), int(round(roi.y * h))
+    x1, y1 = max(x0 + 1, int(round((roi.x + roi.width) * w))), max(y0 + 1, int(round((roi.y + roi.height) * h)))
+    return rgb[y0:y1, x0:x1]
+
+
+def texture(rgb: np.ndarray) -> float:
+    """Grey-level standard deviation on a coarse grid: near zero for an empty, evenly lit view."""
+    step = max(1, min(rgb.shape[:2]) // 64)
+    return float(rgb[::step, ::step].mean(axis=2).std())
+
+
+def public_product(data: dict[str, Any]) -> dict[str, Any]:
+    """Product data safe for JSON: binary thumbnail dropped, `has_thumbnail` instead."""
+    out = {k: v for k, v in data.items() if not isinstance(v, (bytes, bytearray, memoryview))}
+    out["has_thumbnail"] = bool(data.get("thumbnail"))
+    return out
+
+
+class Recognizer:
+    """Recognise products in frames. The embedder (one interpreter) and catalog are shared, not copied."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        catalog: CatalogLike,
+        config: RecognitionConfig | None = None,
+        roi: RoiConfig | None = None,
+    ) -> None:
+        self.embedder, self.catalog = embedder, catalog
+        self.config = config or RecognitionConfig()
+        self.roi = roi or RoiConfig.full_frame()
+        check_compatible(embedder, catalog)
+        self._features = ReferenceFeatureCache(catalog.keypoints)
+        self._products: dict[str, dict[str, Any]] = {}
+        self._threshold: float | None = None
+        self._seen_version: int | None = None
+
+    # ------------------------------------------------------------------ catalog-derived state
+
+    def _refresh(self) -> None:
+        """Drop cached catalog data when the catalog changed (a sync update was applied)."""
+        version = self.catalog.version
+        if version != self._seen_version:
+            self._features.clear()
+            self._products.clear()
+            self._threshold = None
+            self._seen_version = version
+
+    @property
+    def unknown_threshold(self) -> float:
+        if self.config.unknown_threshold is not None:
+            return self.config.unknown_threshold
+        if self._threshold is None:
+            raw = self.catalog.get_meta(THRESHOLD_META_KEY)
+            try:
+                self._threshold = float(raw) if raw is not None else self.config.default_unknown_threshold
+            except (TypeError, ValueError):
+                log.warning("catalog has an unreadable %s (%r); using the default", THRESHOLD_META_KEY, raw)
+                self._threshold = self.config.default_unknown_threshold
+        return self._threshold
+
+    def _product(self, product_id: str) -> dict[str, Any]:
+        data = self._products.get(product_id)
+        if data is None:
+            data = public_product({**self.catalog.product(product_id), "product_id": product_id})
+            self._products[product_id] = data
+        return data
+
+    # ------------------------------------------------------------------ stages
+
+    def _shortlist(self, roi: np.ndarray, k: int, timings: dict[str, float]) -> list[Any]:
+        t = time.perf_counter()
+        square = fit_square(roi, self.embedder.input_size)
+        timings["preprocess"] += (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        embedding = self.embedder.embed_batch(square[None])[0]
+        timings["invoke"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        hits = list(self.catalog.search(embedding, k=k))
+        timings["search"] = (time.perf_counter() - t) * 1000
+        return hits
+
+    def _needs_verification(self, hits: list[Any]) -> bool:
+        if not self.config.verify or not hits:
+            return False
+        top = float(hits[0].score)
+        second = float(hits[1].score) if len(hits) > 1 else -1.0
+        return not (top >= self.config.accept_similarity and top - second >= self.config.accept_margin)
+
+    def _verify(self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]) -> tuple[dict[str, int], int]:
+        t = time.perf_counter()
+        query: Features = extract(roi, self.config.orb_features)
+        inliers: dict[str, int] = {}
+        for hit in hits[: self.config.shortlist]:
+            try:
+                reference = self._features.get(hit.reference_id)
+            except CatalogError as exc:
+                log.warning("skipping verification of %s: %s", hit.product_id, exc)
+                continue
+            inliers[hit.product_id] = count_inliers(query, reference, self.config.ratio, self.config.ransac_px)
+        timings["verification"] = (time.perf_counter() - t) * 1000
+        return inliers, len(query)
+
+    def _rank(self, hits: list[Any], inliers: dict[str, int]) -> list[Candidate]:
+        candidates = []
+        for hit in hits:
+            n = inliers.get(hit.product_id, 0)
+            bonus = geometric_bonus(n, self.config.min_inliers)
+            similarity = float(hit.score)
+            candidates.append(
+                Candidate(
+                    product_id=str(hit.product_id), similarity=similarity, inliers=n, score=similarity + bonus,
+                    confidence=combined_confidence(similarity, bonus), verified=bonus > 0,
+                    reference_id=str(hit.reference_id),
+                )
+            )
+        candidates.sort(key=lambda c: c.score, reverse=True)
+        return candidates
+
+    def _evaluate(self, rgb: np.ndarray, k: int) -> tuple[str, list[Candidate], dict[str, float]]:
+        """(provisional decision "candidates" or "empty", ranked candidates, timings)."""
+        self._refresh()
+        timings = dict.fromkeys(STAGES, 0.0)
+        t = time.perf_counter()
+        roi = crop_roi(rgb, self.roi)
+        is_flat = texture(roi) < self.config.empty_std
+        timings["preprocess"] = (time.perf_counter() - t) * 1000
+        if is_flat:
+            return "empty", [], timings
+        hits = self._shortlist(roi, max(k, self.config.shortlist, self.config.top_k), timings)
+        inliers: dict[str, int] = {}
+        n_query = MIN_MATCHES
+        if self._needs_verification(hits):
+            inliers, n_query = self._verify(roi, hits, timings)
+        t = time.perf_counter()
+        ranked = self._rank(hits, inliers)
+        timings["decision"] = (time.perf_counter() - t) * 1000
+        top_score = ranked[0].score if ranked else 0.0
+        # Hardly any corners and nothing similar: a bare wall or table, not an unknown product.
+        if n_query < MIN_MATCHES and top_score < self.unknown_threshold:
+            return "empty", ranked, timings
+        return "candidates", ranked, timings
+
+    # ------------------------------------------------------------------ public API
+
+    def rank(self, rgb: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+        """The k best products for an image with their pipeline scores (used by `shelfsight eval`)."""
+        _, ranked, _ = self._evaluate(rgb, k)
+        return [(c.product_id, c.score) for c in ranked[:k]]
+
+    def recognize(self, rgb: np.ndarray) -> Recognition:
+        state, ranked, timings = self._evaluate(rgb, self.config.top_k)
+        t = time.perf_counter()
+        threshold = self.unknown_threshold
+        named = tuple(
+            Candidate(**{**c.__dict__, "name": str(self._product(c.product_id).get("name", ""))})
+            for c in ranked[: self.config.top_k]
+        )
+        if state == "empty":
+            result = Recognition("empty", None, 0.0, (), timings, named, threshold)
+        elif not named or named[0].score < threshold:
+            result = Recognition("unknown", None, 0.0, named, timings, named, threshold)
+        else:
+            best = named[0]
+            result = Recognition("product", self._product(best.product_id), best.confidence, named[1:], timings, named, threshold)
+        timings["decision"] += (time.perf_counter() - t) * 1000
+        return result
+
+
+def check_compatible(embedder: Embedder, catalog: CatalogLike) -> None:
+    """Refuse a catalog whose embeddings came from another model: its scores would be meaningless."""
+    fingerprint = catalog.model_fingerprint
+    if fingerprint and fingerprint != embedder.fingerprint:
+        raise CatalogError(
+            f"the catalog was built with model {fingerprint[:12]}…, but the kiosk runs model "
+            f"{embedder.fingerprint[:12]}…; rebuild the catalog with this model"
+        )
+    dim = catalog.embedding_dim
+    if dim is not None and int(dim) != embedder.dim:
+        raise CatalogError(f"the catalog holds {dim}-d embeddings, the model makes {embedder.dim}-d ones")

@@ -1,0 +1,53 @@
+"""Fixtures for the kiosk tests: the rendered sample set, its clip, and a stand-in embedder.
+
+`ProjectionEmbedder` (downsample + fixed random projection + L2) is used only
+until the lead's session fixture `tiny_model` (a real int8 TFLite embedder)
+exists; `embedder` picks the real model when it is available.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_app.runtime.embedder import Embedder, l2_normalise
+from edge_app.runtime.spec import ModelSpec
+from edge_app.samples import Clip, SampleSet, generate_clip, generate_sample_set
+
+
+class ProjectionEmbedder(Embedder):
+    def __init__(self, input_size: int = 32, dim: int = 48, seed: int = 0) -> None:
+        self.spec = ModelSpec(fingerprint=f"projection-{input_size}-{dim}-{seed}", input_size=input_size, embedding_dim=dim)
+        self._matrix = np.random.default_rng(seed).normal(size=(16 * 16 * 3, dim)).astype(np.float32)
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._check_batch(batch).astype(np.float32)
+        n, s = batch.shape[:2]
+        f = s // 16
+        small = batch[:, : f * 16, : f * 16].reshape(n, 16, f, 16, f, 3).mean(axis=(2, 4)).reshape(n, -1)
+        small -= small.mean(axis=1, keepdims=True)
+        return l2_normalise(small @ self._matrix)
+
+
+@pytest.fixture(scope="session")
+def sample_set(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    return generate_sample_set(tmp_path_factory.mktemp("samples"), n_products=8, refs_per_product=2, queries_per_product=3)
+
+
+@pytest.fixture(scope="session")
+def sample_clip(sample_set: SampleSet) -> Clip:
+    return generate_clip(sample_set.root / "clip.avi", sample_set, seconds=6.0, fps=5.0, size=(320, 240))
+
+
+@pytest.fixture(scope="session")
+def embedder(request: pytest.FixtureRequest) -> Embedder:
+    """The lead's real tiny TFLite model when the fixture exists, else the projection stand-in."""
+    try:
+        model_path: Path = request.getfixturevalue("tiny_model")
+    except pytest.FixtureLookupError:
+        return ProjectionEmbedder()
+    from edge_app.runtime import open_embedder
+
+    return open_embedder(model_path, threads=1)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_app.config import FolderConfig, KioskConfig, OpenCVCameraConfig, load_config, parse_config
+from edge_app.errors import ConfigError
+
+MINIMAL = """
+[catalog]
+path = "catalog.db"
+
+[camera]
+type = "folder"
+path = "frames"
+"""
+
+
+def test_minimal_toml_resolves_paths_relative_to_the_file(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "kiosk.toml"
+    cfg_file.write_text(MINIMAL)
+    config = load_config(cfg_file)
+    assert config.catalog.path == tmp_path / "catalog.db"
+    assert isinstance(config.camera, FolderConfig) and config.camera.path == tmp_path / "frames"
+    assert config.model.path is None and config.web.port == 8080
+    assert (config.roi.x, config.roi.width) == (0.15, 0.7)  # the central area by default
+
+
+def test_json_config_with_webcam(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "kiosk.json"
+    cfg_file.write_text('{"catalog": {"path": "/c.db"}, "camera": {"type": "opencv", "device": "rtsp://cam/1"}}')
+    config = load_config(cfg_file)
+    assert isinstance(config.camera, OpenCVCameraConfig) and config.camera.device == "rtsp://cam/1"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("[recognition]\ntreshold = 0.5\n", "recognition.treshold: unknown key"),
+        ("colour = 'red'\n", "colour: unknown key"),
+        ("[roi]\nx = 0.5\nwidth = 0.8\n", "inside the frame"),
+        ("[recognition]\nvote_window = 2\nvote_min = 3\n", "vote_min"),
+    ],
+)
+def test_bad_configs_are_rejected_with_the_key_named(tmp_path: Path, extra: str, expected: str) -> None:
+    cfg_file = tmp_path / "kiosk.toml"
+    cfg_file.write_text(extra + MINIMAL if not extra.startswith("[") else MINIMAL + extra)
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
+        load_config(cfg_file)
+
+
+def test_unknown_camera_type_and_key_in_camera(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="camera"):
+        parse_config({"catalog": {"path": "c.db"}, "camera": {"type": "kinect"}})
+    with pytest.raises(ConfigError, match="camera.folder.fps: unknown key"):
+        parse_config({"catalog": {"path": "c.db"}, "camera": {"type": "folder", "path": "x", "fps": 3}})
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[catalog\npath=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_config_is_immutable() -> None:
+    config = parse_config({"catalog": {"path": "c.db"}, "camera": {"type": "opencv"}})
+    assert isinstance(config, KioskConfig)
+    with pytest.raises(Exception):
+        config.web.port = 1  # type: ignore[misc]
