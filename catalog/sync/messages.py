@@ -1,0 +1,127 @@
+"""What kiosks send upstream: status and enrollments (JSON, size-limited, strictly validated).
+
+Kiosks hold no signing key; the broker's ACL is what guarantees a kiosk can
+only write its own `status/<id>` and `enroll/<id>` topics, and HQ checks the
+kiosk id in the payload against the topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from catalog.sync.codec import validation_problems
+from catalog.sync.topics import check_name
+from edge_app.errors import ConfigError, SyncError
+
+MAX_STATUS_BYTES = 8 * 1024
+MAX_ENROLL_BYTES = 2 * 1024 * 1024
+MAX_ENROLL_FRAMES = 16
+
+
+class KioskStatus(BaseModel):
+    """Retained on `status/<kiosk-id>`; the broker's last will sets `state` to offline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kiosk_id: str = Field(max_length=64)
+    state: Literal["online", "offline"] = "online"
+    catalog_version: int | None = None
+    target_version: int | None = None
+    model_fingerprint: str | None = Field(default=None, max_length=128)
+    last_error: str | None = Field(default=None, max_length=1000)
+    fps: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    uptime_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    pending_deltas: int = 0
+    updated: float = 0.0
+
+
+def _kiosk_id(value: str) -> str:
+    try:
+        return check_name(value, "kiosk id")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class EnrolledFrame(BaseModel):
+    """One camera frame of a product a clerk taught the kiosk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedding: list[float] = Field(min_length=2, max_length=4096)
+    fingerprint: str = Field(min_length=1, max_length=128)
+    phash: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
+    image_jpeg: str | None = Field(default=None, max_length=400_000)  # base64
+
+    @field_validator("embedding")
+    @classmethod
+    def _finite(cls, value: list[float]) -> list[float]:
+        if not all(math.isfinite(x) for x in value):
+            raise ValueError("embedding contains NaN or infinity")
+        return value
+
+    @field_validator("image_jpeg")
+    @classmethod
+    def _jpeg(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            head = base64.b64decode(value[:8], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("image_jpeg is not base64") from exc
+        if not head.startswith(b"\xff\xd8"):
+            raise ValueError("image_jpeg is not a JPEG")
+        return value
+
+
+class Enrollment(BaseModel):
+    """Sent on `enroll/<kiosk-id>`: a product taught locally, for HQ to approve into the master catalog."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kiosk_id: str
+    product_id: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s](?:[^/]*[^/\s])?$")
+    name: str = Field(min_length=1, max_length=500)
+    category: str = Field(default="", max_length=200)
+    frames: list[EnrolledFrame] = Field(min_length=1, max_length=MAX_ENROLL_FRAMES)
+    created: float = 0.0
+
+    _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
+
+    @field_validator("frames")
+    @classmethod
+    def _same_model(cls, frames: list[EnrolledFrame]) -> list[EnrolledFrame]:
+        if len({(f.fingerprint, len(f.embedding)) for f in frames}) != 1:
+            raise ValueError("all frames must come from the same model and have the same dimension")
+        return frames
+
+
+def parse_upstream(model: type[BaseModel], payload: bytes, *, topic: str, max_bytes: int) -> BaseModel:
+    """Validate a kiosk's message; SyncError names the topic and what is wrong."""
+    if len(payload) > max_bytes:
+        raise SyncError(f"{topic}: {len(payload)} bytes, over the {max_bytes}-byte limit")
+    try:
+        parsed = model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise SyncError(f"{topic}: malformed {model.__name__} ({validation_problems(exc)})") from exc
+    sender = topic.rsplit("/", 1)[-1]
+    if getattr(parsed, "kiosk_id", sender) != sender:
+        raise SyncError(f"{topic}: payload claims kiosk {getattr(parsed, 'kiosk_id')!r}, topic says {sender!r}")
+    return parsed
+
+
+class ResyncRequest(BaseModel):
+    """Sent on `resync/<kiosk-id>`: 'send me a delta from this version' or 'resend these chunks'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kiosk_id: str
+    from_version: int | None = Field(default=None, ge=0)
+    blob_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{24}$")
+    chunks: list[int] = Field(default_factory=list, max_length=256)
+
+    _check_kiosk = field_validator("kiosk_id")(_kiosk_id)

@@ -1,0 +1,75 @@
+"""The topic tree, in one place (documented in docs/sync.md).
+
+Everything lives under `<prefix>/<fleet>/`. HQ alone writes `catalog/#`;
+each kiosk writes only `status/<id>`, `enroll/<id>` and `resync/<id>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edge_app.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Names become topic levels and file names: no wildcards, slashes or dots."""
+    if not _NAME.match(value):
+        raise ConfigError(f"{what} {value!r}: use 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    fleet: str
+
+    def __post_init__(self) -> None:
+        check_name(self.prefix, "topic prefix")
+        check_name(self.fleet, "fleet")
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}/{self.fleet}"
+
+    @property
+    def manifest(self) -> str:
+        """Retained: the latest version, its snapshot and its release."""
+        return f"{self.root}/catalog/manifest"
+
+    @property
+    def delta(self) -> str:
+        return f"{self.root}/catalog/delta"
+
+    def blob_chunks(self, blob_id: str) -> str:
+        return f"{self.root}/catalog/blob/{blob_id}/+"
+
+    def blob_chunk(self, blob_id: str, index: int) -> str:
+        return f"{self.root}/catalog/blob/{blob_id}/{index}"
+
+    def status(self, kiosk_id: str) -> str:
+        return f"{self.root}/status/{kiosk_id}"
+
+    def enroll(self, kiosk_id: str) -> str:
+        return f"{self.root}/enroll/{kiosk_id}"
+
+    def resync(self, kiosk_id: str) -> str:
+        return f"{self.root}/resync/{kiosk_id}"
+
+    def all_of(self, leaf: str) -> str:
+        """`status`, `enroll`, `resync` -> a filter for every kiosk's topic of that kind."""
+        return f"{self.root}/{leaf}/+"
+
+    def parse_blob_chunk(self, topic: str) -> tuple[str, int] | None:
+        head = f"{self.root}/catalog/blob/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2 or not parts[1].isdigit():
+            return None
+        return parts[0], int(parts[1])
+
+    def kiosk_of(self, topic: str) -> str:
+        return topic.rsplit("/", 1)[-1]
