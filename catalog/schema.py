@@ -1,0 +1,99 @@
+"""The catalog's SQLite schema and its migrations.
+
+The schema version lives in `PRAGMA user_version` (and is mirrored in the
+`meta` table for people reading the file with other tools). Each migration
+moves the file from version N-1 to N inside one transaction; a file written by
+a newer shelfsight than this one is refused instead of being misread.
+
+Tables:
+  meta              key -> JSON value (catalog version, model fingerprint, embedding dim, ...)
+  products          one row per product (id = SKU)
+  reference_images  one row per reference image: int8 embedding + scale, model fingerprint,
+                    pHash, ORB keypoints, a small JPEG of the prepared image, source path
+  changes           the compacted change log that feeds sync (see `catalog.store`)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import sqlite_utils
+
+from edge_app.errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db["products"].create(
+        {
+            "id": str,
+            "name": str,
+            "description": str,
+            "category": str,
+            "price": float,
+            "attributes": str,  # JSON object
+            "thumbnail": bytes,
+            "version": int,  # catalog version of the last change to this row
+        },
+        pk="id",
+        not_null={"name", "description", "category", "attributes", "version"},
+        defaults={"description": "", "category": "", "attributes": "{}"},
+    )
+    db["reference_images"].create(
+        {
+            "id": str,  # "<product_id>/<sha1[:12]>", stable across catalogs so deltas can address it
+            "product_id": str,
+            "source": str,
+            "phash": str,
+            "embedding": bytes,  # int8 vector
+            "scale": float,  # float embedding ~= int8 * scale
+            "dim": int,
+            "fingerprint": str,  # sha256 of the model that made the embedding
+            "image_jpeg": bytes,  # the prepared square image, so reembed works without the originals
+            "keypoints": bytes,  # catalog.keypoints serialisation
+            "local": int,  # 1 = added at this store, not part of HQ's versioned catalog
+            "version": int,
+        },
+        pk="id",
+        not_null={"product_id", "source", "phash", "embedding", "scale", "dim", "fingerprint", "local", "version"},
+        defaults={"source": "", "phash": "", "local": 0},
+    )
+    db["reference_images"].create_index(["product_id"])
+    db["changes"].create(
+        {"version": int, "op": str, "product_id": str, "reference_id": str},
+        pk="version",
+        not_null={"op", "product_id"},
+    )
+    db["changes"].create_index(["product_id"])
+    db["changes"].create_index(["reference_id"])
+
+
+# MIGRATIONS[i] takes the schema from version i to i + 1. Append only.
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
+    """Bring `db` to SCHEMA_VERSION; return the version it had before."""
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise CatalogError(
+            f"{source}: schema version {current} is newer than this shelfsight supports ({SCHEMA_VERSION}); upgrade shelfsight"
+        )
+    if current == 0 and db.table_names():
+        raise CatalogError(f"{source}: not a shelfsight catalog (it has tables but no schema version)")
+    for version in range(current, SCHEMA_VERSION):
+        with db.atomic():
+            MIGRATIONS[version](db)
+            # PRAGMA user_version is transactional in SQLite, so a failed migration leaves no trace.
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db["meta"].upsert({"key": "schema_version", "value": str(version + 1)}, pk="key")
+        log.info("%s: migrated catalog schema to version %d", source, version + 1)
+    return current
