@@ -1,0 +1,3 @@
+"""`shelfsight eval` (filled in below)."""
+
+COMMANDS: list = []

@@ -1,0 +1,74 @@
+"""`shelfsight train`: fine-tune the embedding model (workstation; needs the `train` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edge_app.cli import domain_errors
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _products_arg(value: str | None) -> list[str]:
+    if not value:
+        return []
+    path = Path(value)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("train")
+@click.option("--data", "sources", multiple=True, type=click.Path(exists=True),
+              help="Image folder, Grocery Store list (.txt) or classes.csv (iconic images). Repeatable.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the model, config, log, checkpoints and manifest go. Re-run to resume.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON training config; command-line options override it.")
+@click.option("--epochs", type=int, help="Passes over the data (default 12).")
+@click.option("--batch-size", type=int, help="Images per step (default 32).")
+@click.option("--steps-per-epoch", type=int, help="Steps per epoch (default: one pass).")
+@click.option("--input-size", type=int, help="Model input side in pixels (default 224).")
+@click.option("--dim", "embedding_dim", type=int, help="Embedding dimension (default 256).")
+@click.option("--backbone", type=click.Choice(["efficientnet-lite0", "tiny"]), help="Backbone network.")
+@click.option("--train-from-block", type=int, help="Freeze backbone blocks below this one (default 4).")
+@click.option("--learning-rate", type=float, help="Peak learning rate (default 4e-4).")
+@click.option("--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@domain_errors
+def train_command(sources, run_dir, config_file, quiet, exclude_products, **overrides) -> None:
+    """Fine-tune the product embedding model with metric learning.
+
+    \b
+    Example:
+      shelfsight train --run-dir runs/grocery \\
+        --data ../shared/datasets/grocery-store/train.txt \\
+        --data ../shared/datasets/grocery-store/classes.csv \\
+        --data ../shared/datasets/grozi-120
+    """
+    quiet_tensorflow()
+    from train.config import TrainConfig
+    from train.trainer import train
+
+    cfg = TrainConfig.load(config_file) if config_file else TrainConfig()
+    if sources:
+        cfg.sources = [str(Path(s)) for s in sources]
+    if exclude_products:
+        cfg.exclude_products = _products_arg(exclude_products)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    result = train(cfg.validate(), run_dir, verbose=0 if quiet else 1)
+    final = result.manifest["metrics"]["final"]
+    click.echo(f"model: {result.model_path}")
+    click.echo("final: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
+
+
+COMMANDS = [train_command]
