@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Up to this many references, exact float scoring is as fast as the two-stage search.
 EXACT_LIMIT = 16_384
+# Below this many dimensions the sign bits say too little to shortlist on; score exactly.
+MIN_BITS_DIM = 64
 DEFAULT_SHORTLIST = 256
 _SAMPLE_STRIDE = 32
 _MASK_CACHE_SIZE = 32
@@ -97,8 +99,9 @@ class SearchIndex:
         for array in (self.reference_products, self.codes, self.scales):
             array.setflags(write=False)
         # Exact search scores dequantised vectors; the two-stage path re-ranks with the same numbers.
-        self._dense = (self.codes.astype(np.float32) * self.scales[:, None]) if n <= EXACT_LIMIT else None
-        self._bits = sign_codes(self.codes) if n > EXACT_LIMIT else None
+        exact = n <= EXACT_LIMIT or self.dim < MIN_BITS_DIM
+        self._dense = (self.codes.astype(np.float32) * self.scales[:, None]) if exact else None
+        self._bits = None if exact else sign_codes(self.codes)
         self._masks: dict[tuple[Any, ...], np.ndarray] = {}
         self._masks_lock = threading.Lock()
 
