@@ -220,6 +220,8 @@ class KioskSync:
             # Acknowledge only now: after the commit, or after deciding the message is useless.
             if self._bus is not None:
                 self._bus.ack(message)
+            with self._changed:
+                self._changed.notify_all()
 
     def _open(self, payload: bytes, what: str) -> Envelope:
         envelope = self._verifier.open(payload, max_bytes=self.config.max_message_bytes, what=what)

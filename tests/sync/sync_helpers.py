@@ -1,0 +1,97 @@
+"""Test data and roles for sync tests (imported by conftest and test modules)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalog.store import Catalog
+from catalog.sync.bus import Message, open_bus
+from catalog.sync.config import BrokerConfig, SyncConfig
+from catalog.sync.envelope import Signer
+from catalog.sync.localbroker import Broker
+from catalog.sync.publisher import HqPublisher
+from catalog.sync.releases import seed_release
+from catalog.sync.topics import Topics
+from edge_app.runtime.spec import ModelSpec, write_spec
+
+DIM = 16
+FLEET = "test"
+WAIT = 30.0  # generous upper bound for convergence on a loaded 2-core machine; not a speed assertion
+
+
+def make_model(folder: Path, seed: int = 0) -> Path:
+    """A model file with a valid sidecar. Sync only moves and hashes it, so its bytes need not be TFLite."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.tflite"
+    path.write_bytes(b"TFL3" + np.random.default_rng(seed).bytes(3000))
+    write_spec(path, ModelSpec(fingerprint=hashlib.sha256(path.read_bytes()).hexdigest(), input_size=64, embedding_dim=DIM))
+    return path
+
+
+def fingerprint_of(model: Path) -> str:
+    return hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def add_products(catalog: Catalog, fingerprint: str, ids: range | list[int], *, seed: int = 0, prefix: str = "p") -> None:
+    """Add (or update) one product with one reference embedding per id, in one transaction."""
+    rng = np.random.default_rng(seed)
+    with catalog.batch():
+        for i in ids:
+            pid = f"{prefix}{i:06d}"
+            if catalog._product_row(pid) is None:  # noqa: SLF001 - test data builder
+                catalog.add_product(pid, f"Product {i}", category="food" if i % 2 else "drink")
+            else:
+                catalog.update_product(pid, name=f"Product {i} v{seed}")
+            catalog.add_reference_vector(
+                pid, rng.normal(size=DIM).astype(np.float32), fingerprint=fingerprint, phash="", source="test",
+                image_jpeg=None, keypoints=None,
+            )
+
+
+class Hq:
+    """HQ for a test: a master catalog, a model, a connected publisher."""
+
+    def __init__(self, root: Path, broker: Broker, signer: Signer, *, chunk_bytes: int = 16 * 1024, fleet: str = FLEET):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.model = make_model(root / "model")
+        self.fingerprint = fingerprint_of(self.model)
+        self.master = root / "master.db"
+        self.catalog = Catalog(self.master)
+        self.topics = Topics("shelfsight", fleet)
+        self.config = BrokerConfig(host="127.0.0.1", port=broker.port)
+        self.received: list[Message] = []
+        self.bus = open_bus(self.config, client_id=f"hq-{fleet}", on_message=self.received.append, persistent=False)
+        self.bus.connect()
+        self.publisher = HqPublisher(self.master, signer, self.bus, self.topics, model=self.model, chunk_bytes=chunk_bytes)
+
+    def add(self, ids: range | list[int], seed: int = 0) -> int:
+        add_products(self.catalog, self.fingerprint, ids, seed=seed)
+        return self.catalog.version
+
+    def close(self) -> None:
+        self.bus.close()
+        self.catalog.close()
+
+
+def kiosk_config(broker: Broker, public_key: Path, kiosk_id: str, **overrides: Any) -> SyncConfig:
+    values: dict[str, Any] = dict(
+        host="127.0.0.1", port=broker.port, fleet=FLEET, kiosk_id=kiosk_id, public_key=public_key, hold_s=1.0
+    )
+    values.update(overrides)
+    return SyncConfig(**values)
+
+
+def seed_kiosk(data_dir: Path, hq: Hq) -> None:
+    """Install HQ's model and a copy of the master at its current version, as a kiosk setup would."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    snapshot = data_dir.parent / f"{data_dir.name}-seed.db"
+    with Catalog(snapshot) as copy:
+        copy.replace_with_snapshot(hq.catalog.export_snapshot())
+    seed_release(data_dir, hq.model, snapshot)
+
+
