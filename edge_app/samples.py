@@ -285,10 +285,14 @@ def render_package(design: ProductDesign, height: int = PACKAGE_HEIGHT) -> tuple
     draw.text((w // 2, fl_y + int(h * 0.04)), design.flavour, fill=(255, 255, 255), font=_font(max(10, int(h * 0.06))), anchor="mm",
               stroke_width=2, stroke_fill=(0, 0, 0))
     # Small print and barcode: fine, high-contrast detail for local features
-    draw.text((8, int(h * 0.68)), f"NET {int(100 + design.seed % 900)} g", fill=(255, 255, 255), font=_font(12),
-              stroke_width=1, stroke_fill=(0, 0, 0))
+    # Where the small print and barcode go varies by product, as on real packaging.
+    left = design.seed % 2 == 0
     bw = int(w * 0.42)
-    _draw_barcode(draw, w - bw - 10, int(h * 0.82), bw, int(h * 0.07), design)
+    net_y = int(h * (0.68 if design.seed % 3 else 0.9))
+    bar_y = int(h * (0.82 if design.seed % 3 else 0.7))
+    draw.text((8 if not left else w - 8, net_y), f"NET {int(100 + design.seed % 900)} g", fill=(255, 255, 255),
+              font=_font(12), stroke_width=1, stroke_fill=(0, 0, 0), anchor="la" if not left else "ra")
+    _draw_barcode(draw, 10 if left else w - bw - 10, bar_y, bw, int(h * 0.07), design)
     rgb = np.asarray(img, dtype=np.uint8).copy()
     if design.kind == "can":
         # Cylinder shading: darker at the sides, a highlight left of centre.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from edge_app.config import RecognitionConfig, RoiConfig
 from edge_app.errors import CatalogError, ImageError
 from edge_app.images import fit_square
-from edge_app.recognition.verify import MIN_MATCHES, Features, ReferenceFeatureCache, count_inliers, extract
+from edge_app.recognition.verify import MIN_MATCHES, Features, extract, match_references
 from edge_app.runtime.embedder import Embedder
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,10 @@ def texture(rgb: np.ndarray) -> float:
 
 
 def public_product(data: dict[str, Any]) -> dict[str, Any]:
-    """Product data safe for JSON: binary thumbnail dropped, `has_thumbnail` instead."""
-    out = {k: v for k, v in data.items() if not isinstance(v, (bytes, bytearray, memoryview))}
-    out["has_thumbnail"] = bool(data.get("thumbnail"))
-    return out
+    """Product data for display: no binary fields, no internal reference list."""
+    return {
+        k: v for k, v in data.items() if k != "references" and not isinstance(v, (bytes, bytearray, memoryview))
+    }
 
 
 class Recognizer:
@@ -142,7 +142,6 @@ class Recognizer:
         self.config = config or RecognitionConfig()
         self.roi = roi or RoiConfig.full_frame()
         check_compatible(embedder, catalog)
-        self._features = ReferenceFeatureCache(catalog.keypoints)
         self._products: dict[str, dict[str, Any]] = {}
         self._threshold: float | None = None
         self._seen_version: int | None = None
@@ -153,7 +152,6 @@ class Recognizer:
         """Drop cached catalog data when the catalog changed (a sync update was applied)."""
         version = self.catalog.version
         if version != self._seen_version:
-            self._features.clear()
             self._products.clear()
             self._threshold = None
             self._seen_version = version
@@ -171,12 +169,16 @@ class Recognizer:
                 self._threshold = self.config.default_unknown_threshold
         return self._threshold
 
-    def _product(self, product_id: str) -> dict[str, Any]:
+    def _product_data(self, product_id: str) -> dict[str, Any]:
         data = self._products.get(product_id)
         if data is None:
-            data = public_product({**self.catalog.product(product_id), "product_id": product_id})
+            data = {**self.catalog.product(product_id), "product_id": product_id}
             self._products[product_id] = data
         return data
+
+    def product_info(self, product_id: str) -> dict[str, Any]:
+        """Catalog data of a product for a product card or an API answer (JSON-safe)."""
+        return public_product(self._product_data(product_id))
 
     # ------------------------------------------------------------------ stages
 
@@ -199,17 +201,38 @@ class Recognizer:
         second = float(hits[1].score) if len(hits) > 1 else -1.0
         return not (top >= self.config.accept_similarity and top - second >= self.config.accept_margin)
 
+    def _reference_features(self, product_id: str, reference_id: str) -> Features | None:
+        try:
+            points, descriptors = self.catalog.keypoints(reference_id)
+        except CatalogError as exc:
+            log.warning("cannot verify %s against %s: %s", product_id, reference_id, exc)
+            return None
+        return Features(points, descriptors)
+
     def _verify(self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]) -> tuple[dict[str, int], int]:
+        """Inliers per shortlisted product. Pass j matches the j-th view of every product still unverified;
+        the search's best-matching view goes first, so a clear match usually needs one pass."""
         t = time.perf_counter()
-        query: Features = extract(roi, self.config.orb_features)
-        inliers: dict[str, int] = {}
-        for hit in hits[: self.config.shortlist]:
-            try:
-                reference = self._features.get(hit.reference_id)
-            except CatalogError as exc:
-                log.warning("skipping verification of %s: %s", hit.product_id, exc)
-                continue
-            inliers[hit.product_id] = count_inliers(query, reference, self.config.ratio, self.config.ransac_px)
+        query = extract(roi, self.config.orb_features)
+        shortlist = hits[: self.config.shortlist]
+        views = {
+            h.product_id: [str(h.reference_id), *(r for r in self._product_data(h.product_id).get("references", []) if r != h.reference_id)]
+            for h in shortlist
+        }
+        inliers = {h.product_id: 0 for h in shortlist}
+        for j in range(self.config.max_references):
+            batch = [(pid, refs[j]) for pid, refs in views.items() if len(refs) > j]
+            if j > 0:
+                if any(n >= self.config.min_inliers for n in inliers.values()):
+                    break
+            loaded = [(pid, f) for pid, ref in batch if (f := self._reference_features(pid, ref)) is not None]
+            if not loaded:
+                break
+            counts = match_references(
+                query, [f for _, f in loaded], self.config.ratio, self.config.ransac_px, self.config.min_coverage
+            )
+            for (pid, _), n in zip(loaded, counts):
+                inliers[pid] = max(inliers[pid], n)
         timings["verification"] = (time.perf_counter() - t) * 1000
         return inliers, len(query)
 
@@ -229,21 +252,21 @@ class Recognizer:
         candidates.sort(key=lambda c: c.score, reverse=True)
         return candidates
 
-    def _evaluate(self, rgb: np.ndarray, k: int) -> tuple[str, list[Candidate], dict[str, float]]:
+    def _evaluate(self, rgb: np.ndarray, k: int, roi: RoiConfig | None) -> tuple[str, list[Candidate], dict[str, float]]:
         """(provisional decision "candidates" or "empty", ranked candidates, timings)."""
         self._refresh()
         timings = dict.fromkeys(STAGES, 0.0)
         t = time.perf_counter()
-        roi = crop_roi(rgb, self.roi)
-        is_flat = texture(roi) < self.config.empty_std
+        crop = crop_roi(rgb, roi or self.roi)
+        is_flat = texture(crop) < self.config.empty_std
         timings["preprocess"] = (time.perf_counter() - t) * 1000
         if is_flat:
             return "empty", [], timings
-        hits = self._shortlist(roi, max(k, self.config.shortlist, self.config.top_k), timings)
+        hits = self._shortlist(crop, max(k, self.config.shortlist, self.config.top_k), timings)
         inliers: dict[str, int] = {}
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
-            inliers, n_query = self._verify(roi, hits, timings)
+            inliers, n_query = self._verify(crop, hits, timings)
         t = time.perf_counter()
         ranked = self._rank(hits, inliers)
         timings["decision"] = (time.perf_counter() - t) * 1000
@@ -255,17 +278,18 @@ class Recognizer:
 
     # ------------------------------------------------------------------ public API
 
-    def rank(self, rgb: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+    def rank(self, rgb: np.ndarray, k: int = 5, *, roi: RoiConfig | None = None) -> list[tuple[str, float]]:
         """The k best products for an image with their pipeline scores (used by `shelfsight eval`)."""
-        _, ranked, _ = self._evaluate(rgb, k)
+        _, ranked, _ = self._evaluate(rgb, k, roi)
         return [(c.product_id, c.score) for c in ranked[:k]]
 
-    def recognize(self, rgb: np.ndarray) -> Recognition:
-        state, ranked, timings = self._evaluate(rgb, self.config.top_k)
+    def recognize(self, rgb: np.ndarray, *, roi: RoiConfig | None = None) -> Recognition:
+        """Recognise the product in the region of interest (`roi` overrides the configured one)."""
+        state, ranked, timings = self._evaluate(rgb, self.config.top_k, roi)
         t = time.perf_counter()
         threshold = self.unknown_threshold
         named = tuple(
-            Candidate(**{**c.__dict__, "name": str(self._product(c.product_id).get("name", ""))})
+            replace(c, name=str(self.product_info(c.product_id).get("name", "")))
             for c in ranked[: self.config.top_k]
         )
         if state == "empty":
@@ -274,7 +298,7 @@ class Recognizer:
             result = Recognition("unknown", None, 0.0, named, timings, named, threshold)
         else:
             best = named[0]
-            result = Recognition("product", self._product(best.product_id), best.confidence, named[1:], timings, named, threshold)
+            result = Recognition("product", self.product_info(best.product_id), best.confidence, named[1:], timings, named, threshold)
         timings["decision"] += (time.perf_counter() - t) * 1000
         return result
 

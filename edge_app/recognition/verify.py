@@ -10,14 +10,13 @@ It costs a few milliseconds per reference, so it runs on the shortlist only.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from catalog.keypoints import compute_keypoints
+from catalog.keypoints import WORK_SIZE, compute_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +44,55 @@ def _plausible(h: np.ndarray) -> bool:
     return 0.02 < det < 50.0 and abs(float(h[2, 0])) < 0.02 and abs(float(h[2, 1])) < 0.02
 
 
-def count_inliers(query: Features, reference: Features, ratio: float = 0.8, ransac_px: float = 6.0) -> int:
-    """RANSAC-homography inliers among ratio-test matches of reference -> query (0 if none plausible)."""
-    if len(query) < MIN_MATCHES or len(reference) < MIN_MATCHES:
-        return 0
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(reference.descriptors, query.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    if len(good) < MIN_MATCHES:
-        return 0
-    src = reference.points[[m.queryIdx for m in good]].reshape(-1, 1, 2)
-    dst = query.points[[m.trainIdx for m in good]].reshape(-1, 1, 2)
-    homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px, maxIters=500, confidence=0.99)
+def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float) -> int:
+    homography, mask = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px,
+                                          maxIters=500, confidence=0.99)
     if homography is None or mask is None or not _plausible(homography):
         return 0
-    return int(mask.sum())
+    inlier_points = src[mask.ravel().astype(bool)]
+    # Inliers bunched in one corner (a shared barcode, a common small print) do not identify a design.
+    if len(inlier_points) < 3 or cv2.contourArea(cv2.convexHull(inlier_points)) < min_coverage * WORK_SIZE**2:
+        return 0
+    return int(len(inlier_points))
 
 
-class ReferenceFeatureCache:
-    """Keeps recently verified references' keypoints in memory (bounded) instead of re-reading SQLite."""
+def match_references(
+    query: Features,
+    references: Sequence[Features],
+    ratio: float = 0.8,
+    ransac_px: float = 6.0,
+    min_coverage: float = 0.08,
+) -> list[int]:
+    """Inliers of each reference, matching the query against all of them at once.
 
-    def __init__(self, load: Callable[[str], tuple[np.ndarray, np.ndarray]], capacity: int = 2048) -> None:
-        self._load = load
-        self._capacity = capacity
-        self._items: OrderedDict[str, Features] = OrderedDict()
+    One nearest-neighbour search over the union of the references' descriptors
+    is cheaper than one per reference, and it makes Lowe's ratio test compare
+    products with each other: a feature that looks alike on several products
+    (a barcode, a white band) has a close second-best match and is discarded
+    instead of counting as evidence for any of them. Pass at most one
+    reference per product, or a product's views would cancel each other out.
+    The inliers must also cover `min_coverage` of the reference's work square
+    (convex hull area).
+    """
+    inliers = [0] * len(references)
+    usable = [i for i, r in enumerate(references) if len(r) >= MIN_MATCHES]
+    if len(query) < MIN_MATCHES or not usable:
+        return inliers
+    descriptors = np.concatenate([references[i].descriptors for i in usable])
+    points = np.concatenate([references[i].points for i in usable])
+    owner = np.concatenate([np.full(len(references[i]), i, np.int32) for i in usable])
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query.descriptors, descriptors, k=2)
+    good = np.array(
+        [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance],
+        np.int64,
+    ).reshape(-1, 2)
+    for i in usable:
+        mine = good[owner[good[:, 1]] == i]
+        if len(mine) >= MIN_MATCHES:
+            inliers[i] = _homography_inliers(points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage)
+    return inliers
 
-    def get(self, reference_id: str) -> Features:
-        key = str(reference_id)
-        hit = self._items.get(key)
-        if hit is not None:
-            self._items.move_to_end(key)
-            return hit
-        points, descriptors = self._load(reference_id)
-        features = Features(np.asarray(points, np.float32).reshape(-1, 2), np.asarray(descriptors, np.uint8))
-        self._items[key] = features
-        if len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-        return features
 
-    def clear(self) -> None:
-        self._items.clear()
+def count_inliers(query: Features, reference: Features, ratio: float = 0.8, ransac_px: float = 6.0) -> int:
+    """RANSAC-homography inliers of one reference (0 if no plausible homography)."""
+    return match_references(query, [reference], ratio, ransac_px)[0]

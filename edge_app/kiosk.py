@@ -1,0 +1,310 @@
+"""The kiosk application: capture thread, recognition worker, and the state the web page reads.
+
+Capture and recognition run in separate threads joined by a latest-frame slot:
+the camera never waits for the model, and the model always works on the newest
+frame (older ones are dropped, not queued, so the answer never lags behind the
+shopper). The web server only reads the latest frame and the latest result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+import cv2
+import numpy as np
+
+from edge_app.camera import Frame, FrameSource, ReconnectingSource, open_source
+from edge_app.config import KioskConfig, RoiConfig
+from edge_app.errors import CatalogError, ModelError
+from edge_app.images import fit_square
+from edge_app.recognition import Announcement, Recognition, Recognizer, TemporalVoter
+from edge_app.runtime import open_embedder
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """Holds only the newest item; readers wait for one newer than what they have seen."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._seq = 0
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            self._item, self._seq = item, self._seq + 1
+            self._cond.notify_all()
+
+    def get(self) -> tuple[T | None, int]:
+        with self._cond:
+            return self._item, self._seq
+
+    def wait_newer(self, seen: int, timeout: float) -> tuple[T | None, int]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > seen, timeout=timeout)
+            return self._item, self._seq
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class RateMeter:
+    """Events per second over the last few seconds."""
+
+    def __init__(self, horizon_s: float = 3.0) -> None:
+        self._times: deque[float] = deque()
+        self._horizon = horizon_s
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._times.append(now)
+            while self._times and now - self._times[0] > self._horizon:
+                self._times.popleft()
+
+    @property
+    def rate(self) -> float:
+        with self._lock:
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class KioskState:
+    announcement: Announcement
+    frame: Recognition | None  # the latest single-frame result
+    frame_index: int
+    updated: float  # time.monotonic()
+
+
+@dataclass
+class KioskStats:
+    started: float = field(default_factory=time.monotonic)
+    frames_captured: int = 0
+    frames_recognised: int = 0
+    errors: int = 0
+
+
+def draw_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
+    """A copy of the frame with the region of interest outlined, for the live view."""
+    h, w = rgb.shape[:2]
+    out = rgb.copy()
+    p0 = (int(roi.x * w), int(roi.y * h))
+    p1 = (int((roi.x + roi.width) * w) - 1, int((roi.y + roi.height) * h) - 1)
+    cv2.rectangle(out, p0, p1, (255, 255, 255), 2)
+    return out
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+class Kiosk:
+    """Ties a frame source, the recognizer and the temporal voter together. `source` may be None (API only)."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        source: FrameSource | None = None,
+        voter: TemporalVoter | None = None,
+        *,
+        jpeg_quality: int = 80,
+        on_update: Callable[[KioskState], None] | None = None,
+    ) -> None:
+        self.recognizer = recognizer
+        self.source = source
+        cfg = recognizer.config
+        self.voter = voter or TemporalVoter(cfg.vote_window, cfg.vote_min)
+        self.jpeg_quality = jpeg_quality
+        self.on_update = on_update
+        self.stats = KioskStats()
+        self.capture_rate, self.recognition_rate = RateMeter(), RateMeter()
+        self._frames: LatestSlot[Frame] = LatestSlot()
+        self._state = KioskState(self.voter.current, None, 0, time.monotonic())
+        self._state_lock = threading.Lock()
+        # One pipeline user at a time: the camera worker and HTTP /search share the interpreter and caches.
+        self._pipeline_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.source_ended = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Kiosk":
+        if self.source is None:
+            return self
+        self._stop.clear()
+        self.source.open()
+        self._threads = [
+            threading.Thread(target=self._capture_loop, name="kiosk-capture", daemon=True),
+            threading.Thread(target=self._recognition_loop, name="kiosk-recognition", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._frames.wake()
+        if self.source is not None:
+            self.source.close()  # also interrupts a reconnect wait
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def __enter__(self) -> "Kiosk":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ threads
+
+    def _capture_loop(self) -> None:
+        assert self.source is not None
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+            except Exception:  # a camera fault must not kill the kiosk; the source logs what happened
+                log.exception("frame source failed")
+                self.stats.errors += 1
+                if self._stop.wait(0.5):
+                    break
+                continue
+            if frame is None:
+                log.info("%s: end of stream", self.source.name)
+                self.source_ended.set()
+                break
+            self.stats.frames_captured += 1
+            self.capture_rate.tick()
+            self._frames.put(frame)
+        self._frames.wake()
+
+    def _recognition_loop(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            frame, seq = self._frames.wait_newer(seen, timeout=0.5)
+            if frame is None or seq == seen:
+                if self.source_ended.is_set():
+                    break
+                continue
+            seen = seq
+            self.process(frame)
+
+    def process(self, frame: Frame) -> KioskState:
+        """Recognise one frame, vote, publish the new state (used by the worker and by `shelfsight demo`)."""
+        try:
+            with self._pipeline_lock:
+                result = self.recognizer.recognize(frame.rgb)
+        except Exception:  # one bad frame (or a catalog being swapped) must not stop the kiosk
+            log.exception("recognition failed on frame %d", frame.index)
+            self.stats.errors += 1
+            return self.state()
+        result.timings["capture"] = frame.capture_ms
+        announcement = self.voter.push(result)
+        state = KioskState(announcement, result, frame.index, time.monotonic())
+        with self._state_lock:
+            self._state = state
+        self.stats.frames_recognised += 1
+        self.recognition_rate.tick()
+        if self.on_update is not None:
+            self.on_update(state)
+        return state
+
+    # ------------------------------------------------------------------ what the web server reads
+
+    def state(self) -> KioskState:
+        with self._state_lock:
+            return self._state
+
+    def latest_frame(self) -> Frame | None:
+        return self._frames.get()[0]
+
+    def frame_jpeg(self) -> bytes | None:
+        frame = self.latest_frame()
+        if frame is None:
+            return None
+        return encode_jpeg(draw_roi(frame.rgb, self.recognizer.roi), self.jpeg_quality)
+
+    def search(self, rgb: np.ndarray) -> Recognition:
+        """One uploaded photo through the same pipeline (whole image, no ROI, no voting)."""
+        with self._pipeline_lock:
+            return self.recognizer.recognize(rgb, roi=RoiConfig.full_frame())
+
+    def product_info(self, product_id: str) -> dict[str, Any]:
+        with self._pipeline_lock:
+            return self.recognizer.product_info(product_id)
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        return self.recognizer.catalog.thumbnail(product_id)  # type: ignore[no-any-return]
+
+    def health(self) -> dict[str, Any]:
+        source = self.source
+        connected = source.connected if isinstance(source, ReconnectingSource) else source is not None
+        embedder = self.recognizer.embedder
+        return {
+            "status": "ok",
+            "model_fingerprint": embedder.fingerprint,
+            "catalog_version": self.recognizer.catalog.version,
+            "uptime_s": round(time.monotonic() - self.stats.started, 1),
+            "fps": round(self.recognition_rate.rate, 2),
+            "capture_fps": round(self.capture_rate.rate, 2),
+            "camera": None if source is None else {"name": source.name, "connected": connected},
+            "frames_captured": self.stats.frames_captured,
+            "frames_recognised": self.stats.frames_recognised,
+            "errors": self.stats.errors,
+        }
+
+
+def product_thumbnail(rgb: np.ndarray, side: int = 160) -> bytes:
+    """A small JPEG for a product card (the catalog stores it with the product)."""
+    return encode_jpeg(fit_square(rgb, side), 85)
+
+
+def open_catalog(path: Path) -> Any:
+    """Open an existing catalog for reading; a missing file is an error, not a new empty catalog."""
+    from catalog.store import Catalog
+
+    if not Path(path).is_file():
+        raise CatalogError(f"{path}: no such catalog; build one with `shelfsight catalog build`")
+    return Catalog(path, create=False)
+
+
+def resolve_model(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    from edge_app.assets import default_model_path
+
+    model = default_model_path()
+    if not model.is_file():
+        raise ModelError(f"{model}: the bundled default model is missing; set [model] path in the config")
+    return model
+
+
+def build_kiosk(config: KioskConfig, *, with_camera: bool = True) -> Kiosk:
+    """Open the model, the catalog and the camera described by a validated config."""
+    embedder = open_embedder(resolve_model(config.model.path), threads=config.model.threads)
+    try:
+        catalog = open_catalog(config.catalog.path)
+        recognizer = Recognizer(embedder, catalog, config.recognition, config.roi)
+    except Exception:
+        embedder.close()
+        raise
+    source = open_source(config.camera) if with_camera else None
+    return Kiosk(recognizer, source, jpeg_quality=config.web.jpeg_quality)

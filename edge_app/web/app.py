@@ -1,0 +1,181 @@
+"""HTTP API and the kiosk page.
+
+    GET  /                  the kiosk page (static HTML + JS + CSS from this package)
+    GET  /api/state         the announced product, the latest frame's result, rates
+    GET  /api/frame.jpg     the latest camera frame with the region of interest drawn
+    GET  /api/thumbnail/ID  a product's thumbnail from the catalog
+    POST /search            an image (multipart field "image", or the raw body) -> top-k JSON
+    GET  /health            model fingerprint, catalog version, uptime, fps
+
+Bad uploads get a 4xx JSON body {"error": reason}: 400 for zero bytes or a
+file that is not a decodable image, 413 for one over the configured size.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from edge_app.errors import ImageError, ShelfsightError
+from edge_app.images import decode_rgb
+from edge_app.kiosk import Kiosk, KioskState
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_K = 50
+
+MESSAGES = {
+    "starting": "Show a product to the camera",
+    "empty": "Show a product to the camera",
+    "unknown": "Not recognised — try turning the product",
+    "product": "",
+}
+
+
+def _error(status: int, reason: str) -> tuple[Response, int]:
+    return jsonify({"error": reason}), status
+
+
+def _candidate_rows(kiosk: Kiosk, candidates: Any, k: int) -> list[dict[str, Any]]:
+    rows = []
+    for c in list(candidates)[:k]:
+        data = kiosk.product_info(c.product_id)
+        rows.append({**data, **c.to_dict()})
+    return rows
+
+
+def state_payload(kiosk: Kiosk, state: KioskState) -> dict[str, Any]:
+    ann = state.announcement
+    rec = ann.recognition
+    payload: dict[str, Any] = {
+        "decision": ann.decision,
+        "message": MESSAGES.get(ann.decision, ""),
+        "product": None,
+        "confidence": 0.0,
+        "alternatives": [],
+        "votes": ann.votes,
+        "window": ann.window,
+        "frame_index": state.frame_index,
+        "fps": round(kiosk.recognition_rate.rate, 2),
+        "frame": state.frame.to_dict() if state.frame is not None else None,
+    }
+    if rec is not None and ann.decision == "product":
+        payload["product"] = rec.product
+        payload["confidence"] = round(rec.confidence, 4)
+        payload["alternatives"] = [c.to_dict() for c in rec.alternatives]
+    elif rec is not None and ann.decision == "unknown":
+        payload["alternatives"] = [c.to_dict() for c in rec.alternatives[:3]]
+    return payload
+
+
+def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        reason = exc.description or exc.name
+        if exc.code == 413:
+            reason = f"upload too large (limit {max_upload_bytes} bytes)"
+        return _error(exc.code or 500, reason)
+
+    @app.get("/")
+    def index() -> Response:
+        return send_from_directory(STATIC_DIR, "index.html", max_age=0)
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str) -> Response:
+        return send_from_directory(STATIC_DIR, name, max_age=0)
+
+    @app.get("/api/state")
+    def api_state() -> Response:
+        return jsonify(state_payload(kiosk, kiosk.state()))
+
+    @app.get("/api/frame.jpg")
+    def api_frame() -> Response | tuple[Response, int]:
+        data = kiosk.frame_jpeg()
+        if data is None:
+            return _error(404, "no camera frame yet")
+        return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/thumbnail/<product_id>")
+    def api_thumbnail(product_id: str) -> Response | tuple[Response, int]:
+        try:
+            data = kiosk.thumbnail(product_id)
+        except ShelfsightError as exc:
+            return _error(404, str(exc))
+        if not data:
+            return _error(404, f"product {product_id!r} has no thumbnail")
+        mimetype = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+        return Response(data, mimetype=mimetype, headers={"Cache-Control": "max-age=60"})
+
+    @app.post("/search")
+    def search() -> Response | tuple[Response, int]:
+        upload = request.files.get("image")
+        data = upload.read() if upload is not None else request.get_data(cache=False)
+        name = (upload.filename if upload is not None else "") or "upload"
+        if not data:
+            return _error(400, f"{name}: empty upload (0 bytes); send an image as the 'image' form field or the body")
+        try:
+            k = max(1, min(MAX_K, int(request.args.get("k", 5))))
+        except ValueError:
+            return _error(400, "k must be an integer")
+        try:
+            rgb = decode_rgb(data, name)
+        except ImageError as exc:
+            return _error(400, str(exc))
+        try:
+            result = kiosk.search(rgb)
+        except ShelfsightError as exc:
+            return _error(422, str(exc))
+        return jsonify(
+            {
+                "decision": result.decision,
+                "confidence": round(result.confidence, 4),
+                "results": _candidate_rows(kiosk, result.candidates, k),
+                "threshold": round(result.threshold, 4),
+                "timings_ms": {key: round(v, 3) for key, v in result.timings.items()},
+            }
+        )
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(kiosk.health())
+
+    return app
+
+
+class WebServer:
+    """The Flask app on a werkzeug server in a background thread (port 0 picks a free port)."""
+
+    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self.host, self.port = host, int(self._server.server_port)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-web", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "WebServer":
+        self._thread.start()
+        log.info("kiosk page at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "WebServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,70 @@
+// Polls the kiosk's state and refreshes the camera view. No external assets, no frameworks.
+"use strict";
+
+const POLL_MS = 250;
+const FRAME_MS = 200;
+
+function text(id, value) {
+  document.getElementById(id).textContent = value;
+}
+
+function formatPrice(price) {
+  return typeof price === "number" ? price.toFixed(2) : "";
+}
+
+function render(state) {
+  const card = document.getElementById("card");
+  const message = document.getElementById("message");
+  document.body.dataset.decision = state.decision;
+  if (state.decision === "product" && state.product) {
+    const p = state.product;
+    card.classList.remove("hidden");
+    message.classList.add("hidden");
+    if (card.dataset.productId !== p.product_id) {
+      card.dataset.productId = p.product_id;
+      const thumb = document.getElementById("thumb");
+      thumb.style.visibility = "hidden";
+      thumb.onload = () => { thumb.style.visibility = "visible"; };
+      thumb.src = "/api/thumbnail/" + encodeURIComponent(p.product_id);
+    }
+    text("product-name", p.name || p.product_id);
+    text("product-price", formatPrice(p.price));
+    text("product-description", p.description || "");
+    const pct = Math.round(100 * state.confidence);
+    document.getElementById("confidence-bar").style.width = pct + "%";
+    text("confidence-text", "confidence " + pct + "%");
+  } else {
+    card.classList.add("hidden");
+    card.dataset.productId = "";
+    message.classList.remove("hidden");
+    message.textContent = state.message;
+  }
+  const list = document.getElementById("alternatives");
+  list.replaceChildren(...state.alternatives.map((alt) => {
+    const item = document.createElement("li");
+    item.textContent = (alt.name || alt.product_id) + " — " + Math.round(100 * alt.confidence) + "%";
+    return item;
+  }));
+  text("status", state.fps.toFixed(1) + " fps · frame " + state.frame_index);
+}
+
+async function poll() {
+  try {
+    const response = await fetch("/api/state", {cache: "no-store"});
+    if (response.ok) render(await response.json());
+  } catch (err) {
+    text("status", "kiosk not reachable");
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+function refreshFrame() {
+  const img = document.getElementById("frame");
+  const next = new Image();
+  next.onload = () => { img.src = next.src; setTimeout(refreshFrame, FRAME_MS); };
+  next.onerror = () => setTimeout(refreshFrame, 1000);
+  next.src = "/api/frame.jpg?t=" + Date.now();
+}
+
+poll();
+refreshFrame();
