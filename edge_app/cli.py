@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "train.cli",
     "convert.cli",
     "edge_app.eval_cli",
+    "catalog.cli",
 )
 
 
