@@ -147,6 +147,12 @@ class KioskSync:
         return self._model_fp
 
     @property
+    def target_version(self) -> int | None:
+        """The version HQ's latest accepted manifest names (None before the first one)."""
+        target = self._target
+        return None if target is None else target.version
+
+    @property
     def last_error(self) -> str | None:
         return self._last_error
 

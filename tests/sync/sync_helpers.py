@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,7 +14,8 @@ from catalog.sync.bus import Message, open_bus
 from catalog.sync.config import BrokerConfig, SyncConfig
 from catalog.sync.envelope import Signer
 from catalog.sync.localbroker import Broker
-from catalog.sync.publisher import HqPublisher
+from catalog.sync.inbox import EnrollmentInbox
+from catalog.sync.publisher import HqPublisher, HqServer
 from catalog.sync.releases import seed_release
 from catalog.sync.topics import Topics
 from edge_app.runtime.spec import ModelSpec, write_spec
@@ -95,3 +97,67 @@ def seed_kiosk(data_dir: Path, hq: Hq) -> None:
     seed_release(data_dir, hq.model, snapshot)
 
 
+
+
+class Tap:
+    """A plain MQTT client that records what it sees and can inject raw bytes (an observer or an attacker)."""
+
+    def __init__(self, broker: Broker, topic_filter: str | None = None, *, client_id: str = "tap", **auth: Any):
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self.bus = open_bus(
+            BrokerConfig(host="127.0.0.1", port=broker.port, **auth),
+            client_id=client_id,
+            on_message=self._record,
+            persistent=False,
+        )
+        if topic_filter is not None:
+            self.bus.subscribe(topic_filter)
+        self.bus.connect()
+
+    def _record(self, message: Message) -> None:
+        with self._cond:
+            self.messages.append(message)
+            self._cond.notify_all()
+        self.bus.ack(message)
+
+    def wait(self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.messages), timeout)
+
+    def payloads(self, topic: str) -> list[bytes]:
+        with self._cond:
+            return [m.payload for m in self.messages if m.topic == topic and m.payload]
+
+    def inject(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.bus.publish(topic, payload, retain=retain)
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+class RunningServer:
+    """`hq serve` in a thread, on its own broker connection."""
+
+    def __init__(self, hq: Hq, signer: Signer, inbox: EnrollmentInbox | None = None, *, poll_s: float = 0.3):
+        self.server = HqServer(on_enrollment=inbox.add if inbox is not None else None, poll_s=poll_s)
+        self.bus = open_bus(
+            hq.config, client_id="hq-server", on_message=self.server.on_message, on_connect=self.server.on_connect
+        )
+        self.publisher = HqPublisher(
+            hq.master,
+            signer,
+            self.bus,
+            hq.topics,
+            model=hq.model,
+            chunk_bytes=hq.publisher.chunk_bytes,
+            max_message_bytes=hq.publisher.max_message_bytes,
+        )
+        self.bus.connect()
+        self.thread = threading.Thread(target=self.server.run, args=(self.publisher, self.bus), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.stop_event.set()
+        self.thread.join(30)
+        self.bus.close()
