@@ -1,0 +1,391 @@
+"""Building catalogs from photos: ImageFolder trees, product CSVs, quality checks, re-embedding.
+
+`build_catalog` never touches the target file until the build has finished:
+it copies the current catalog (if any) next to the target, ingests into the
+copy one transaction per batch, and atomically renames it over the target. An
+interrupted or failed build (corrupt input, full disk, Ctrl-C) leaves the
+previous catalog exactly as it was.
+
+Ingestion is additive and idempotent: products are created or updated, a photo
+already in the catalog (same stored image -> same reference id) is skipped,
+and near-duplicate photos of one product (pHash distance at or below a
+threshold) are dropped and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from catalog.quality import QualityLimits, check_image, describe_image, phash, phash_distance
+from catalog.records import check_product_id
+from catalog.store import Catalog, reference_id_for
+from edge_app.errors import CatalogError, InputError
+from edge_app.images import IMAGE_SUFFIXES, decode_rgb, fit_square, iter_image_files, load_rgb
+from edge_app.runtime.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("sku", "id", "product_id")
+IMAGE_COLUMN_NAMES = ("images", "image", "image_paths")
+_IMAGE_SEPARATORS = (";", "|")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How photos are screened and stored."""
+
+    limits: QualityLimits = QualityLimits()
+    dedupe_distance: int = 4  # pHash Hamming distance (of 64 bits) at or below which a photo is a duplicate
+    batch_size: int = 32  # photos embedded and committed together
+    progress: bool = False  # tqdm progress bar on stderr
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dedupe_distance <= 64 or self.batch_size < 1:
+            raise InputError("dedupe distance must be 0..64 and batch size at least 1")
+
+
+@dataclass(frozen=True)
+class ProductEntry:
+    """A product to ingest: its id, catalog fields, and photo files."""
+
+    product_id: str
+    fields: dict[str, Any]
+    images: tuple[Path, ...] = ()
+
+
+@dataclass
+class IngestReport:
+    products_added: list[str] = field(default_factory=list)
+    products_updated: list[str] = field(default_factory=list)
+    references_added: int = 0
+    already_present: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str, int]] = field(default_factory=list)  # (path, duplicate of, distance)
+    version: int = 0
+
+    def lines(self) -> list[str]:
+        """A human summary, one finding per line."""
+        out = [
+            f"products: {len(self.products_added)} added, {len(self.products_updated)} updated",
+            f"references: {self.references_added} added, {self.already_present} already present, "
+            f"{len(self.duplicates)} near-duplicates dropped, {len(self.rejected)} rejected",
+        ]
+        out += [f"rejected {path}: {reason}" for path, reason in self.rejected]
+        out += [f"dropped {path}: near-duplicate of {other} (pHash distance {d})" for path, other, d in self.duplicates]
+        out.append(f"catalog version {self.version}")
+        return out
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+
+def read_image_folder(folder: str | Path) -> list[ProductEntry]:
+    """ImageFolder layout: one subfolder per product, named by product id (also used as its name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    entries = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = tuple(iter_image_files(sub))
+        if images:
+            entries.append(ProductEntry(_product_id(sub.name, str(sub)), {"name": sub.name}, images))
+    if not entries:
+        raise InputError(f"{folder}: no product subfolders with images (expected <folder>/<product id>/*.jpg)")
+    return entries
+
+
+def _product_id(value: str, where: str) -> str:
+    try:
+        return check_product_id(value.strip())
+    except CatalogError as exc:
+        raise InputError(f"{where}: {exc}") from exc
+
+
+def read_products_csv(path: str | Path) -> list[ProductEntry]:
+    """A CSV with a header: sku (or id), name, and optionally description, category, price,
+    images (paths separated by ';' or '|', relative to the CSV's folder); other columns become
+    attributes. Empty cells are left out."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = rows and list(rows[0]) or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read products CSV ({exc})") from exc
+    if not rows:
+        raise InputError(f"{path}: no products (a header line and one row per product expected)")
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    if id_column is None or "name" not in header:
+        raise InputError(f"{path}: needs a 'sku' (or 'id') column and a 'name' column; found {header}")
+    image_column = next((c for c in IMAGE_COLUMN_NAMES if c in header), None)
+    entries, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}:{line}"
+        if None in row:
+            raise InputError(f"{where}: more cells than header columns")
+        product_id = _product_id(row[id_column] or "", where)
+        if product_id in seen:
+            raise InputError(f"{where}: product {product_id} appears twice")
+        seen.add(product_id)
+        fields: dict[str, Any] = {}
+        for column, value in row.items():
+            value = (value or "").strip()
+            if column in (id_column, image_column) or not value:
+                continue
+            fields[column] = value
+        if "name" not in fields:
+            raise InputError(f"{where}: product {product_id} has no name")
+        if "price" in fields:
+            try:
+                fields["price"] = float(fields["price"])
+            except ValueError as exc:
+                raise InputError(f"{where}: price {fields['price']!r} is not a number") from exc
+        images = _split_images(row.get(image_column or "", "") or "", path.parent)
+        entries.append(ProductEntry(product_id, fields, images))
+    return entries
+
+
+def _split_images(cell: str, base: Path) -> tuple[Path, ...]:
+    for separator in _IMAGE_SEPARATORS:
+        cell = cell.replace(separator, "\n")
+    paths = [Path(p.strip()) for p in cell.splitlines() if p.strip()]
+    return tuple(p if p.is_absolute() else base / p for p in paths)
+
+
+def collect_entries(images: str | Path | None = None, products_csv: str | Path | None = None) -> list[ProductEntry]:
+    """Products from an ImageFolder, a CSV, or both (CSV fields win; photos of both are used)."""
+    if images is None and products_csv is None:
+        raise InputError("give an image folder, a products CSV, or both")
+    from_csv = {e.product_id: e for e in read_products_csv(products_csv)} if products_csv else {}
+    from_folder = {e.product_id: e for e in read_image_folder(images)} if images else {}
+    merged = []
+    for product_id in sorted(set(from_csv) | set(from_folder)):
+        csv_entry, folder_entry = from_csv.get(product_id), from_folder.get(product_id)
+        fields = csv_entry.fields if csv_entry else folder_entry.fields  # type: ignore[union-attr]
+        photos = (csv_entry.images if csv_entry else ()) + (folder_entry.images if folder_entry else ())
+        merged.append(ProductEntry(product_id, dict(fields), tuple(dict.fromkeys(photos))))
+    return merged
+
+
+# ---- ingestion ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    product_id: str
+    source: str
+    square: np.ndarray
+    phash: str
+    image_jpeg: bytes
+    keypoints: bytes
+
+
+def _upsert_product(catalog: Catalog, entry: ProductEntry, report: IngestReport) -> None:
+    fields = dict(entry.fields)
+    try:
+        current = catalog.product(entry.product_id)
+    except CatalogError:
+        name = fields.pop("name", entry.product_id)
+        catalog.add_product(entry.product_id, name, **fields)
+        report.products_added.append(entry.product_id)
+        return
+    changed = {
+        k: v
+        for k, v in fields.items()
+        if (current[k] if k in current and k != "attributes" else current["attributes"].get(k)) != v
+    }
+    if changed:
+        catalog.update_product(entry.product_id, **changed)
+        report.products_updated.append(entry.product_id)
+
+
+def _commit(catalog: Catalog, embedder: Embedder, pending: list[_Pending], report: IngestReport) -> None:
+    if not pending:
+        return
+    embeddings = embedder.embed_batch(np.stack([p.square for p in pending]))
+    with catalog.batch():
+        for item, embedding in zip(pending, embeddings):
+            catalog.add_reference_vector(
+                item.product_id,
+                embedding,
+                fingerprint=embedder.fingerprint,
+                phash=item.phash,
+                source=item.source,
+                image_jpeg=item.image_jpeg,
+                keypoints=item.keypoints,
+            )
+    report.references_added += len(pending)
+    pending.clear()
+
+
+def ingest(
+    catalog: Catalog, embedder: Embedder, entries: Sequence[ProductEntry], options: IngestOptions = IngestOptions()
+) -> IngestReport:
+    """Add products and their photos to `catalog`; bad photos are reported, not fatal."""
+    catalog.check_model(embedder.fingerprint)
+    report = IngestReport()
+    known: dict[str, list[tuple[str, str]]] = {}  # product -> [(phash, source or id)] of kept photos
+    existing_ids = set()
+    for ref in catalog.references():
+        known.setdefault(ref["product_id"], []).append((ref["phash"], ref["source"] or ref["id"]))
+        existing_ids.add(ref["id"])
+    for entry in entries:
+        _upsert_product(catalog, entry, report)
+    pending: list[_Pending] = []
+    total = sum(len(e.images) for e in entries)
+    with tqdm(total=total, unit="img", desc="catalog", disable=not options.progress) as bar:
+        for entry in entries:
+            for path in entry.images:
+                bar.update(1)
+                item = _screen(entry.product_id, path, embedder.input_size, options, known, report)
+                if item is None:
+                    continue
+                if reference_id_for(item.product_id, item.image_jpeg, b"") in existing_ids:
+                    report.already_present += 1
+                    continue
+                pending.append(item)
+                if len(pending) >= options.batch_size:
+                    _commit(catalog, embedder, pending, report)
+        _commit(catalog, embedder, pending, report)
+    report.version = catalog.version
+    return report
+
+
+def _screen(
+    product_id: str,
+    path: Path,
+    input_size: int,
+    options: IngestOptions,
+    known: dict[str, list[tuple[str, str]]],
+    report: IngestReport,
+) -> _Pending | None:
+    """Load and check one photo; None (and a report entry) if it is rejected or a near-duplicate."""
+    try:
+        rgb = load_rgb(path)
+        check_image(rgb, options.limits, str(path))
+    except InputError as exc:  # ImageError included: unreadable, missing, tiny, blurry
+        report.rejected.append((str(path), str(exc).removeprefix(f"{path}: ")))
+        log.warning("%s", exc)
+        return None
+    extras = describe_image(rgb)
+    kept = known.setdefault(product_id, [])
+    for other_hash, other in kept:
+        if other_hash and (distance := phash_distance(extras.phash, other_hash)) <= options.dedupe_distance:
+            if other != str(path):  # re-ingesting the same file is "already present", not a duplicate
+                report.duplicates.append((str(path), other, distance))
+                return None
+    kept.append((extras.phash, str(path)))
+    square = fit_square(rgb, input_size)
+    return _Pending(product_id, str(path), square, extras.phash, extras.image_jpeg, extras.keypoints)
+
+
+# ---- whole-file operations ------------------------------------------------------------------
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(path) + suffix).unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(target: str | Path) -> Iterator[Path]:
+    """Yield a working copy of catalog `target` (or a fresh path); on success rename it over `target`.
+
+    On any error the copy is deleted and `target` is left untouched.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        raise InputError(f"{target}: folder {target.parent} does not exist")
+    work = target.with_name(f".{target.name}.building-{os.getpid()}")
+    _remove_database(work)
+    try:
+        if target.exists():
+            _copy_catalog(target, work)
+        yield work
+        try:
+            os.replace(work, target)
+        except OSError as exc:
+            raise CatalogError(f"{target}: could not replace the catalog ({exc}); the previous one is intact") from exc
+        _fsync_dir(target.parent)
+    finally:
+        _remove_database(work)
+
+
+def _copy_catalog(source: Path, copy: Path) -> None:
+    with Catalog(source, create=False) as catalog:  # validates it
+        try:
+            writer = sqlite3.connect(copy)
+            try:
+                catalog.db.conn.backup(writer)
+            finally:
+                writer.close()
+        except sqlite3.Error as exc:
+            raise CatalogError(f"{source}: could not copy the catalog to build on it ({exc}); it was not changed") from exc
+    # Closing the last connection checkpoints and deletes the WAL; if it is still there, someone has the file open.
+    if Path(str(source) + "-wal").exists():
+        raise CatalogError(
+            f"{source}: the catalog is open in another process; stop it first (running kiosks get updates through sync)"
+        )
+
+
+def build_catalog(
+    target: str | Path, embedder: Embedder, entries: Sequence[ProductEntry], options: IngestOptions = IngestOptions()
+) -> IngestReport:
+    """Ingest `entries` into the catalog file `target` (created if missing), all or nothing."""
+    try:
+        with replacing(target) as work:
+            with Catalog(work) as catalog:
+                report = ingest(catalog, embedder, entries, options)
+    except CatalogError as exc:
+        raise CatalogError(f"{exc} [build abandoned; {target} is unchanged]") from exc
+    log.info("%s: built (version %d, %d references added)", target, report.version, report.references_added)
+    return report
+
+
+def _reference_rgb(catalog: Catalog, ref: dict[str, Any]) -> np.ndarray:
+    """The best available pixels of a reference: its original file if it still shows the same
+    photo (same pHash, roughly), else the stored copy."""
+    source = ref["source"]
+    if source and Path(source).suffix.lower() in IMAGE_SUFFIXES and Path(source).is_file():
+        with contextlib.suppress(InputError):
+            rgb = load_rgb(source)
+            if not ref["phash"] or phash_distance(phash(rgb), ref["phash"]) <= 8:
+                return rgb
+    stored = catalog.reference_image(ref["id"])
+    if stored is None:
+        raise CatalogError(f"reference {ref['id']}: original {source or '(none)'} is gone and no copy was stored")
+    return decode_rgb(stored, f"stored image of {ref['id']}")
+
+
+def reembed(catalog: Catalog, embedder: Embedder, options: IngestOptions = IngestOptions()) -> int:
+    """Recompute every reference's embedding with `embedder` (a new model), in one transaction.
+
+    Returns the new catalog version. Copies of the catalog need a snapshot afterwards.
+    """
+    refs = catalog.references()
+    embeddings: dict[str, np.ndarray] = {}
+    for start in tqdm(range(0, len(refs), options.batch_size), unit="batch", desc="reembed", disable=not options.progress):
+        chunk = refs[start : start + options.batch_size]
+        batch = np.stack([fit_square(_reference_rgb(catalog, ref), embedder.input_size) for ref in chunk])
+        embeddings.update(zip((ref["id"] for ref in chunk), embedder.embed_batch(batch)))
+    return catalog.replace_embeddings(embedder.fingerprint, embeddings)

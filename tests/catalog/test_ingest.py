@@ -1,0 +1,173 @@
+"""Ingestion: ImageFolder and CSV sources, rejected and duplicate photos, atomic builds, reembed."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import catalog.ingest as ingest_module
+from catalog.ingest import IngestOptions, build_catalog, collect_entries, read_products_csv, reembed
+from catalog.store import Catalog
+from edge_app.errors import CatalogError, InputError
+
+from catalog_fakes import ProjectionEmbedder, product_photo
+
+
+def save(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, quality=95)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for p, product in enumerate(["cola", "chips", "soap"]):
+        for v in range(2):
+            save(root / product / f"view{v}.jpg", product_photo(10 * p + v))
+    save(root / "cola" / "copy.png", product_photo(0))  # near-duplicate of cola/view0
+    (root / "chips" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    save(root / "soap" / "tiny.jpg", product_photo(40, size=(30, 30)))
+    save(root / "soap" / "blurry.jpg", np.full((100, 100, 3), 128, np.uint8))
+    return root
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_build_from_folder_reports_rejections(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
+    db = tmp_path / "store.db"
+    report = build_catalog(db, embedder, collect_entries(photos))
+    assert sorted(report.products_added) == ["chips", "cola", "soap"]
+    assert report.references_added == 6
+    assert {Path(p).name: reason for p, reason in report.rejected}.keys() == {"broken.jpg", "tiny.jpg", "blurry.jpg"}
+    reasons = " ".join(reason for _, reason in report.rejected)
+    assert "not a readable image" in reasons and "too small" in reasons and "too blurry" in reasons
+    assert [(Path(a).name, Path(b).name) for a, b, _ in report.duplicates] == [("view0.jpg", "copy.png")]
+    assert any("near-duplicate" in line for line in report.lines())
+    with Catalog(db, create=False) as cat:
+        assert cat.version == report.version == 9
+        assert cat.search_image(product_photo(11), embedder, k=1)[0].product_id == "chips"
+        assert not list(tmp_path.glob(".store.db.building*"))
+
+    again = build_catalog(db, embedder, collect_entries(photos))  # idempotent: nothing new, no version bump
+    assert again.references_added == 0 and again.already_present == 6 and again.version == 9
+
+
+def test_csv_with_folder(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
+    csv_path = tmp_path / "products.csv"
+    extra = save(tmp_path / "extra" / "soap-back.jpg", product_photo(77))
+    csv_path.write_text(
+        "sku,name,category,price,brand,images\n"
+        'cola,Cola 330ml,drinks,1.20,Fizz,\n'
+        f"soap,Hand soap,care,3,,{extra.relative_to(tmp_path)}\n"
+    )
+    db = tmp_path / "store.db"
+    first = build_catalog(db, embedder, collect_entries(photos, csv_path))
+    assert first.references_added == 7
+    with Catalog(db) as cat:
+        assert cat.product("cola")["attributes"] == {"brand": "Fizz"} and cat.product("cola")["price"] == 1.2
+        assert cat.product("chips")["name"] == "chips"  # folder-only product
+        assert len(cat.product("soap")["references"]) == 3
+    csv_path.write_text("sku,name,category,price\ncola,Cola 330ml,drinks,1.50\n")
+    report = build_catalog(db, embedder, collect_entries(None, csv_path))
+    assert report.products_updated == ["cola"] and report.version == first.version + 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name,price\nCola,1\n", "needs a 'sku'"),
+        ("sku,name,price\ncola,Cola,cheap\n", r"products.csv:2: price 'cheap' is not a number"),
+        ("sku,name\ncola,Cola\ncola,Cola again\n", r"products.csv:3: product cola appears twice"),
+        ("sku,name\ncola,\n", "has no name"),
+        ("sku,name\n", "no products"),
+    ],
+)
+def test_bad_csv(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "products.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_products_csv(path)
+
+
+def only_cola(photos: Path) -> list:
+    return [e for e in collect_entries(photos) if e.product_id == "cola"]
+
+
+class FailingEmbedder(ProjectionEmbedder):
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self.calls >= 2:
+            raise KeyboardInterrupt  # the operator pressed Ctrl-C mid-build
+        return super().embed_batch(batch)
+
+
+def test_interrupted_build_leaves_previous_catalog(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, only_cola(photos))
+    before = digest(db)
+    with pytest.raises(KeyboardInterrupt):
+        build_catalog(db, FailingEmbedder(seed=1), collect_entries(photos), IngestOptions(batch_size=2))
+    assert digest(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "store.db"]
+
+
+def test_full_disk_is_a_clear_error(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, only_cola(photos))
+    before = digest(db)
+
+    class SmallDisk(Catalog):
+        """The build's working copy may not grow: SQLite reports a full disk, like a real one."""
+
+        def __init__(self, path: Path, **kwargs: object) -> None:
+            super().__init__(path, **kwargs)  # type: ignore[arg-type]
+            if Path(path).name.startswith("."):
+                pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+                self.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+    monkeypatch.setattr(ingest_module, "Catalog", SmallDisk)
+    with pytest.raises(CatalogError, match="full") as info:
+        build_catalog(db, embedder, collect_entries(photos), IngestOptions(batch_size=2))
+    assert "nothing was changed" in str(info.value)
+    assert digest(db) == before
+    with Catalog(db) as cat:
+        assert cat.stats()["products"] == 1
+
+
+def test_build_refuses_another_model(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, collect_entries(photos))
+    with pytest.raises(CatalogError, match="reembed"):
+        build_catalog(db, ProjectionEmbedder(seed=9), collect_entries(photos))
+
+
+def test_reembed_from_stored_copies(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, collect_entries(photos))
+    shutil.rmtree(photos)
+    new_model = ProjectionEmbedder(seed=2, dim=48)
+    with Catalog(db) as cat:
+        version = reembed(cat, new_model)
+        assert cat.model_fingerprint == new_model.fingerprint and cat.embedding_dim == 48 and version == 10
+        assert cat.search_image(product_photo(20), new_model, k=1)[0].product_id == "soap"
+        with pytest.raises(CatalogError, match="reembed"):
+            cat.search_image(product_photo(20), embedder)
+
+
+def test_reembed_needs_some_image(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
+    with Catalog(tmp_path / "c.db") as cat:
+        cat.add_product("cola", "Cola")
+        cat.add_reference_vector(
+            "cola", np.ones(32), fingerprint=embedder.fingerprint, phash="", source="", image_jpeg=None, keypoints=None
+        )
+        with pytest.raises(CatalogError, match="no copy was stored"):
+            reembed(cat, ProjectionEmbedder(seed=3))
+        assert cat.model_fingerprint == embedder.fingerprint
