@@ -68,6 +68,9 @@ class Broker:
             "log_type information",
             *self.extra,
         ]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto would switch to user "mosquitto" and lose access to our temp files.
+            lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self) -> "Broker":

@@ -1,0 +1,172 @@
+"""Broker ACL (the example config in deploy/mosquitto), TLS, and hostile payloads against a running kiosk."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import math
+import zlib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sync_helpers import WAIT, Hq, Tap
+
+from catalog.sync.bus import open_bus
+from catalog.sync.chunks import BlobManifest
+from catalog.sync.codec import LatestManifest, encode_delta
+from catalog.sync.config import BrokerConfig
+from catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
+from catalog.sync.localbroker import Broker, add_password
+from edge_app.errors import SyncError
+
+ACL = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "shelfsight.acl"
+
+
+@pytest.fixture
+def secured(broker_factory, tmp_path: Path) -> Broker:
+    passwords = tmp_path / "passwd"
+    for user in ("hq", "k1", "k2"):
+        add_password(passwords, user, f"{user}-secret")
+    return broker_factory(anonymous=False, extra=[f"password_file {passwords}", f"acl_file {ACL}"])
+
+
+def _tap(broker: Broker, user: str, topic_filter: str | None) -> Tap:
+    secret = broker.workdir.parent / f"{user}.pw"
+    secret.write_text(f"{user}-secret\n")
+    return Tap(broker, topic_filter, client_id=f"{user}-client", username=user, password_file=secret)
+
+
+def test_anonymous_and_wrong_password_are_refused(secured: Broker, tmp_path: Path) -> None:
+    bus = open_bus(BrokerConfig(host="127.0.0.1", port=secured.port), client_id="nobody", on_message=lambda m: None)
+    with pytest.raises(SyncError, match="refused"):
+        bus.connect(timeout=10)
+    bus.close()
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("guess\n")
+    config = BrokerConfig(host="127.0.0.1", port=secured.port, username="k1", password_file=wrong)
+    bus = open_bus(config, client_id="k1", on_message=lambda m: None)
+    with pytest.raises(SyncError, match="refused"):
+        bus.connect(timeout=10)
+    bus.close()
+
+
+def test_kiosk_cannot_publish_catalog_or_foreign_status(secured: Broker) -> None:
+    hq = _tap(secured, "hq", "shelfsight/#")
+    kiosk = _tap(secured, "k1", None)
+    try:
+        forbidden = [
+            ("shelfsight/f/catalog/delta", b"forged delta"),
+            ("shelfsight/f/catalog/manifest", b"forged manifest"),
+            ("shelfsight/f/status/k2", b"impersonation"),
+        ]
+        for topic, payload in forbidden:
+            try:
+                kiosk.inject(topic, payload)
+            except SyncError as exc:  # MQTT 5 brokers may say so in the PUBACK
+                assert "refused" in str(exc)
+        kiosk.inject("shelfsight/f/status/k1", b"own status")  # allowed
+        hq.inject("shelfsight/f/catalog/delta", b"marker")  # HQ may write catalog topics
+        assert hq.wait(lambda ms: {m.payload for m in ms} >= {b"own status", b"marker"})
+        seen = {m.payload for m in hq.messages}
+        assert not seen & {payload for _, payload in forbidden}
+    finally:
+        hq.close()
+        kiosk.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.crt", folder / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_tls_listener(broker_factory, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    broker = broker_factory(extra=[f"certfile {cert}", f"keyfile {key}"])
+    got: list[bytes] = []
+    config = BrokerConfig(host="127.0.0.1", port=broker.port, tls_ca=cert)
+    bus = open_bus(config, client_id="tls-client", on_message=lambda m: got.append(m.payload), persistent=False)
+    bus.connect(timeout=10)
+    bus.publish("shelfsight/t/status/x", b"over tls")
+    bus.close()
+    plain = open_bus(BrokerConfig(host="127.0.0.1", port=broker.port), client_id="plain", on_message=lambda m: None)
+    with pytest.raises(SyncError):
+        plain.connect(timeout=5)
+    plain.close()
+
+
+def _delta(signer: Signer, fleet: str, base: int, target: int, body: bytes) -> bytes:
+    return signer.seal(EnvelopeHeader(kind="delta", fleet=fleet, seq=1, base=base, target=target), body)
+
+
+def test_hostile_payloads_are_refused_and_the_kiosk_keeps_working(
+    hq: Hq, broker: Broker, kiosk_factory, hq_keys: tuple[Signer, Verifier, Path]
+) -> None:
+    signer = hq_keys[0]
+    hq.add(range(3))
+    hq.publisher.publish()
+    kiosk = kiosk_factory("k1", hq=hq)
+    assert kiosk.wait_for(lambda k: k.target_version == hq.catalog.version, WAIT)
+    base = hq.catalog.version
+    good = hq.catalog.changes_since(base - 1)
+    reference = next(c for c in good if c["op"] == "upsert_reference")
+
+    def variant(**data: object) -> list[dict]:
+        return [{**reference, "version": base + 1, "data": {**reference["data"], **data}}]
+
+    fleet = hq.topics.fleet
+    hostile = [
+        _delta(signer, fleet, base, base + 1, encode_delta(variant(dim=8, embedding="AAAAAAAAAAA="))),  # wrong dimension
+        _delta(signer, fleet, base, base + 1, encode_delta(variant(scale=math.nan))),  # NaN
+        _delta(signer, fleet, base, base + 1, zlib.compress(b"{not json")),  # invalid JSON
+        _delta(signer, fleet, base, base + 1, zlib.compress(b"\0" * 30_000_000)),  # zip bomb
+        _delta(signer, fleet, base, base + 1, encode_delta([{**c, "product_id": "../../etc/passwd"} for c in good[:1]])),
+        _delta(signer, fleet, base, base + 1, b"\x00" * (kiosk.config.max_message_bytes + 1)),  # oversized
+    ]
+    huge = BlobManifest.model_construct(
+        kind="snapshot", version=base + 9, model_fingerprint=hq.fingerprint, size=10**12, sha256="0" * 64,
+        chunk_size=10**6, chunks=("0" * 64,) * 3,
+    )
+    manifest = {"version": base + 9, "model_fingerprint": hq.fingerprint, "snapshot": huge.model_dump(), "delta_floor": base + 9}
+    hostile_manifests = [
+        signer.seal(EnvelopeHeader(kind="manifest", fleet=fleet, seq=10**13), json.dumps(manifest).encode()),  # huge counts
+        signer.seal(EnvelopeHeader(kind="manifest", fleet=fleet, seq=10**13), b"[]"),
+    ]
+    attacker = Tap(broker, client_id="attacker")
+    for payload in hostile:
+        attacker.inject(hq.topics.delta, payload)
+    for payload in hostile_manifests:
+        attacker.inject(hq.topics.manifest, payload)
+    assert kiosk.wait_for(lambda k: k.counters["refused"] >= len(hostile) + len(hostile_manifests), WAIT)
+    assert kiosk.version == base
+    # A genuine update still goes through afterwards.
+    hq.add(range(3, 4))
+    attacker.close()
+    manifest_obj = hq.publisher.publish(force=True)
+    assert isinstance(manifest_obj, LatestManifest)
+    assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error
