@@ -153,6 +153,15 @@ class KioskSync:
         return None if target is None else target.version
 
     @property
+    def fetching(self) -> tuple[str, int, int] | None:
+        """(kind, chunks received, chunks total) of the snapshot or release being fetched, if any."""
+        assembly = self._assembly
+        if assembly is None:
+            return None
+        total = len(assembly.manifest.chunks)
+        return assembly.manifest.kind, total - len(assembly.missing()), total
+
+    @property
     def last_error(self) -> str | None:
         return self._last_error
 

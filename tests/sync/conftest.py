@@ -61,11 +61,21 @@ def kiosk_factory(
 ) -> Iterator[Callable[..., KioskSync]]:
     made: list[KioskSync] = []
 
-    def make(kiosk_id: str = "k1", *, start: bool = True, hq: Hq | None = None, **overrides: Any) -> KioskSync:
+    def make(
+        kiosk_id: str = "k1",
+        *,
+        start: bool = True,
+        hq: Hq | None = None,
+        on: Broker | None = None,
+        hooks: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> KioskSync:
+        """A kiosk seeded from `hq` (first time only), connected to `on` (default: the test's broker)."""
         data_dir = tmp_path / "kiosks" / kiosk_id
         if hq is not None and not data_dir.exists():
             seed_kiosk(data_dir, hq)
-        sync = KioskSync(kiosk_config(broker, hq_keys[2], kiosk_id, **overrides), data_dir)
+        config = kiosk_config(on or broker, hq_keys[2], kiosk_id, **overrides)
+        sync = KioskSync(config, data_dir, **(hooks or {}))
         if start:
             sync.start()
         made.append(sync)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ from catalog.sync.envelope import Signer
 from catalog.sync.localbroker import Broker
 from catalog.sync.inbox import EnrollmentInbox
 from catalog.sync.publisher import HqPublisher, HqServer
-from catalog.sync.releases import seed_release
+from catalog.sync.releases import current_release, seed_release
 from catalog.sync.topics import Topics
 from edge_app.runtime.spec import ModelSpec, write_spec
 
@@ -161,3 +162,44 @@ class RunningServer:
         self.server.stop_event.set()
         self.thread.join(30)
         self.bus.close()
+
+
+class Searcher:
+    """The kiosk's own search loop: a separate Catalog on the current release, reloaded on `on_applied`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        _, catalog_path = current_release(data_dir)
+        self.catalog = Catalog(catalog_path, create=False)
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._query = np.random.default_rng(7).normal(size=DIM).astype(np.float32)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def on_applied(self, version: int) -> None:
+        self.catalog.reload()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            try:
+                hits = self.catalog.search(self._query, k=3)
+                if not hits:
+                    self.failures.append("no hits")
+            except Exception as exc:  # recorded, then asserted on by the test
+                self.failures.append(repr(exc))
+            self.latencies.append(time.perf_counter() - start)
+            time.sleep(0.002)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join(10)
+        self.catalog.close()
+        lat = sorted(self.latencies) or [0.0]
+        return {
+            "searches": len(self.latencies),
+            "failures": len(self.failures),
+            "availability": 1 - len(self.failures) / max(1, len(self.latencies)),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        }
