@@ -101,8 +101,27 @@ def load_sources(paths: Sequence[str | Path], exclude: Iterable[str] = ()) -> li
     counts = Counter(s.product for s in samples)
     lonely = sorted(p for p, n in counts.items() if n < 2)
     if lonely:
-        log.warning("%d products have a single training image (e.g. %s)", len(lonely), lonely[0])
+        where = next(s.path.parent for s in samples if s.product == lonely[0])
+        raise InputError(
+            f"{len(lonely)} products have a single training image, e.g. {lonely[0]!r} in {where}; "
+            "metric learning needs at least two views per product (add photos or --exclude-products)"
+        )
     return samples
+
+
+def check_images(samples: Sequence[Sample]) -> None:
+    """Decode every image once (cheaply, JPEG draft mode) so a corrupt file fails here, by name."""
+    from PIL import Image
+
+    from edge_app.errors import ImageError
+
+    for sample in samples:
+        try:
+            with Image.open(sample.path) as image:
+                image.draft("RGB", (64, 64))
+                image.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"{sample.path}: unreadable training image ({exc})") from exc
 
 
 def fingerprint(samples: Sequence[Sample]) -> str:

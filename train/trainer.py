@@ -19,12 +19,12 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edge_app.errors import ConfigError
 from edge_app.runtime.spec import PREPROCESSING
 from train.config import TrainConfig
-from train.data import Sample, fingerprint, load_sources
+from train.data import Sample, check_images, fingerprint, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
             )
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1) -> RunResult:
-    """Train (or resume) a run. Returns where the model and manifest are."""
+def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Sequence[Any] = ()) -> RunResult:
+    """Train (or resume) a run. Returns where the model and manifest are.
+
+    `callbacks` are extra Keras callbacks, run after the resume backup of each epoch.
+    """
     import keras
     import tensorflow as tf
 
@@ -145,6 +148,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1) -> RunResult:
     _write_json(run_dir / CONFIG_FILE, cfg.to_dict())
 
     samples = load_sources(cfg.sources, exclude=cfg.exclude_products)
+    check_images(samples)
     classes = sorted({s.product for s in samples})
     if len(classes) < 2:
         raise ConfigError("training needs at least two products")
@@ -175,6 +179,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1) -> RunResult:
             keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
             keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=True),
             keras.callbacks.TerminateOnNaN(),
+            *callbacks,
         ],
     )
     model_path = run_dir / MODEL_FILE

@@ -1,0 +1,134 @@
+"""Real training on tiny generated data: run directory contents, resume after interruption, data sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge_app.errors import ConfigError, InputError  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.data import fingerprint, load_source, load_sources  # noqa: E402
+from train.trainer import train  # noqa: E402
+
+
+def tiny_config(source: Path, **overrides) -> TrainConfig:
+    base = dict(sources=[str(source)], backbone="tiny", pretrained=False, input_size=48, embedding_dim=16,
+                epochs=3, steps_per_epoch=2, batch_size=4)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_run_directory_has_model_config_log_and_manifest(tiny_run: Path, tiny_dataset):
+    for name in ("model.keras", "config.json", "manifest.json", "train_log.csv"):
+        assert (tiny_run / name).is_file(), name
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["classes"] == [f"product-{i:02d}" for i in range(6)]
+    assert manifest["embedding_dim"] == 32 and manifest["input_size"] == 64
+    assert manifest["training_data_fingerprint"] == fingerprint(load_source(tiny_dataset["train"]))
+    assert np.isfinite(manifest["metrics"]["final"]["loss"])
+
+
+def test_training_reduces_the_loss(tiny_dataset, tmp_path):
+    run = train(tiny_config(tiny_dataset["train"], epochs=4, steps_per_epoch=6, learning_rate=5e-3), tmp_path / "r", verbose=0)
+    losses = [float(row["loss"]) for row in csv.DictReader(open(run.run_dir / "train_log.csv"))]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+
+
+def test_interrupted_run_resumes_from_last_epoch(tiny_dataset, tmp_path):
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt("simulated power cut")
+
+    cfg = tiny_config(tiny_dataset["train"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", verbose=0, callbacks=[Interrupt()])
+    assert not (tmp_path / "run" / "model.keras").exists()
+    train(cfg, tmp_path / "run", verbose=0)
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "run" / "train_log.csv"))]
+    assert epochs == [0, 1, 2]  # epoch 0 was not trained twice
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_resume_with_a_different_config_is_refused(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset["train"], epochs=1), tmp_path / "run", verbose=0)
+    with pytest.raises(ConfigError, match="different config"):
+        train(tiny_config(tiny_dataset["train"], epochs=2), tmp_path / "run", verbose=0)
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"sources": ["x"], "epochz": 3}))
+    with pytest.raises(ConfigError, match="epochz"):
+        TrainConfig.load(path)
+    with pytest.raises(ConfigError, match="embedding_dim"):
+        TrainConfig(sources=["x"], embedding_dim=3).validate()
+
+
+def _grocery_tree(root: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for product in ("Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"):
+            folder = root / split / product
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(folder / f"{i}.jpg")
+    (root / "train.txt").write_text(
+        "train/Fruit/Apple/Granny-Smith/0.jpg, 1, 0\ntrain/Fruit/Apple/Granny-Smith/1.jpg, 1, 0\n"
+        "train/Packages/Milk/Arla-Milk/0.jpg, 40, 9\n"
+    )
+    iconic = root / "iconic-images-and-descriptions/Fruit/Apple/Granny-Smith"
+    iconic.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (0, 200, 0)).save(iconic / "Granny-Smith_Iconic.jpg")
+    (root / "classes.csv").write_text(
+        "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),Iconic Image Path (str),Product Description Path (str)\n"
+        "Granny-Smith,1,Apple,0,/iconic-images-and-descriptions/Fruit/Apple/Granny-Smith/Granny-Smith_Iconic.jpg,/x.txt\n"
+    )
+
+
+def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
+    _grocery_tree(tmp_path)
+    from_list = load_source(tmp_path / "train.txt")
+    from_folder = load_source(tmp_path / "val")
+    from_csv = load_source(tmp_path / "classes.csv")
+    assert {s.product for s in from_list} == {s.product for s in from_folder} == {"Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"}
+    assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith"]
+    combined = load_sources([tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"])
+    assert {s.product for s in combined} == {"Fruit/Apple/Granny-Smith"} and len(combined) == 3
+    # Arla-Milk has one listed photo: a clear error naming its folder
+    with pytest.raises(InputError, match="Arla-Milk"):
+        load_sources([tmp_path / "train.txt"])
+
+
+def test_corrupt_training_image_is_named_before_training(tiny_dataset, tmp_path):
+    import shutil
+
+    from edge_app.errors import ImageError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset["train"], data)
+    (data / "product-03" / "view2.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageError, match="view2.jpg"):
+        train(tiny_config(data), tmp_path / "run", verbose=0)
+
+
+def test_bad_sources_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="nope"):
+        load_source(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        load_source(tmp_path / "empty")
+    listing = tmp_path / "list.txt"
+    listing.write_text("train/Fruit/Apple/Granny-Smith/missing.jpg, 1, 0\n")
+    with pytest.raises(InputError, match="missing.jpg"):
+        load_source(listing)
