@@ -95,13 +95,19 @@ def _enc(data: bytes | None) -> str | None:
 
 
 def quantize(embedding: np.ndarray) -> tuple[bytes, float]:
-    """float vector -> (int8 bytes, scale) with float ~= int8 * scale. Symmetric, per vector."""
+    """float vector -> (int8 bytes, scale) with float ~= int8 * scale. Symmetric, per vector.
+
+    The scale keeps the vector's norm (not its peak), so a unit vector dequantises to a unit
+    vector and scores stay true cosines, never above 1.
+    """
     vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(vector)):
         raise CatalogError("embedding contains NaN or infinity")
     peak = float(np.abs(vector).max()) if vector.size else 0.0
-    scale = peak / 127.0 if peak > 0 else 1.0
-    codes = np.clip(np.round(vector / scale), -127, 127).astype(np.int8)
+    if peak == 0.0:
+        return np.zeros(vector.size, np.int8).tobytes(), 1.0
+    codes = np.clip(np.round(vector * (127.0 / peak)), -127, 127).astype(np.int8)
+    scale = float(np.linalg.norm(vector)) / float(np.linalg.norm(codes.astype(np.float32)))
     return codes.tobytes(), scale
 
 

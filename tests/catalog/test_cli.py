@@ -1,0 +1,94 @@
+"""`shelfsight catalog ...` end to end with the real tiny int8 TFLite model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from catalog.ingest import build_catalog, collect_entries
+from catalog.store import Catalog
+from edge_app.cli import build_cli
+from edge_app.runtime import load_spec
+
+from catalog_fakes import ProjectionEmbedder
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(build_cli(), ["catalog", *args], catch_exceptions=False)
+
+
+def test_build_inspect_search(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
+    db = str(tmp_path / "store.db")
+    photos = tiny_dataset["catalog"]
+    result = run("build", "--model", str(tiny_model), "--images", str(photos), "--db", db, "--no-progress", "--dedupe", "0")
+    assert result.exit_code == 0, result.output
+    assert "products: 6 added" in result.output and "references: 12 added" in result.output
+
+    stats = json.loads(run("stats", "--db", db, "--json").output)
+    assert stats["products"] == 6 and stats["references"] == 12 and stats["embedding_dim"] == 32
+
+    listing = run("list", "--db", db).output.splitlines()
+    assert len(listing) == 6 and listing[0].startswith("product-00\tproduct-00") and listing[0].endswith("2 refs")
+
+    shown = run("show", "--db", db, "product-03").output
+    assert "name: product-03" in shown and shown.count("reference product-03/") == 2
+
+    # The few-step tiny model barely separates products, so only the plumbing is checked here;
+    # ranking quality is covered with a discriminative embedder in test_store/test_ingest.
+    photo = next((photos / "product-04").iterdir())
+    hits = json.loads(run("search", "--db", db, "--model", str(tiny_model), str(photo), "-k", "3", "--json").output)
+    assert len(hits) == 3 and len({h["product_id"] for h in hits}) == 3
+    assert all(h["product_id"].startswith("product-0") and -1.0 <= h["score"] <= 1.0 + 1e-6 for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    text = run("search", "--db", db, "--model", str(tiny_model), str(photo), "-k", "2", "--category", "none").output
+    assert text == "no matching products\n"
+
+
+def test_add_remove_and_errors(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
+    db = str(tmp_path / "store.db")
+    photo = str(next((tiny_dataset["catalog"] / "product-01").iterdir()))
+    result = run("add", "--db", db, "cola", "--name", "Cola", "--category", "drinks", "--price", "1.5",
+                 "--attr", "brand=Fizz", "--image", photo, "--model", str(tiny_model))
+    assert result.exit_code == 0 and "added product cola" in result.output and "catalog version 2" in result.output
+    assert run("add", "--db", db, "cola", "--price", "2").output.splitlines() == ["updated product cola", "catalog version 3"]
+    product = json.loads(run("show", "--db", db, "cola", "--json").output)
+    assert product["attributes"] == {"brand": "Fizz"} and product["price"] == 2.0
+    reference = product["references"][0]["id"]
+    assert "catalog version 4" in run("remove", "--db", db, "--reference", reference).output
+    assert "catalog version 5" in run("remove", "--db", db, "cola").output
+
+    missing = run("remove", "--db", db, "cola")
+    assert missing.exit_code == 1 and "Error: no product 'cola'" in missing.output and "Traceback" not in missing.output
+    assert "is new: --name is required" in run("add", "--db", db, "new-thing").output
+    nodb = run("stats", "--db", str(tmp_path / "nope.db"))
+    assert nodb.exit_code == 1 and "no such catalog" in nodb.output
+
+
+def test_other_model_then_reembed(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, ProjectionEmbedder(seed=4), collect_entries(tiny_dataset["catalog"]))
+    photo = str(next((tiny_dataset["catalog"] / "product-02").iterdir()))
+    refused = run("search", "--db", str(db), "--model", str(tiny_model), photo)
+    assert refused.exit_code == 1 and "catalog reembed" in refused.output
+
+    result = run("reembed", "--db", str(db), "--model", str(tiny_model), "--no-progress")
+    assert result.exit_code == 0 and "re-embedded 12 references" in result.output
+    assert len(json.loads(run("search", "--db", str(db), "--model", str(tiny_model), photo, "--json").output)) == 5
+    with Catalog(db) as cat:
+        assert cat.model_fingerprint == load_spec(tiny_model).fingerprint
+
+    out = tmp_path / "snapshot.json"
+    assert "18 records" in run("export", "--db", str(db), "--out", str(out)).output  # 6 products + 12 references
+    snapshot = json.loads(out.read_text())
+    with Catalog(tmp_path / "copy.db") as copy:
+        copy.replace_with_snapshot(snapshot)
+        assert copy.stats()["references"] == 12
+
+
+@pytest.mark.parametrize("command", ["build", "add", "remove", "list", "show", "search", "stats", "reembed", "export"])
+def test_every_command_has_an_example(command: str) -> None:
+    assert "Example:" in run(command, "--help").output
