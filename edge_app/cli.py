@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "convert.cli",
     "edge_app.eval_cli",
     "catalog.cli",
+    "catalog.sync.cli",
 )
 
 

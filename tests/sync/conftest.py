@@ -74,7 +74,8 @@ def kiosk_factory(
         data_dir = tmp_path / "kiosks" / kiosk_id
         if hq is not None and not data_dir.exists():
             seed_kiosk(data_dir, hq)
-        config = kiosk_config(on or broker, hq_keys[2], kiosk_id, **overrides)
+        public_key = overrides.pop("public_key", hq_keys[2])
+        config = kiosk_config(on or broker, public_key, kiosk_id, **overrides)
         sync = KioskSync(config, data_dir, **(hooks or {}))
         if start:
             sync.start()

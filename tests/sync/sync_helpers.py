@@ -85,7 +85,7 @@ def kiosk_config(broker: Broker, public_key: Path, kiosk_id: str, **overrides: A
     values: dict[str, Any] = dict(
         host="127.0.0.1", port=broker.port, fleet=FLEET, kiosk_id=kiosk_id, public_key=public_key, hold_s=1.0
     )
-    values.update(overrides)
+    values.update(overrides)  # may replace the public key too
     return SyncConfig(**values)
 
 
