@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Collection, Protocol, Sequence
 
 import numpy as np
 
@@ -33,12 +33,15 @@ class LabelledImages:
     products: list[str]
 
 
-def scan_folder(root: str | Path, role: str) -> LabelledImages:
+def scan_folder(root: str | Path, role: str, products: Collection[str] | None = None) -> LabelledImages:
     """Every image below `root`, labelled with its folder path (ImageFolder layout)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{role} folder {root} does not exist")
     paths = [p for p in iter_image_files(root) if p.parent != root]
+    if products is not None:
+        wanted = set(products)
+        paths = [p for p in paths if p.parent.relative_to(root).as_posix() in wanted]
     if not paths:
         raise InputError(f"{role} folder {root} has no images in product subfolders (expected {root}/<product>/<image>)")
     return LabelledImages(paths, [p.parent.relative_to(root).as_posix() for p in paths])
@@ -125,10 +128,14 @@ def evaluate(
     ranker: Ranker | None = None,
     progress: bool = False,
     max_confusions: int = 24,
+    products: Collection[str] | None = None,
 ) -> EvalResult:
-    """Recall@K, MAP@R and per-query latency of `queries_dir` against `catalog_dir`."""
-    catalog = scan_folder(catalog_dir, "catalog")
-    queries = scan_folder(queries_dir, "queries")
+    """Recall@K, MAP@R and per-query latency of `queries_dir` against `catalog_dir`.
+
+    `products` restricts both sides to those product ids (e.g. products held out of training).
+    """
+    catalog = scan_folder(catalog_dir, "catalog", products)
+    queries = scan_folder(queries_dir, "queries", products)
     known = set(catalog.products)
     unknown = sorted(set(queries.products) - known)
     if unknown:
