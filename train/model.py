@@ -101,3 +101,18 @@ def _block_index(name: str) -> int | None:
             if digits.isdigit():
                 return int(digits)
     return None
+
+
+def imagenet_embedding_model(input_size: int = 224, weights: str | Path | None = None):  # -> keras.Model
+    """The off-the-shelf baseline: ImageNet backbone, global average pooling, no fine-tuning (1280-d)."""
+    import keras
+    from keras import layers
+
+    from train.backbone import load_pretrained_backbone
+
+    pixels = keras.Input((input_size, input_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(pixels)
+    x = load_pretrained_backbone(input_size, weights)(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.UnitNormalization(name="l2_normalise")(x)
+    return keras.Model(pixels, x, name="imagenet_baseline")
