@@ -139,6 +139,9 @@ class RecognitionConfig(_Strict):
         0.97, description="A global match this similar (and clearly ahead) is accepted without verification"
     )
     accept_margin: float = Field(0.08, ge=0)
+    require_verification: bool = Field(
+        True, description="When verification runs, an unconfirmed candidate needs accept_similarity to be announced"
+    )
     empty_std: float = Field(6.0, ge=0, description="Grey-level spread of the ROI below which the view is empty")
     vote_window: int = Field(5, ge=1, description="Frames the temporal vote looks at")
     vote_min: int = Field(3, ge=1, description="Agreeing frames needed to announce a product or an empty view")

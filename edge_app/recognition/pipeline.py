@@ -10,7 +10,11 @@ is a geometric bonus in [0.5, 1) when the best reference has n >= min_inliers
 RANSAC inliers (0 otherwise). A verified product therefore always outranks an
 unverified one, and one threshold on the top score (calibrated by
 `shelfsight eval --calibrate`, stored in the catalog as "unknown_threshold")
-separates catalog products from unknown ones. The displayed confidence combines
+separates catalog products from unknown ones. With `require_verification`
+(the default) a candidate that verification looked at and did not confirm
+loses 1.0, unless its similarity alone reaches `accept_similarity`: a flat
+package the features cannot confirm yields "not recognised - try turning the
+product" rather than a guess. The displayed confidence combines
 both kinds of evidence: 1 - (1 - max(similarity, 0)) * (1 - g).
 """
 
@@ -236,15 +240,20 @@ class Recognizer:
         timings["verification"] = (time.perf_counter() - t) * 1000
         return inliers, len(query)
 
-    def _rank(self, hits: list[Any], inliers: dict[str, int]) -> list[Candidate]:
+    def _rank(self, hits: list[Any], inliers: dict[str, int] | None) -> list[Candidate]:
+        """Candidates best first. `inliers` is None when verification did not run."""
+        cfg = self.config
         candidates = []
         for hit in hits:
-            n = inliers.get(hit.product_id, 0)
-            bonus = geometric_bonus(n, self.config.min_inliers)
+            n = (inliers or {}).get(hit.product_id, 0)
+            bonus = geometric_bonus(n, cfg.min_inliers)
             similarity = float(hit.score)
+            score = similarity + bonus
+            if inliers is not None and cfg.require_verification and bonus == 0 and similarity < cfg.accept_similarity:
+                score -= 1.0  # looked at and not confirmed: below every verified or near-certain candidate
             candidates.append(
                 Candidate(
-                    product_id=str(hit.product_id), similarity=similarity, inliers=n, score=similarity + bonus,
+                    product_id=str(hit.product_id), similarity=similarity, inliers=n, score=score,
                     confidence=combined_confidence(similarity, bonus), verified=bonus > 0,
                     reference_id=str(hit.reference_id),
                 )
@@ -252,8 +261,7 @@ class Recognizer:
         candidates.sort(key=lambda c: c.score, reverse=True)
         return candidates
 
-    def _evaluate(self, rgb: np.ndarray, k: int, roi: RoiConfig | None) -> tuple[str, list[Candidate], dict[str, float]]:
-        """(provisional decision "candidates" or "empty", ranked candidates, timings)."""
+    def _evaluate(self, rgb: np.ndarray, k: int, roi: RoiConfig | None) -> _Outcome:
         self._refresh()
         timings = dict.fromkeys(STAGES, 0.0)
         t = time.perf_counter()
@@ -261,9 +269,9 @@ class Recognizer:
         is_flat = texture(crop) < self.config.empty_std
         timings["preprocess"] = (time.perf_counter() - t) * 1000
         if is_flat:
-            return "empty", [], timings
+            return _Outcome(True, [], timings)
         hits = self._shortlist(crop, max(k, self.config.shortlist, self.config.top_k), timings)
-        inliers: dict[str, int] = {}
+        inliers: dict[str, int] | None = None
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
             inliers, n_query = self._verify(crop, hits, timings)
@@ -271,36 +279,43 @@ class Recognizer:
         ranked = self._rank(hits, inliers)
         timings["decision"] = (time.perf_counter() - t) * 1000
         top_score = ranked[0].score if ranked else 0.0
-        # Hardly any corners and nothing similar: a bare wall or table, not an unknown product.
-        if n_query < MIN_MATCHES and top_score < self.unknown_threshold:
-            return "empty", ranked, timings
-        return "candidates", ranked, timings
+        # Hardly any corners and nothing convincing: a bare wall or table, not an unknown product.
+        empty = n_query < MIN_MATCHES and top_score < self.unknown_threshold
+        return _Outcome(empty, ranked, timings)
 
     # ------------------------------------------------------------------ public API
 
     def rank(self, rgb: np.ndarray, k: int = 5, *, roi: RoiConfig | None = None) -> list[tuple[str, float]]:
         """The k best products for an image with their pipeline scores (used by `shelfsight eval`)."""
-        _, ranked, _ = self._evaluate(rgb, k, roi)
-        return [(c.product_id, c.score) for c in ranked[:k]]
+        return [(c.product_id, c.score) for c in self._evaluate(rgb, k, roi).ranked[:k]]
 
     def recognize(self, rgb: np.ndarray, *, roi: RoiConfig | None = None) -> Recognition:
         """Recognise the product in the region of interest (`roi` overrides the configured one)."""
-        state, ranked, timings = self._evaluate(rgb, self.config.top_k, roi)
+        outcome = self._evaluate(rgb, self.config.top_k, roi)
+        timings = outcome.timings
         t = time.perf_counter()
         threshold = self.unknown_threshold
         named = tuple(
             replace(c, name=str(self.product_info(c.product_id).get("name", "")))
-            for c in ranked[: self.config.top_k]
+            for c in outcome.ranked[: self.config.top_k]
         )
-        if state == "empty":
+        if outcome.empty:
             result = Recognition("empty", None, 0.0, (), timings, named, threshold)
         elif not named or named[0].score < threshold:
             result = Recognition("unknown", None, 0.0, named, timings, named, threshold)
         else:
             best = named[0]
-            result = Recognition("product", self.product_info(best.product_id), best.confidence, named[1:], timings, named, threshold)
+            product = self.product_info(best.product_id)
+            result = Recognition("product", product, best.confidence, named[1:], timings, named, threshold)
         timings["decision"] += (time.perf_counter() - t) * 1000
         return result
+
+
+@dataclass
+class _Outcome:
+    empty: bool
+    ranked: list[Candidate]
+    timings: dict[str, float]
 
 
 def check_compatible(embedder: Embedder, catalog: CatalogLike) -> None:

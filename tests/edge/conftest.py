@@ -8,10 +8,12 @@ exists; `embedder` picks the real model when it is available.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 
+from edge_app.config import RecognitionConfig
 from edge_app.runtime.embedder import Embedder, l2_normalise
 from edge_app.runtime.spec import ModelSpec
 from edge_app.samples import Clip, SampleSet, generate_clip, generate_sample_set
@@ -51,3 +53,19 @@ def embedder(request: pytest.FixtureRequest) -> Embedder:
     from edge_app.runtime import open_embedder
 
     return open_embedder(model_path, threads=1)
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(sample_set: SampleSet, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real SQLite catalog of the rendered sample products (references, thumbnails, ORB keypoints)."""
+    from edge_app.demo import build_catalog
+
+    catalog = build_catalog(tmp_path_factory.mktemp("catalog") / "catalog.db", sample_set.catalog_dir, sample_set.products_csv, embedder)
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture(scope="session")
+def full_config(sample_set: SampleSet) -> RecognitionConfig:
+    """Verification over every product, so the outcome rests on real ORB matching, not on the stand-in embedder."""
+    return RecognitionConfig(shortlist=sample_set.n_products, unknown_threshold=0.5, accept_similarity=1.01)

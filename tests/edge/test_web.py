@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from edge_app.camera import FolderSource
+from edge_app.config import RecognitionConfig
+from edge_app.images import iter_image_files, load_rgb
+from edge_app.kiosk import Kiosk, KioskState
+from edge_app.recognition import Recognizer
+from edge_app.runtime import Embedder
+from edge_app.samples import SampleSet
+from edge_app.web import WebServer, create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture()
+def kiosk(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig) -> Kiosk:
+    return Kiosk(Recognizer(embedder, sample_catalog, full_config))
+
+
+@pytest.fixture()
+def client(kiosk: Kiosk) -> FlaskClient:
+    return create_app(kiosk, max_upload_bytes=200_000).test_client()
+
+
+def first_query(sample_set: SampleSet) -> tuple[str, bytes]:
+    path = next(iter_image_files(sample_set.queries_dir))
+    return path.parent.name, path.read_bytes()
+
+
+def test_search_returns_top_k_with_product_data(client: FlaskClient, sample_set: SampleSet) -> None:
+    truth, data = first_query(sample_set)
+    response = client.post("/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}, content_type="multipart/form-data")
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["decision"] == "product" and len(body["results"]) == 3
+    top = body["results"][0]
+    assert top["product_id"] == truth and top["name"] and "price" in top and top["verified"]
+    # The raw body works too.
+    raw = client.post("/search", data=data, content_type="image/jpeg")
+    assert raw.status_code == 200 and raw.json["results"][0]["product_id"] == truth
+
+
+@pytest.mark.parametrize(
+    "payload, status, reason",
+    [
+        (b"", 400, "empty upload"),
+        (b"this is not an image", 400, "not a readable image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 100, 400, "not a readable image"),  # a truncated JPEG
+        (b"x" * 300_000, 413, "too large"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_reason(client: FlaskClient, payload: bytes, status: int, reason: str) -> None:
+    response = client.post("/search", data={"image": (io.BytesIO(payload), "bad.jpg")}, content_type="multipart/form-data")
+    assert response.status_code == status
+    assert reason in response.json["error"]
+    assert client.get("/health").status_code == 200  # and the service keeps serving
+
+
+def test_bad_k_is_rejected(client: FlaskClient, sample_set: SampleSet) -> None:
+    _, data = first_query(sample_set)
+    assert client.post("/search?k=lots", data=data).status_code == 400
+
+
+def test_health_state_frame_and_thumbnail(client: FlaskClient, sample_catalog: Any, embedder: Embedder) -> None:
+    health = client.get("/health").json
+    assert health["model_fingerprint"] == embedder.fingerprint
+    assert health["catalog_version"] == sample_catalog.version and health["uptime_s"] >= 0 and "fps" in health
+    state = client.get("/api/state").json
+    assert state["decision"] == "starting" and state["message"]
+    assert client.get("/api/frame.jpg").status_code == 404  # no camera frame yet
+    product_id = sample_catalog.products()[0]["id"]
+    thumb = client.get(f"/api/thumbnail/{product_id}")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.data)).size == (160, 160)
+    assert client.get("/api/thumbnail/nope").status_code == 404
+    page = client.get("/")
+    assert page.status_code == 200 and b"/static/app.js" in page.data
+    assert b"http" not in client.get("/static/app.js").data  # no internet assets
+
+
+@pytest.fixture()
+def product_frames(sample_set: SampleSet, kiosk: Kiosk, tmp_path: Path) -> tuple[str, Path]:
+    """A folder 'camera' showing one product from the angles at which single frames recognise it."""
+    product = sorted(p.name for p in sample_set.queries_dir.iterdir())[1]
+    views = [*iter_image_files(sample_set.catalog_dir / product), *iter_image_files(sample_set.queries_dir / product)]
+    kept = [p for p in views if kiosk.recognizer.recognize(load_rgb(p)).product_id == product]
+    assert len(kept) >= 2
+    for i, path in enumerate(kept):
+        shutil.copy(path, tmp_path / f"{i:03d}.jpg")
+    return product, tmp_path
+
+
+def wait_for(kiosk: Kiosk, predicate: Any, limit_s: float = 60.0) -> KioskState:
+    """Poll the kiosk until `predicate(state)` holds; the limit only guards against a hang."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        state = kiosk.state()
+        if predicate(state):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"kiosk never reached the expected state; last: {kiosk.state()}")
+
+
+def test_kiosk_threads_announce_the_product_shown(kiosk: Kiosk, product_frames: tuple[str, Path]) -> None:
+    product, folder = product_frames
+    kiosk.source = FolderSource(folder, interval_s=0.02, loop=True)
+    with kiosk:
+        state = wait_for(kiosk, lambda s: s.announcement.decision == "product")
+        assert state.announcement.product_id == product
+        assert kiosk.frame_jpeg() is not None
+        assert kiosk.health()["frames_recognised"] >= 3
+    assert kiosk.stats.errors == 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")
+def test_page_in_headless_chromium_shows_the_recognised_product(
+    kiosk: Kiosk, product_frames: tuple[str, Path], sample_catalog: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    product, folder = product_frames
+    name = sample_catalog.product(product)["name"]
+    kiosk.source = FolderSource(folder, interval_s=0.05, loop=True)
+    with kiosk, WebServer(create_app(kiosk), "127.0.0.1", 0) as server:
+        wait_for(kiosk, lambda s: s.announcement.product_id == product)
+        profile = tmp_path_factory.mktemp("chromium-profile")
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", server.url + "/"],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+    assert f'<h1 id="product-name">{name}</h1>' in dom, dom[-2000:]
+    assert 'data-decision="product"' in dom
+    assert 'class="card"' in dom or 'class="card "' in dom
