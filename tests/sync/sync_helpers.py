@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,6 +20,7 @@ from catalog.sync.config import BrokerConfig, SyncConfig
 from catalog.sync.envelope import Signer
 from catalog.sync.localbroker import Broker
 from catalog.sync.inbox import EnrollmentInbox
+from catalog.sync.kiosk import KioskSync
 from catalog.sync.publisher import HqPublisher, HqServer
 from catalog.sync.releases import current_release, seed_release
 from catalog.sync.topics import Topics
@@ -203,3 +208,61 @@ class Searcher:
             "availability": 1 - len(self.failures) / max(1, len(self.latencies)),
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
         }
+
+
+def _kiosk_main(config_json: str, data_dir: str) -> None:
+    """Child process body: a kiosk's sync, running until killed."""
+    logging.disable(logging.CRITICAL)
+    sync = KioskSync(SyncConfig.model_validate_json(config_json), data_dir)
+    sync.start()
+    while True:
+        time.sleep(1)
+
+
+def check_kiosk_catalog(data_dir: Path, published: dict[int, list[dict[str, Any]]]) -> int:
+    """Assert the kiosk's catalog is exactly one published version, intact and searchable; return it."""
+    _, path = current_release(data_dir)
+    with Catalog(path, create=False) as catalog:
+        assert catalog.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        version = catalog.version
+        assert version in published, f"v{version} was never published"
+        assert catalog.export_snapshot()["records"] == published[version], f"v{version} differs from HQ's v{version}"
+        assert catalog.search(np.ones(DIM, np.float32), k=1)
+    return version
+
+
+def kill_trials(
+    hq: Hq, config: SyncConfig, data_dir: Path, trials: int, *, seed: int = 0, products_per_step: int = 150
+) -> dict[str, Any]:
+    """Publish a version, run a kiosk process, SIGKILL it at a random moment, check its catalog; repeat."""
+    rng = np.random.default_rng(seed)
+    fork = multiprocessing.get_context("fork")
+    published = {hq.catalog.version: hq.catalog.export_snapshot()["records"]}
+    outcomes = {"old": 0, "new": 0, "other_published": 0}
+    window = 0.0
+    next_id = 10_000
+    for trial in range(trials + 1):
+        before = check_kiosk_catalog(data_dir, published)
+        big = trial % 4 == 3  # every 4th step goes over the message limit: snapshot path
+        count = products_per_step * (4 if big else 1)
+        hq.add(range(next_id, next_id + count), seed=trial)
+        next_id += count // 2  # half new products, half updates of the previous step's
+        hq.publisher.publish()
+        published[hq.catalog.version] = hq.catalog.export_snapshot()["records"]
+        child = fork.Process(target=_kiosk_main, args=(config.model_dump_json(), str(data_dir)), daemon=True)
+        started = time.monotonic()
+        child.start()
+        if trial == 0:  # calibration run: how long a full apply takes here, not killed early
+            deadline = started + WAIT
+            while check_kiosk_catalog(data_dir, published) != hq.catalog.version and time.monotonic() < deadline:
+                time.sleep(0.02)
+            window = 1.5 * (time.monotonic() - started)
+        else:
+            time.sleep(float(rng.uniform(0, window)))
+        os.kill(child.pid or 0, signal.SIGKILL)
+        child.join(10)
+        after = check_kiosk_catalog(data_dir, published)
+        if trial:
+            key = "new" if after == hq.catalog.version else "old" if after == before else "other_published"
+            outcomes[key] += 1
+    return {"trials": trials, "window_s": round(window, 3), "inconsistent": 0, **outcomes}
