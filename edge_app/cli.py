@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "edge_app.eval_cli",
     "catalog.cli",
     "catalog.sync.cli",
+    "edge_app.demo",
+    "edge_app.kiosk_cli",
 )
 
 

@@ -1,0 +1,82 @@
+"""`shelfsight kiosk`: run the kiosk (camera, recognition, page, HTTP API) from one config file."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from edge_app.cli import domain_errors
+from edge_app.config import KioskConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+def describe(config: KioskConfig) -> str:
+    camera = config.camera
+    where = getattr(camera, "path", None) or getattr(camera, "device", None) or f"{getattr(camera, 'width', '')}x{getattr(camera, 'height', '')}"
+    return (
+        f"model: {config.model.path or 'bundled default'} ({config.model.threads} threads)\n"
+        f"catalog: {config.catalog.path}\n"
+        f"camera: {camera.type} {where}\n"
+        f"roi: x={config.roi.x} y={config.roi.y} w={config.roi.width} h={config.roi.height}\n"
+        f"verification: {'on' if config.recognition.verify else 'off'}, "
+        f"threshold: {config.recognition.unknown_threshold if config.recognition.unknown_threshold is not None else 'from catalog'}\n"
+        f"web: {'http://%s:%d' % (config.web.host, config.web.port) if config.web.enabled else 'off'}"
+    )
+
+
+def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
+    """Run until `stop` is set. The page keeps serving the last state if the camera source ends."""
+    from edge_app.kiosk import build_kiosk
+    from edge_app.web import WebServer, create_app
+
+    kiosk = build_kiosk(config)
+    with kiosk:
+        server = None
+        if config.web.enabled:
+            server = WebServer(create_app(kiosk, config.web.max_upload_bytes), config.web.host, config.web.port).start()
+            click.echo(f"kiosk page at {server.url}")
+        try:
+            stop.wait()
+        finally:
+            if server is not None:
+                server.stop()
+
+
+@click.command("kiosk")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Kiosk config file (.toml or .json).")
+@click.option("--validate-config", is_flag=True, help="Only check the config file and print what it sets up.")
+@domain_errors
+def kiosk_command(config_path: Path, validate_config: bool) -> None:
+    """Run the store kiosk: camera -> recognition -> local web page and HTTP API.
+
+    \b
+    Examples:
+      shelfsight kiosk --config /etc/shelfsight/kiosk.toml
+      shelfsight kiosk --config kiosk.toml --validate-config
+    """
+    config = load_config(config_path)
+    if validate_config:
+        click.echo(f"{config_path}: valid\n{describe(config)}")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_kiosk(config, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+COMMANDS: list[click.Command] = [kiosk_command]
