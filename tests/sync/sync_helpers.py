@@ -266,3 +266,35 @@ def kill_trials(
             key = "new" if after == hq.catalog.version else "old" if after == before else "other_published"
             outcomes[key] += 1
     return {"trials": trials, "window_s": round(window, 3), "inconsistent": 0, **outcomes}
+
+
+def run_fleet(
+    hq: Hq, broker: Broker, public_key: Path, root: Path, *, kiosks: int, changed: int, timeout: float
+) -> dict[str, Any]:
+    """Start `kiosks` kiosks at HQ's current version, publish `changed` changed products, time convergence."""
+    fleet = []
+    for i in range(kiosks):
+        data_dir = root / f"k{i:04d}"
+        seed_kiosk(data_dir, hq)
+        fleet.append(KioskSync(kiosk_config(broker, public_key, f"sim{i:04d}", hold_s=2.0), data_dir))
+    try:
+        for kiosk in fleet:
+            kiosk.start()
+        for kiosk in fleet:
+            assert kiosk.wait_for(lambda k: k.target_version == hq.catalog.version, timeout)
+        hq.add(range(changed), seed=99)
+        target = hq.catalog.version
+        start = time.monotonic()
+        hq.publisher.publish()
+        converged = sum(kiosk.wait_for(lambda k: k.version == target, max(0.1, start + timeout - time.monotonic())) for kiosk in fleet)
+        elapsed = time.monotonic() - start
+        return {
+            "kiosks": kiosks,
+            "changed_products": changed,
+            "converged": converged,
+            "seconds": round(elapsed, 2),
+            "by_snapshot": sum(k.counters["snapshots"] for k in fleet),
+        }
+    finally:
+        for kiosk in fleet:
+            kiosk.stop()
