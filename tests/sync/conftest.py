@@ -16,7 +16,7 @@ from catalog.sync.localbroker import Broker, mosquitto_binary
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/sync/" in str(item.fspath).replace("\\", "/"):
+        if "broker_factory" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.broker)
 
 
