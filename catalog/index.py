@@ -36,7 +36,16 @@ EXACT_LIMIT = 16_384
 MIN_BITS_DIM = 64
 DEFAULT_SHORTLIST = 256
 _SAMPLE_STRIDE = 32
-_MASK_CACHE_SIZE = 32
+_FILTER_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """References passing a filter: the mask, its complement's indices, and the count."""
+
+    mask: np.ndarray
+    excluded: np.ndarray
+    count: int
 
 
 @dataclass(frozen=True)
@@ -102,8 +111,11 @@ class SearchIndex:
         exact = n <= EXACT_LIMIT or self.dim < MIN_BITS_DIM
         self._dense = (self.codes.astype(np.float32) * self.scales[:, None]) if exact else None
         self._bits = None if exact else sign_codes(self.codes)
-        self._masks: dict[tuple[Any, ...], np.ndarray] = {}
-        self._masks_lock = threading.Lock()
+        self._filters: dict[tuple[Any, ...], _Filter] = {}
+        self._filters_lock = threading.Lock()
+        self._local = threading.local()
+        # Sign-bit distances fit a byte up to 255 bits; 256 bits wrap only for an exact antipode.
+        self._dist_dtype = np.uint8 if self._bits is not None and len(self._bits) <= 4 else np.uint16
 
     @classmethod
     def empty(cls, dim: int = 0, fingerprint: str | None = None, version: int = 0) -> "SearchIndex":
@@ -124,26 +136,28 @@ class SearchIndex:
 
     # ---- filters --------------------------------------------------------------------------
 
-    def _reference_mask(self, category: str | None, where: Mapping[str, Any] | None) -> np.ndarray | None:
-        """Boolean (N,) of references whose product passes the filters, or None for no filter."""
+    def _filter(self, category: str | None, where: Mapping[str, Any] | None) -> _Filter | None:
+        """The references whose product passes the filters, or None for no filter (cached per filter)."""
         conditions: dict[str, Any] = dict(where or {})
         if category is not None:
             conditions["category"] = category
         if not conditions:
             return None
         key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, set, frozenset)) else v) for k, v in conditions.items()))
-        with self._masks_lock:
-            cached = self._masks.get(key)
+        with self._filters_lock:
+            cached = self._filters.get(key)
         if cached is not None:
             return cached
         allowed = np.array([_matches(fields, conditions) for fields in self.product_fields], dtype=bool)
         mask = allowed[self.reference_products] if len(self) else np.zeros(0, bool)
-        mask.setflags(write=False)
-        with self._masks_lock:
-            if len(self._masks) >= _MASK_CACHE_SIZE:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[key] = mask
-        return mask
+        result = _Filter(mask, np.flatnonzero(~mask), int(mask.sum()))
+        for array in (result.mask, result.excluded):
+            array.setflags(write=False)
+        with self._filters_lock:
+            if len(self._filters) >= _FILTER_CACHE_SIZE:
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[key] = result
+        return result
 
     # ---- search ---------------------------------------------------------------------------
 
@@ -156,41 +170,49 @@ class SearchIndex:
             raise InputError("query embedding is zero or not finite")
         return query / norm
 
-    def _candidates(self, query: np.ndarray, mask: np.ndarray | None, size: int) -> np.ndarray:
-        """Indices of about `size` references nearest by sign-bit Hamming distance (mask respected)."""
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-thread work buffers: reusing them avoids page-faulting fresh megabytes every query."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            n = len(self)
+            buffers = (np.empty(n, np.uint64), np.empty(n, np.uint8), np.empty(n, self._dist_dtype))
+            self._local.buffers = buffers
+        return buffers
+
+    def _candidates(self, query: np.ndarray, allowed: "_Filter | None", size: int) -> np.ndarray:
+        """Indices of at least `size` references nearest by sign-bit Hamming distance (filter respected)."""
         assert self._bits is not None
         qbits = sign_codes(query[None])[:, 0]
-        n = len(self)
-        dist = np.empty(n, np.uint16)
-        word = np.empty(n, np.uint64)
-        count = np.empty(n, np.uint8)
+        word, count, dist = self._scratch()
         np.bitwise_xor(self._bits[0], qbits[0], out=word)
         np.bitwise_count(word, out=count)
         dist[:] = count
         for row, qword in zip(self._bits[1:], qbits[1:]):
             np.bitwise_xor(row, qword, out=word)
             np.bitwise_count(word, out=count)
-            dist += count
-        eligible = n
-        if mask is not None:
-            dist[~mask] = np.iinfo(np.uint16).max
-            eligible = int(np.count_nonzero(mask))
+            np.add(dist, count, out=dist)
+        ceiling = int(np.iinfo(self._dist_dtype).max)
+        eligible = len(self)
+        if allowed is not None:
+            dist[allowed.excluded] = ceiling
+            eligible = allowed.count
         size = min(size, eligible)
         if size == 0:
             return np.zeros(0, np.intp)
-        # Threshold from a sample, then one cheap comparison pass; rarely needs a second try.
-        sample = np.sort(dist[::_SAMPLE_STRIDE])
-        position = min(len(sample) - 1, (2 * size) // _SAMPLE_STRIDE + 1)
-        threshold = int(sample[position])
+        # Threshold from a histogram of a strided sample, then one cheap comparison pass.
+        sample_counts = np.cumsum(np.bincount(dist[::_SAMPLE_STRIDE], minlength=ceiling + 1))
+        threshold = int(np.searchsorted(sample_counts, (2 * size) // _SAMPLE_STRIDE + 1))
         while True:
             found = np.flatnonzero(dist <= threshold)
-            if len(found) >= size or threshold >= 64 * len(self._bits):
+            if len(found) >= size or threshold >= ceiling:
                 break
-            threshold += 2
+            threshold += 1
         if len(found) > 4 * size:
             found = found[np.argpartition(dist[found], 2 * size)[: 2 * size]]
-        if mask is not None:
-            found = found[mask[found]]
+        if allowed is not None:
+            # A distance can reach the ceiling (or wrap to 0 for an exact antipode in uint8);
+            # the filter is re-applied and the exact re-rank discards any stray far vector.
+            found = found[allowed.mask[found]]
         return found
 
     def search(
@@ -211,19 +233,20 @@ class SearchIndex:
         query = self._query(embedding)
         if not len(self):
             return []
-        mask = self._reference_mask(category, where)
+        allowed = self._filter(category, where)
         if self._dense is not None:
             scores = self._dense @ query
-            if mask is not None:
-                scores = np.where(mask, scores, -np.inf)
+            if allowed is not None:
+                scores[allowed.excluded] = -np.inf
             return self._top_products(np.arange(len(self)), scores, k)
+        eligible = len(self) if allowed is None else allowed.count
         size = max(self.shortlist, 8 * k)
         while True:
-            found = self._candidates(query, mask, size)
+            found = self._candidates(query, allowed, size)
             scores = (self.codes[found].astype(np.float32) @ query) * self.scales[found]
             hits = self._top_products(found, scores, k)
             # Many references of one product can crowd the shortlist; widen it until k products appear.
-            if len(hits) >= k or len(found) >= (len(self) if mask is None else int(mask.sum())) or size >= len(self):
+            if len(hits) >= k or len(found) >= eligible:
                 return hits
             size *= 4
 

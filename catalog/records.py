@@ -94,21 +94,27 @@ def _enc(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def quantize(embedding: np.ndarray) -> tuple[bytes, float]:
-    """float vector -> (int8 bytes, scale) with float ~= int8 * scale. Symmetric, per vector.
+def quantize_many(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) float -> (int8 (N, D), float32 scales (N,)) with float ~= int8 * scale, per row.
 
-    The scale keeps the vector's norm (not its peak), so a unit vector dequantises to a unit
+    The scale keeps each vector's norm (not its peak), so a unit vector dequantises to a unit
     vector and scores stay true cosines, never above 1.
     """
-    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
-    if not np.all(np.isfinite(vector)):
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if not np.all(np.isfinite(vectors)):
         raise CatalogError("embedding contains NaN or infinity")
-    peak = float(np.abs(vector).max()) if vector.size else 0.0
-    if peak == 0.0:
-        return np.zeros(vector.size, np.int8).tobytes(), 1.0
-    codes = np.clip(np.round(vector * (127.0 / peak)), -127, 127).astype(np.int8)
-    scale = float(np.linalg.norm(vector)) / float(np.linalg.norm(codes.astype(np.float32)))
-    return codes.tobytes(), scale
+    peaks = np.abs(vectors).max(axis=1, keepdims=True) if vectors.shape[1] else np.zeros((len(vectors), 1), np.float32)
+    safe = np.where(peaks > 0, peaks, 1.0)
+    codes = np.clip(np.round(vectors * (127.0 / safe)), -127, 127).astype(np.int8)
+    code_norms = np.linalg.norm(codes.astype(np.float32), axis=1)
+    scales = np.where(code_norms > 0, np.linalg.norm(vectors, axis=1) / np.maximum(code_norms, 1e-12), 1.0)
+    return codes, scales.astype(np.float32)
+
+
+def quantize(embedding: np.ndarray) -> tuple[bytes, float]:
+    """One float vector -> (int8 bytes, scale); see `quantize_many`."""
+    codes, scales = quantize_many(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
+    return codes[0].tobytes(), float(scales[0])
 
 
 def check_attributes(attributes: Any, what: str = "attributes") -> dict[str, AttributeValue]:

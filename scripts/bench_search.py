@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Benchmark catalog search: latency (p50/p95 per single query) and recall@5 vs exact float search.
+
+References are random but clustered like a real catalog (products with several
+photos each; queries are noisy views of a product), unit-normalised, stored int8
+exactly as the catalog stores them, and searched through `SearchIndex`, the same
+object the kiosk searches. Ground truth is exact float32 search on the original
+(unquantised) vectors. Targets (2 cores): 100k refs p50 <= 0.5 ms, 1M refs p50 <= 5 ms,
+recall@5 >= 0.99.
+
+    .venv/bin/python scripts/bench_search.py --json bench-search.json
+    .venv/bin/python scripts/bench_search.py --sizes 100000 --dims 256 --queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catalog.index import SearchIndex  # noqa: E402
+from catalog.records import quantize_many  # noqa: E402
+
+log = logging.getLogger("bench_search")
+
+REFS_PER_PRODUCT = 8
+PHOTO_SPREAD = 0.6  # a reference's offset from its product centre (cos ~0.86)
+QUERY_SPREAD = 0.5  # a query's offset from the reference it was taken like
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def clustered_references(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, dim) float32 unit vectors in n / REFS_PER_PRODUCT clusters; built in chunks to bound memory."""
+    centres = unit(rng.standard_normal((max(1, n // REFS_PER_PRODUCT), dim)).astype(np.float32))
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * (PHOTO_SPREAD / np.sqrt(dim))
+        out[start:stop] = unit(centres[np.arange(start, stop) // REFS_PER_PRODUCT] + noise)
+    return out
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = np.empty((len(queries), len(vectors)), np.float32)
+    for start in range(0, len(vectors), 200_000):
+        scores[:, start : start + 200_000] = queries @ vectors[start : start + 200_000].T
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    return top
+
+
+def bench(n: int, dim: int, n_queries: int, seed: int) -> dict[str, float | int]:
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    vectors = clustered_references(n, dim, rng)
+    codes, scales = quantize_many(vectors)
+    # One product per reference, so recall@5 over products is recall@5 over references.
+    fields: list[dict[str, object]] = [{}] * n
+    index = SearchIndex(
+        reference_ids=[str(i) for i in range(n)],
+        reference_products=np.arange(n, dtype=np.int32),
+        codes=codes,
+        scales=scales,
+        product_ids=[str(i) for i in range(n)],
+        product_fields=fields,
+        dim=dim,
+        fingerprint="bench",
+    )
+    build_s = time.perf_counter() - started
+    picks = rng.integers(0, n, n_queries)
+    noise = rng.standard_normal((n_queries, dim)).astype(np.float32) * (QUERY_SPREAD / np.sqrt(dim))
+    queries = unit(vectors[picks] + noise)
+    truth = exact_top(vectors, queries, 5)
+
+    for query in queries[:5]:  # warm caches and lazy allocations
+        index.search(query, k=5)
+    latencies, found = [], 0
+    for query, expected in zip(queries, truth):
+        t0 = time.perf_counter()
+        hits = index.search(query, k=5)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        found += len({int(h.product_id) for h in hits} & set(expected.tolist()))
+
+    exact_ms = []
+    matrix = index.codes.astype(np.float32) * index.scales[:, None] if n <= 100_000 else None
+    if matrix is not None:  # reference point: brute-force float search on the same data
+        for query in queries[:50]:
+            t0 = time.perf_counter()
+            np.argpartition(-(matrix @ query), 5)[:5]
+            exact_ms.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "references": n,
+        "dim": dim,
+        "queries": n_queries,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 4),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 4),
+        "recall_at_5": round(found / (5 * n_queries), 4),
+        "exact_float_p50_ms": round(float(np.median(exact_ms)), 4) if exact_ms else None,
+        "index_build_s": round(build_s, 2),
+        "index_mb": round((index.codes.nbytes + index.scales.nbytes + (index._bits.nbytes if index._bits is not None else 0)) / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="Reference counts.")
+    parser.add_argument("--dims", type=int, nargs="+", default=[256, 128], help="Embedding dimensions.")
+    parser.add_argument("--queries", type=int, default=300, help="Queries per configuration.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    results = []
+    for n in args.sizes:
+        for dim in args.dims:
+            result = bench(n, dim, args.queries, args.seed)
+            results.append(result)
+            print(
+                f"{n:>9,} refs x {dim:>3}d: p50 {result['p50_ms']:.3f} ms  p95 {result['p95_ms']:.3f} ms  "
+                f"recall@5 {result['recall_at_5']:.4f}  (exact float p50 {result['exact_float_p50_ms']} ms, "
+                f"index {result['index_mb']} MB, built in {result['index_build_s']} s)",
+                flush=True,
+            )
+    if args.json:
+        report = {"machine": platform.platform(), "processor": platform.processor(), "numpy": np.__version__, "results": results}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
