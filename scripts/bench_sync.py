@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Sync reliability and speed at scale, against a real local Mosquitto: prints figures and writes JSON.
+
+Scenarios (the same ones tests/sync runs small):
+  reconnect      a kiosk offline while HQ changes 1 / 100 / 10,000 products: time to converge after reconnect,
+                 and search availability + p99 latency on the kiosk while it syncs
+  snapshot       snapshot size and transfer+apply time for 10k and 100k products
+  chaos          hundreds of deltas shuffled and duplicated, a gap, replays: wrong applies must be 0
+  forgeries      forged / tampered / foreign-fleet / replayed updates: accepted must be 0
+  kill           kill -9 of a kiosk process at random moments during apply (>= 200 trials): inconsistent DBs must be 0
+  fleet          50 kiosk clients on one broker converging on a 10k-product update
+
+Usage:
+  .venv/bin/python scripts/bench_sync.py --json out/bench_sync.json
+  .venv/bin/python scripts/bench_sync.py --quick --json out/bench_sync_quick.json   # smaller, ~1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "sync"))  # the test harness: HQ, kiosks, taps, kill trials
+
+from sync_helpers import Hq, RunningServer, Searcher, Tap, check_kiosk_catalog, kill_trials, kiosk_config, run_fleet, seed_kiosk  # noqa: E402
+
+from catalog.store import Catalog  # noqa: E402
+from catalog.sync.codec import encode_delta  # noqa: E402
+from catalog.sync.envelope import EnvelopeHeader, generate_keys, load_signer  # noqa: E402
+from catalog.sync.kiosk import KioskSync  # noqa: E402
+from catalog.sync.localbroker import Broker  # noqa: E402
+from catalog.sync.releases import seed_release  # noqa: E402
+
+DIM = 128  # a realistic embedding size for the benchmark (tests use 16)
+WAIT = 600.0
+
+
+class Bench:
+    def __init__(self, work: Path, quick: bool) -> None:
+        self.work = work
+        self.quick = quick
+        private, self.public = generate_keys(work / "keys")
+        self.signer = load_signer(private)
+        self.broker = Broker(work / "broker", max_queued_messages=1000, max_packet_size=1024 * 1024).start()
+        self.count = 0
+
+    def hq(self, name: str, **kwargs: Any) -> Hq:
+        return Hq(self.work / name, self.broker, self.signer, chunk_bytes=192 * 1024, dim=DIM, **kwargs)
+
+    def kiosk(self, hq: Hq, name: str, **hooks: Any) -> KioskSync:
+        data_dir = self.work / "kiosks" / name
+        if not data_dir.exists():
+            seed_kiosk(data_dir, hq)
+        return KioskSync(kiosk_config(self.broker, self.public, name, hold_s=2.0), data_dir, **hooks)
+
+    def close(self) -> None:
+        self.broker.stop()
+
+
+def converge(kiosk: KioskSync, version: int) -> float:
+    start = time.monotonic()
+    if not kiosk.wait_for(lambda k: k.version == version, WAIT):
+        raise RuntimeError(f"{kiosk.config.kiosk_id} did not converge on v{version}: {kiosk.last_error}")
+    return time.monotonic() - start
+
+
+def wrong_apply(kiosk: KioskSync, hq: Hq) -> int:
+    """1 if the kiosk's catalog differs from HQ's at the same version (a wrong apply), else 0."""
+    try:
+        check_kiosk_catalog(kiosk.data_dir, {hq.catalog.version: hq.catalog.export_snapshot()["records"]})
+    except AssertionError:
+        return 1
+    return 0
+
+
+def scenario_reconnect(b: Bench) -> dict[str, Any]:
+    hq = b.hq("hq-reconnect")
+    hq.add(range(2000 if b.quick else 20000))
+    hq.publisher.publish()
+    server = RunningServer(hq, b.signer, poll_s=0.5)
+    results: dict[str, Any] = {"catalog_products": hq.catalog.stats().get("products")}
+    wrong = 0
+    try:
+        kiosk = b.kiosk(hq, "reconnect")
+        for changed in (1, 100, 1000 if b.quick else 10000):
+            kiosk.start()
+            converge(kiosk, hq.catalog.version)
+            kiosk.stop()
+            hq.add(range(changed), seed=changed)
+            hq.publisher.publish()
+            server.server.published.clear()
+            searcher = Searcher(kiosk.data_dir)
+            kiosk = KioskSync(kiosk.config, kiosk.data_dir, on_applied=searcher.on_applied)
+            kiosk.start()
+            seconds = converge(kiosk, hq.catalog.version)
+            search = searcher.stop()
+            wrong += wrong_apply(kiosk, hq)
+            results[f"changed_{changed}"] = {
+                "seconds": round(seconds, 3),
+                "path": "snapshot" if kiosk.counters["snapshots"] else "delta",
+                "search_availability": round(search["availability"], 5),
+                "search_p99_ms": round(search["p99_ms"], 2),
+                "searches": search["searches"],
+            }
+            kiosk.stop()
+            kiosk = KioskSync(kiosk.config, kiosk.data_dir)
+    finally:
+        server.stop()
+        hq.close()
+    results["wrong_applies"] = wrong
+    return results
+
+
+def scenario_snapshot(b: Bench) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for products in (2000, 10000) if b.quick else (10000, 100000):
+        hq = b.hq(f"hq-snap-{products}")
+        start = time.monotonic()
+        hq.add(range(products))
+        build_s = time.monotonic() - start
+        data_dir = _seed_empty(hq, b.work / "kiosks" / f"snap-{products}")
+        start = time.monotonic()
+        manifest = hq.publisher.publish()
+        publish_s = time.monotonic() - start
+        assert manifest is not None
+        kiosk = KioskSync(kiosk_config(b.broker, b.public, f"snap{products}", hold_s=2.0), data_dir)
+        kiosk.start()
+        seconds = converge(kiosk, hq.catalog.version)
+        results[f"products_{products}"] = {
+            "snapshot_bytes": manifest.snapshot.size,
+            "chunks": len(manifest.snapshot.chunks),
+            "hq_build_catalog_s": round(build_s, 2),
+            "hq_publish_s": round(publish_s, 2),
+            "kiosk_transfer_and_apply_s": round(seconds, 2),
+            "wrong_applies": wrong_apply(kiosk, hq),
+        }
+        kiosk.stop()
+        hq.close()
+    return results
+
+
+def _seed_empty(hq: Hq, data_dir: Path) -> Path:
+    """A kiosk with HQ's model and an empty catalog at version 0: everything must come by snapshot."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    empty_db = data_dir.parent / f"{data_dir.name}-empty.db"
+    snapshot = hq.catalog.export_snapshot()
+    snapshot.update(records=[], version=0)
+    with Catalog(empty_db) as catalog:
+        catalog.replace_with_snapshot(snapshot)
+    seed_release(data_dir, hq.model, empty_db)
+    return data_dir
+
+
+def scenario_chaos(b: Bench) -> dict[str, Any]:
+    """Deltas shuffled, duplicated and one dropped; the kiosk must end exactly at HQ's version."""
+    hq = b.hq("hq-chaos")
+    hq.add(range(50))
+    hq.publisher.publish()
+    kiosk = b.kiosk(hq, "chaos")
+    steps = 50 if b.quick else 200
+    tap = Tap(b.broker, hq.topics.delta, client_id="chaos-tap")
+    for step in range(steps):
+        hq.add([step % 50], seed=step + 1)
+        hq.publisher.publish()
+    tap.wait(lambda ms: len(ms) >= steps, 60)
+    deltas = tap.payloads(hq.topics.delta)
+    rng = np.random.default_rng(1)
+    order = list(rng.permutation(len(deltas))) + list(rng.integers(0, len(deltas), len(deltas)))
+    kiosk.start()
+    for index in order:
+        tap.inject(hq.topics.delta, deltas[int(index)])
+    seconds = converge(kiosk, hq.catalog.version)
+    result = {
+        "deltas": len(deltas),
+        "messages_injected": len(order),
+        "seconds": round(seconds, 2),
+        "applied": kiosk.counters["applied"],
+        "duplicates_ignored": kiosk.counters["duplicates"],
+        "held_out_of_order": kiosk.counters["held"],
+        "snapshots": kiosk.counters["snapshots"],
+        "wrong_applies": wrong_apply(kiosk, hq),
+    }
+    kiosk.stop()
+    tap.close()
+    hq.close()
+    return result
+
+
+def scenario_forgeries(b: Bench) -> dict[str, Any]:
+    hq = b.hq("hq-forge")
+    hq.add(range(20))
+    hq.publisher.publish()
+    kiosk = b.kiosk(hq, "forge")
+    kiosk.start()
+    converge(kiosk, hq.catalog.version)
+    base = hq.catalog.version
+    changes = hq.catalog.changes_since(base - 2)
+    changes = [{**c, "version": base + 1 + i} for i, c in enumerate(changes)]
+    other = load_signer(generate_keys(b.work / "attacker-keys")[0])
+    genuine = b.signer.seal(EnvelopeHeader(kind="delta", fleet="other", seq=1, base=base, target=changes[-1]["version"]), encode_delta(changes))
+    rng = np.random.default_rng(2)
+    attempts = 200 if b.quick else 2000
+    tap = Tap(b.broker, client_id="forger")
+    for i in range(attempts):
+        kind = i % 4
+        header = EnvelopeHeader(kind="delta", fleet=hq.topics.fleet, seq=i, base=base, target=changes[-1]["version"])
+        if kind == 0:
+            payload = other.seal(header, encode_delta(changes))  # wrong key
+        elif kind == 1:
+            tampered = bytearray(b.signer.seal(header, encode_delta(changes)))
+            tampered[int(rng.integers(8, len(tampered)))] ^= 1 << int(rng.integers(0, 8))
+            payload = bytes(tampered)  # one bit flipped anywhere
+        elif kind == 2:
+            payload = genuine  # valid signature, another fleet
+        else:
+            payload = bytes(rng.integers(0, 256, int(rng.integers(1, 4000)), np.uint8))  # noise
+        tap.inject(hq.topics.delta, payload)
+    kiosk.wait_for(lambda k: k.counters["refused"] >= attempts, 120)
+    result = {
+        "attempts": attempts,
+        "refused": kiosk.counters["refused"],
+        "accepted": kiosk.counters["applied"],
+        "catalog_changed": int(kiosk.version != base),
+    }
+    kiosk.stop()
+    tap.close()
+    hq.close()
+    return result
+
+
+def scenario_kill(b: Bench, trials: int) -> dict[str, Any]:
+    hq = b.hq("hq-kill")
+    hq.add(range(200))
+    hq.publisher.publish()
+    hq.publisher.max_message_bytes = 64 * 1024  # every 4th (big) step goes by snapshot
+    data_dir = b.work / "kiosks" / "kill"
+    seed_kiosk(data_dir, hq)
+    config = kiosk_config(b.broker, b.public, "kill-victim", hold_s=0.5)
+    inconsistent = 0
+    try:
+        figures = kill_trials(hq, config, data_dir, trials, seed=3, products_per_step=100)
+    except AssertionError as exc:
+        inconsistent = 1
+        figures = {"trials": trials, "error": str(exc)}
+    figures["inconsistent"] = inconsistent
+    hq.close()
+    return figures
+
+
+def scenario_fleet(b: Bench, kiosks: int) -> dict[str, Any]:
+    hq = b.hq("hq-fleet")
+    hq.add(range(1000 if b.quick else 10000))
+    hq.publisher.publish()
+    server = RunningServer(hq, b.signer, poll_s=0.5)
+    try:
+        return run_fleet(
+            hq, b.broker, b.public, b.work / "fleet", kiosks=kiosks, changed=1000 if b.quick else 10000, timeout=WAIT
+        )
+    finally:
+        server.stop()
+        hq.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="Write the figures here.")
+    parser.add_argument("--quick", action="store_true", help="Smaller catalogs and fewer trials.")
+    parser.add_argument("--kill-trials", type=int, default=None, help="kill -9 trials (default 200, quick 30).")
+    parser.add_argument("--kiosks", type=int, default=50, help="Kiosk clients in the fleet simulation.")
+    parser.add_argument("--only", nargs="*", help="Run only these scenarios.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    trials = args.kill_trials if args.kill_trials is not None else (30 if args.quick else 200)
+    scenarios = {
+        "reconnect": scenario_reconnect,
+        "snapshot": scenario_snapshot,
+        "chaos": scenario_chaos,
+        "forgeries": scenario_forgeries,
+        "kill": lambda b: scenario_kill(b, trials),
+        "fleet": lambda b: scenario_fleet(b, args.kiosks),
+    }
+    figures: dict[str, Any] = {"quick": args.quick, "embedding_dim": DIM}
+    with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
+        bench = Bench(Path(tmp), args.quick)
+        try:
+            for name, run in scenarios.items():
+                if args.only and name not in args.only:
+                    continue
+                start = time.monotonic()
+                figures[name] = run(bench)
+                figures[name]["scenario_s"] = round(time.monotonic() - start, 1)
+                print(f"{name}: {json.dumps(figures[name])}", flush=True)
+        finally:
+            bench.close()
+    summary = {
+        "wrong_applies": sum(int(v.get("wrong_applies", 0)) for v in figures.values() if isinstance(v, dict))
+        + sum(int(s.get("wrong_applies", 0)) for s in figures.get("snapshot", {}).values() if isinstance(s, dict)),
+        "accepted_forgeries": figures.get("forgeries", {}).get("accepted"),
+        "inconsistent_after_kill9": f"{figures.get('kill', {}).get('inconsistent')} of {figures.get('kill', {}).get('trials')}",
+    }
+    figures["summary"] = summary
+    print(f"summary: {json.dumps(summary)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
