@@ -46,6 +46,8 @@ BusFactory = Callable[..., MessageBus]
 STATE_NAME = "sync_state.db"
 _TICK_S = 0.2
 _STATUS_EVERY_S = 30.0
+# A snapshot or release that failed to install (e.g. disk full) is fetched again only after this long.
+_RETRY_FAILED_S = 30.0
 
 
 class KioskSync:
@@ -88,6 +90,7 @@ class KioskSync:
         self._behind_since: float | None = None
         self._resync_sent: float | None = None
         self._unfit_blob: str | None = None
+        self._failed_blob: tuple[str, float] | None = None
         self._last_error: str | None = None
         self._last_status = 0.0
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
@@ -320,7 +323,11 @@ class KioskSync:
         if assembly.complete:
             data = assembly.result()
             self._drop_assembly()
-            self._install(assembly.manifest, data)
+            try:
+                self._install(assembly.manifest, data)
+            except Exception:
+                self._failed_blob = (assembly.manifest.blob_id, time.monotonic())
+                raise
 
     def _install(self, blob: BlobManifest, data: bytes) -> None:
         what = f"{blob.kind} v{blob.version}"
@@ -431,6 +438,9 @@ class KioskSync:
             return
         if self._unfit_blob == blob.blob_id:
             return
+        if self._failed_blob is not None and self._failed_blob[0] == blob.blob_id:
+            if now - self._failed_blob[1] < _RETRY_FAILED_S:
+                return
         try:
             blob.check_fits(self._bus.max_packet_bytes)
             new = Assembler(blob, max_bytes=self.config.max_blob_bytes)

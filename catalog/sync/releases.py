@@ -24,7 +24,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable
 
-from catalog.sync.files import atomic_write, fsync_dir, fsync_file
+from catalog.sync.files import atomic_write, fsync_path
 from edge_app.errors import CatalogError, ModelError, SyncError
 from edge_app.runtime.spec import ModelSpec, sha256_file
 
@@ -93,7 +93,7 @@ def _commit(data_dir: Path, staging: Path, fingerprint: str) -> None:
             raise SyncError(f"release {fingerprint[:12]} is already current")
         shutil.rmtree(final)
     staging.rename(final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
     _switch(data_dir, fingerprint, previous if previous != fingerprint else None)
     log.info("release %s is now current (previous %s)", fingerprint[:12], (previous or "none")[:12])
 
@@ -115,7 +115,7 @@ def install_release(
         write_catalog(staging / CATALOG_NAME, snapshot)
         _check_catalog_model(staging / CATALOG_NAME, model_spec.fingerprint)
         for name in (MODEL_NAME, f"{MODEL_NAME}.json"):
-            fsync_file(staging / name)
+            fsync_path(staging / name)
         _commit(data_dir, staging, model_spec.fingerprint)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
