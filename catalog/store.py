@@ -496,12 +496,18 @@ class Catalog:
                 result.append(item)
         return result
 
-    def thumbnail(self, product_id: str) -> bytes | None:
+    def _cell(self, table: str, column: str, key: str) -> Any:
+        """One column of the row with id `key`; CatalogError naming it if there is no such row."""
         with self._reading():
-            row = self.db.execute("SELECT thumbnail FROM products WHERE id = ?", [product_id]).fetchone()
+            row = self.db.execute(f"SELECT {column} FROM {table} WHERE id = ?", [key]).fetchone()
         if row is None:
-            raise CatalogError(f"no product {product_id!r} in {self.name}")
+            what = "product" if table == "products" else "reference"
+            raise CatalogError(f"no {what} {key!r} in {self.name}")
         return row[0]
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        """The product's thumbnail image bytes, if it has one."""
+        return self._cell("products", "thumbnail", product_id)
 
     def reference(self, reference_id: str) -> dict[str, Any]:
         """A reference's metadata: id, product_id, source, phash, dim, fingerprint, local, version, has_image."""
@@ -518,11 +524,7 @@ class Catalog:
 
     def reference_image(self, reference_id: str) -> bytes | None:
         """The stored JPEG of a reference's prepared square image (None if it was stored without one)."""
-        with self._reading():
-            row = self.db.execute("SELECT image_jpeg FROM reference_images WHERE id = ?", [reference_id]).fetchone()
-        if row is None:
-            raise CatalogError(f"no reference {reference_id!r} in {self.name}")
-        return row[0]
+        return self._cell("reference_images", "image_jpeg", reference_id)
 
     def references(self) -> list[dict[str, Any]]:
         """id, product_id, source, phash, local for every reference, sorted by id."""
@@ -536,14 +538,11 @@ class Catalog:
             if cached is not None:
                 self._keypoint_cache.move_to_end(reference_id)
                 return cached
-            with self._reading():
-                row = self.db.execute("SELECT keypoints FROM reference_images WHERE id = ?", [reference_id]).fetchone()
-            if row is None:
-                raise CatalogError(f"no reference {reference_id!r} in {self.name}")
-            if row[0] is None:
+            data = self._cell("reference_images", "keypoints", reference_id)
+            if data is None:
                 result = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
             else:
-                result = deserialise_keypoints(row[0], f"{self.name}: keypoints of {reference_id}")
+                result = deserialise_keypoints(data, f"{self.name}: keypoints of {reference_id}")
             for array in result:
                 array.setflags(write=False)
             self._keypoint_cache[reference_id] = result
@@ -580,6 +579,16 @@ class Catalog:
 
     # ---- sync contract ----------------------------------------------------------------------
 
+    def _changed_rows(self, table: str, columns: str, op: str, after: int, last: int) -> dict[str, dict[str, Any]]:
+        """Rows of `table` with an `op` log entry in (after, last], by id."""
+        key = "product_id" if op == "upsert_product" else "reference_id"
+        rows = self._query_all(
+            f"SELECT {columns} FROM {table} WHERE id IN "
+            f"(SELECT {key} FROM changes WHERE op = ? AND version > ? AND version <= ?)",
+            [op, after, last],
+        )
+        return {row["id"]: row for row in rows}
+
     def changes_since(self, version: int, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Change records after `version`, in version order (see `catalog.records` for their shape).
 
@@ -604,22 +613,8 @@ class Catalog:
             if not log_rows:
                 return []
             last = log_rows[-1][0]
-            products = {
-                r["id"]: r
-                for r in self._query_all(
-                    f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE id IN "
-                    "(SELECT product_id FROM changes WHERE op = 'upsert_product' AND version > ? AND version <= ?)",
-                    [version, last],
-                )
-            }
-            references = {
-                r["id"]: r
-                for r in self._query_all(
-                    f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE id IN "
-                    "(SELECT reference_id FROM changes WHERE op = 'upsert_reference' AND version > ? AND version <= ?)",
-                    [version, last],
-                )
-            }
+            products = self._changed_rows("products", f"{_PRODUCT_COLUMNS}, thumbnail", "upsert_product", version, last)
+            references = self._changed_rows("reference_images", _REFERENCE_COLUMNS, "upsert_reference", version, last)
         result = []
         for change_version, op, product_id, reference_id in log_rows:
             if op == "upsert_product":
@@ -819,18 +814,32 @@ class Catalog:
         )
 
     def index(self) -> SearchIndex:
-        """The current immutable in-memory index, rebuilt (and swapped in) after writes."""
+        """The current immutable in-memory index, rebuilt (and swapped in) after writes.
+
+        A write through this object marks the index stale; the next call rebuilds it, and
+        other threads calling meanwhile get the previous index rather than block.
+        """
         current = self._index
         if current is not None and not self._stale:
             return current
-        with self._build_lock:
+        # While another thread rebuilds (seconds for a million references), searches keep
+        # using the previous complete index instead of waiting.
+        if not self._build_lock.acquire(blocking=current is None):
+            return current  # type: ignore[return-value]
+        try:
             if self._index is None or self._stale:
                 # Cleared before reading: a write that lands during the build marks it stale again.
                 self._stale = False
-                built = self._build_index()
+                try:
+                    built = self._build_index()
+                except BaseException:
+                    self._stale = True
+                    raise
                 self._index = built
                 log.debug("%s: index rebuilt (%d references, version %d)", self.name, len(built), built.version)
             return self._index
+        finally:
+            self._build_lock.release()
 
     def reload(self) -> None:
         """Re-read the catalog from disk (after another process or connection changed it)."""
