@@ -13,7 +13,6 @@ reference photos), `--products` (CSV), `--clip` (a video file) or `--queries`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -27,8 +26,8 @@ import numpy as np
 
 from edge_app.camera import VideoFileSource
 from edge_app.config import RecognitionConfig, RoiConfig
-from edge_app.errors import CatalogError, ImageError, InputError
-from edge_app.images import fit_square, iter_image_files, load_rgb
+from edge_app.errors import InputError
+from edge_app.images import decode_rgb, fit_square
 from edge_app.kiosk import Kiosk, encode_jpeg
 from edge_app.recognition import Recognizer, TemporalVoter
 from edge_app.runtime import Embedder
@@ -42,73 +41,38 @@ THUMBNAIL_SIDE = 160
 # --------------------------------------------------------------------------- catalog from folders
 
 
-def read_products_csv(path: Path) -> dict[str, dict[str, Any]]:
-    """sku -> product fields from a CSV with columns sku,name[,description,category,price]."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such products CSV")
-    products: dict[str, dict[str, Any]] = {}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"sku", "name"} <= set(reader.fieldnames):
-            raise InputError(f"{path}: needs at least the columns sku,name (has {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            sku = (row.get("sku") or "").strip()
-            if not sku:
-                raise InputError(f"{path}:{line}: empty sku")
-            price = (row.get("price") or "").strip()
-            try:
-                products[sku] = {
-                    "name": (row.get("name") or sku).strip(),
-                    "description": (row.get("description") or "").strip(),
-                    "category": (row.get("category") or "").strip(),
-                    "price": float(price) if price else None,
-                }
-            except ValueError as exc:
-                raise InputError(f"{path}:{line}: bad price {price!r}") from exc
-    return products
+def build_catalog(catalog_path: Path, references_dir: Path, products_csv: Path | None, embedder: Embedder) -> Any:
+    """Build a new catalog (replacing any file there) from an ImageFolder of reference photos and a products CSV; open it.
 
-
-def build_catalog(
-    catalog_path: Path, references_dir: Path, products_csv: Path | None, embedder: Embedder
-) -> Any:
-    """A fresh catalog from an ImageFolder of reference photos (subfolder = product id) and a products CSV.
-
-    Unreadable or unusable photos are skipped with a warning; a product left
-    with no reference is an error that names it.
+    Uses the catalog's own ingestion (quality checks, dedupe, all-or-nothing
+    file replacement), then gives every product without a thumbnail one made
+    from its first reference, for the kiosk's product card.
     """
+    from catalog.ingest import build_catalog as ingest_catalog
+    from catalog.ingest import collect_entries
     from catalog.store import Catalog
 
-    products = read_products_csv(products_csv) if products_csv is not None else {}
-    folders = sorted(p for p in Path(references_dir).iterdir() if p.is_dir()) if Path(references_dir).is_dir() else []
-    if not folders:
-        raise InputError(f"{references_dir}: no product subfolders of reference images")
-    if catalog_path.exists():
-        catalog_path.unlink()
-    catalog = Catalog(catalog_path)
+    for stale in (catalog_path, *(catalog_path.with_name(catalog_path.name + s) for s in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)  # a fresh build, not an extension of an earlier demo's catalog
+    report = ingest_catalog(catalog_path, embedder, collect_entries(references_dir, products_csv))
+    for line in report.lines():
+        log.info("%s", line)
+    catalog = Catalog(catalog_path, create=False)
     try:
-        with catalog.batch():
-            for folder in folders:
-                _add_product(catalog, folder, products.get(folder.name, {"name": folder.name}), embedder)
+        add_thumbnails(catalog)
     except Exception:
         catalog.close()
         raise
     return catalog
 
 
-def _add_product(catalog: Any, folder: Path, fields: dict[str, Any], embedder: Embedder) -> None:
-    images: list[np.ndarray] = []
-    for path in iter_image_files(folder):
-        try:
-            images.append(load_rgb(path))
-        except (ImageError, InputError) as exc:
-            log.warning("skipping reference %s", exc)
-    if not images:
-        raise InputError(f"{folder}: no readable reference images for product {folder.name!r}")
-    thumbnail = encode_jpeg(fit_square(images[0], THUMBNAIL_SIDE), 85)
-    catalog.add_product(folder.name, fields.get("name") or folder.name, thumbnail=thumbnail,
-                        **{k: v for k, v in fields.items() if k != "name" and v is not None})
-    for i, rgb in enumerate(images):
-        catalog.add_reference(folder.name, rgb, embedder, source=f"{folder.name}/{i}")
+def add_thumbnails(catalog: Any) -> None:
+    for product in catalog.products():
+        if product["references"] and not catalog.thumbnail(product["id"]):
+            stored = catalog.reference_image(product["references"][0])
+            if stored:
+                thumb = encode_jpeg(fit_square(decode_rgb(stored, f"reference of {product['id']}"), THUMBNAIL_SIDE), 85)
+                catalog.update_product(product["id"], thumbnail=thumb)
 
 
 # --------------------------------------------------------------------------- playing a clip

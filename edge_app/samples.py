@@ -385,7 +385,8 @@ def draw_hand(frame: np.ndarray, rng: np.random.Generator, pose: Pose, package_h
     tone = tuple(int(v) for v in (np.array([205, 160, 130]) * rng.uniform(0.6, 1.05)))
     r = package_h * 0.16
     draw.ellipse((cx - r * 1.6, bottom - r * 0.8, cx + r * 0.6, bottom + r * 1.2), fill=tone)
-    draw.rectangle((cx - r, bottom + r * 0.4, cx + r * 0.2, fh), fill=tone)
+    if bottom + r * 0.4 < fh:
+        draw.rectangle((cx - r, bottom + r * 0.4, cx + r * 0.2, fh), fill=tone)
     return np.asarray(img, dtype=np.uint8).copy()
 
 
@@ -421,7 +422,10 @@ def render_reference(design: ProductDesign, view: int, size: int = 320) -> np.nd
     if view == 0:
         pose = Pose(0.5, 0.5, 0.9)
     else:
-        pose = Pose(0.5, 0.5, rng.uniform(0.78, 0.9), roll=rng.uniform(-6, 6), yaw=rng.uniform(-22, 22), pitch=rng.uniform(-12, 12))
+        # Turned clearly left or right (alternating), so each view adds information instead of a near-duplicate.
+        side = 1.0 if view % 2 else -1.0
+        pose = Pose(0.5, 0.5, rng.uniform(0.78, 0.9), roll=rng.uniform(-6, 6), yaw=side * rng.uniform(22, 35),
+                    pitch=rng.uniform(-12, 12))
     return compose(background, render_package(design), pose)
 
 

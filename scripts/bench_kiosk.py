@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Kiosk latency benchmark: frame -> answer, stage by stage, for catalogs of 1k, 10k and 100k references.
+
+For each catalog size it plays the built-in clip (rendered products held at
+angles, with empty gaps) through the kiosk pipeline twice: "verified" (every
+non-empty frame goes through geometric verification of the shortlist) and
+"global" (verification not needed: embedding + search + decision only). It
+reports p50/p95 per stage (capture/decode, preprocess, invoke, search,
+verification, decision, total), frames per second, and the overhead of
+everything but the interpreter. A fresh subprocess measures cold start (model
++ catalog + index + first answer) and resident memory at each size.
+
+The catalogs hold the rendered sample products (with real ORB keypoints) plus
+filler products whose embeddings are random unit vectors and whose keypoints
+are copies of real ones, so shortlists and verification cost what they would.
+Catalogs are cached in --workdir.
+
+Targets on 2 cores: frame->answer p50 <= 15 ms with verification at 1k;
+everything but the invoke adds <= 30% when verification is not needed; RSS <=
+300 MB and cold start <= 2 s at 100k references.
+
+    python scripts/bench_kiosk.py --model model.tflite --out runs/bench_kiosk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_app.camera import VideoFileSource  # noqa: E402
+from edge_app.config import RecognitionConfig, RoiConfig  # noqa: E402
+from edge_app.recognition import Recognizer  # noqa: E402
+from edge_app.runtime import open_embedder  # noqa: E402
+from edge_app.samples import generate_clip, generate_sample_set  # noqa: E402
+
+log = logging.getLogger("bench_kiosk")
+
+STAGES = ("capture", "preprocess", "invoke", "search", "verification", "decision")
+FILLER_REFS_PER_PRODUCT = 3
+
+
+def build_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, seed: int = 0) -> None:
+    """Sample products (real references) + filler products up to `n_refs` references."""
+    from catalog.store import Catalog
+    from edge_app.demo import build_catalog as build_sample
+
+    tmp = path.with_name(path.name + ".tmp")
+    for p in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
+        p.unlink(missing_ok=True)
+    build_sample(tmp, sample_root / "catalog", sample_root / "products.csv", embedder).close()
+    rng = np.random.default_rng(seed)
+    with Catalog(tmp) as catalog:
+        real = [r["id"] for r in catalog.references()]
+        blobs = [catalog.db.execute("SELECT keypoints FROM reference_images WHERE id = ?", [r]).fetchone()[0] for r in real]
+        missing = n_refs - len(real)
+        with catalog.batch():
+            for i in range(max(0, missing)):
+                product = f"F{i // FILLER_REFS_PER_PRODUCT:06d}"
+                if i % FILLER_REFS_PER_PRODUCT == 0:
+                    catalog.add_product(product, f"Filler {i // FILLER_REFS_PER_PRODUCT}", category="filler", price=1.0)
+                vector = rng.standard_normal(embedder.dim).astype(np.float32)
+                catalog.add_reference_vector(
+                    product, vector, fingerprint=embedder.fingerprint, phash="", source=f"filler/{i}",
+                    image_jpeg=None, keypoints=blobs[i % len(blobs)],
+                )
+    for suffix in ("-wal", "-shm"):
+        tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+    tmp.rename(path)
+
+
+def catalog_for(workdir: Path, sample_root: Path, embedder: Any, n_refs: int) -> Path:
+    path = workdir / f"catalog_{n_refs}_{embedder.fingerprint[:12]}.db"
+    if not path.is_file():
+        started = time.perf_counter()
+        build_catalog(path, sample_root, embedder, n_refs)
+        log.info("built %s in %.1f s", path.name, time.perf_counter() - started)
+    return path
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0}
+    return {"p50": round(float(np.percentile(values, 50)), 3), "p95": round(float(np.percentile(values, 95)), 3)}
+
+
+def play(recognizer: Recognizer, clip: Path, repeats: int) -> dict[str, Any]:
+    per_stage: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+    decisions: dict[str, int] = {}
+    verified_frames = 0
+    started = time.perf_counter()
+    frames = 0
+    for _ in range(repeats):
+        with VideoFileSource(clip, loop=False, realtime=False) as source:
+            while (frame := source.read()) is not None:
+                result = recognizer.recognize(frame.rgb)
+                timings = {"capture": frame.capture_ms, **result.timings}
+                for stage in STAGES:
+                    per_stage[stage].append(timings.get(stage, 0.0))
+                per_stage["total"].append(sum(timings.get(s, 0.0) for s in STAGES))
+                decisions[result.decision] = decisions.get(result.decision, 0) + 1
+                verified_frames += timings.get("verification", 0.0) > 0
+                frames += 1
+    wall = time.perf_counter() - started
+    non_empty = [i for i, v in enumerate(per_stage["invoke"]) if v > 0]  # frames that reached the model
+    stats = {stage: percentiles([per_stage[stage][i] for i in non_empty]) for stage in per_stage}
+    invoke_p50 = stats["invoke"]["p50"]
+    other_p50 = float(np.percentile([per_stage["total"][i] - per_stage["invoke"][i] for i in non_empty], 50)) if non_empty else 0.0
+    return {
+        "frames": frames,
+        "frames_through_model": len(non_empty),
+        "frames_verified": verified_frames,
+        "decisions": decisions,
+        "fps": round(frames / wall, 1),
+        "stages_ms": stats,  # over frames that reached the model (empty views stop after preprocess)
+        "all_frames_total_ms": percentiles(per_stage["total"]),
+        "non_invoke_overhead": round(other_p50 / invoke_p50, 3) if invoke_p50 else None,
+    }
+
+
+COLD_START = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from edge_app.runtime import open_embedder
+from catalog.store import Catalog
+from edge_app.recognition import Recognizer
+from edge_app.config import RecognitionConfig
+import numpy as np
+embedder = open_embedder(sys.argv[1], threads=int(sys.argv[3]))
+catalog = Catalog(sys.argv[2], create=False)
+recognizer = Recognizer(embedder, catalog, RecognitionConfig())
+frame = np.load(sys.argv[4])
+t_ready = time.perf_counter()
+recognizer.recognize(frame)
+t_first = time.perf_counter()
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({
+    "imports_and_open_s": round(t_ready - t0, 3), "cold_start_s": round(t_first - t0, 3),
+    "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1), "peak_rss_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1),
+    "tensorflow_loaded": "tensorflow" in sys.modules,
+}))
+"""
+
+
+def cold_start(model: Path, catalog: Path, threads: int, frame_path: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_START, str(model), str(catalog), str(threads), str(frame_path)],
+        capture_output=True, text=True, check=True, env=env,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="A .tflite embedder (default: the bundled model)")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="Catalog sizes in references")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="Plays of the clip per measurement")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/bench_kiosk"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_kiosk.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from edge_app.kiosk import resolve_model
+
+    model = resolve_model(args.model)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sample = generate_sample_set(args.workdir / "samples")
+    clip = generate_clip(args.workdir / "samples" / "clip.avi", sample)
+    with VideoFileSource(clip.path, loop=False, realtime=False) as source:
+        for _ in range(int(clip.fps * 1.5)):  # a frame with a product in view
+            first = source.read()
+    frame_path = args.workdir / "frame.npy"
+    assert first is not None
+    np.save(frame_path, first.rgb)
+
+    from catalog.store import Catalog
+
+    results: dict[str, Any] = {
+        "model": str(model), "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.machine(),
+        "python": platform.python_version(), "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
+    }
+    with open_embedder(model, threads=args.threads) as embedder:
+        results["model_input"], results["embedding_dim"] = embedder.input_size, embedder.dim
+        for n in (int(s) for s in args.sizes.split(",")):
+            path = catalog_for(args.workdir, sample.root, embedder, n)
+            with Catalog(path, create=False) as catalog:
+                catalog.index()
+                verified = Recognizer(embedder, catalog, RecognitionConfig(accept_similarity=2.0), RoiConfig())
+                global_only = Recognizer(embedder, catalog, RecognitionConfig(verify=False), RoiConfig())
+                play(global_only, clip.path, 1)  # warm-up: caches, lazy allocations
+                entry = {
+                    "references": catalog.stats()["references"],
+                    "verified": play(verified, clip.path, args.repeats),
+                    "global": play(global_only, clip.path, args.repeats),
+                    "cold": cold_start(model, path, args.threads, frame_path),
+                }
+            results["sizes"][str(n)] = entry
+            v, g, c = entry["verified"], entry["global"], entry["cold"]
+            print(
+                f"{n:>7} refs | verified: total p50 {v['stages_ms']['total']['p50']:.1f} ms p95 {v['stages_ms']['total']['p95']:.1f} ms, "
+                f"{v['fps']} fps | global: total p50 {g['stages_ms']['total']['p50']:.1f} ms, invoke p50 "
+                f"{g['stages_ms']['invoke']['p50']:.1f} ms, non-invoke overhead {g['non_invoke_overhead']} | "
+                f"cold start {c['cold_start_s']} s, RSS {c['rss_mb']} MB"
+            )
+            for stage in (*STAGES, "total"):
+                print(f"          {stage:<13} verified p50 {v['stages_ms'][stage]['p50']:7.2f} p95 {v['stages_ms'][stage]['p95']:7.2f}"
+                      f" | global p50 {g['stages_ms'][stage]['p50']:7.2f} p95 {g['stages_ms'][stage]['p95']:7.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
