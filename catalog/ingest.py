@@ -26,7 +26,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from catalog.quality import QualityLimits, check_image, describe_image, phash, phash_distance
+from catalog.keypoints import compute_keypoints, serialise_keypoints
+from catalog.quality import QualityLimits, check_image, phash, phash_distance, stored_jpeg
 from catalog.records import check_product_id
 from catalog.store import Catalog, reference_id_for
 from edge_app.errors import CatalogError, InputError
@@ -90,7 +91,7 @@ class IngestReport:
 
 
 def read_image_folder(folder: str | Path) -> list[ProductEntry]:
-    """ImageFolder layout: one subfolder per product, named by product id (also used as its name)."""
+    """ImageFolder layout: one subfolder per product, named by product id (a new product's name too)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
@@ -98,7 +99,9 @@ def read_image_folder(folder: str | Path) -> list[ProductEntry]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = tuple(iter_image_files(sub))
         if images:
-            entries.append(ProductEntry(_product_id(sub.name, str(sub)), {"name": sub.name}, images))
+            # No fields: the folder name is only the default name of a new product, so a later
+            # folder-only build does not undo names set from a CSV.
+            entries.append(ProductEntry(_product_id(sub.name, str(sub)), {}, images))
     if not entries:
         raise InputError(f"{folder}: no product subfolders with images (expected <folder>/<product id>/*.jpg)")
     return entries
@@ -228,17 +231,52 @@ def _commit(catalog: Catalog, embedder: Embedder, pending: list[_Pending], repor
     pending.clear()
 
 
+class _Screener:
+    """Decides for each photo: rejected (with the reason), already present, near-duplicate, or kept."""
+
+    def __init__(self, catalog: Catalog, input_size: int, options: IngestOptions, report: IngestReport) -> None:
+        self.input_size, self.options, self.report = input_size, options, report
+        self.kept: dict[str, list[tuple[str, str]]] = {}  # product -> [(phash, source)] of its photos
+        self.present: set[str] = set()
+        for ref in catalog.references():
+            self.kept.setdefault(ref["product_id"], []).append((ref["phash"], ref["source"] or ref["id"]))
+            self.present.add(ref["id"])
+
+    def screen(self, product_id: str, path: Path) -> _Pending | None:
+        try:
+            rgb = load_rgb(path)
+            check_image(rgb, self.options.limits, str(path))
+        except InputError as exc:  # ImageError included: unreadable, missing, tiny, blurry
+            self.report.rejected.append((str(path), str(exc).removeprefix(f"{path}: ")))
+            log.warning("%s", exc)
+            return None
+        image_jpeg = stored_jpeg(rgb)
+        reference_id = reference_id_for(product_id, image_jpeg, b"")
+        if reference_id in self.present:
+            self.report.already_present += 1
+            return None
+        photo_hash = phash(rgb)
+        kept = self.kept.setdefault(product_id, [])
+        for other_hash, other in kept:
+            distance = phash_distance(photo_hash, other_hash) if other_hash else 65
+            if distance <= self.options.dedupe_distance:
+                self.report.duplicates.append((str(path), other, distance))
+                return None
+        kept.append((photo_hash, str(path)))
+        self.present.add(reference_id)
+        keypoints = serialise_keypoints(*compute_keypoints(rgb))
+        # Sources are stored absolute so `reembed` can find the originals from any working directory.
+        source = str(Path(path).resolve())
+        return _Pending(product_id, source, fit_square(rgb, self.input_size), photo_hash, image_jpeg, keypoints)
+
+
 def ingest(
     catalog: Catalog, embedder: Embedder, entries: Sequence[ProductEntry], options: IngestOptions = IngestOptions()
 ) -> IngestReport:
     """Add products and their photos to `catalog`; bad photos are reported, not fatal."""
     catalog.check_model(embedder.fingerprint)
     report = IngestReport()
-    known: dict[str, list[tuple[str, str]]] = {}  # product -> [(phash, source or id)] of kept photos
-    existing_ids = set()
-    for ref in catalog.references():
-        known.setdefault(ref["product_id"], []).append((ref["phash"], ref["source"] or ref["id"]))
-        existing_ids.add(ref["id"])
+    screener = _Screener(catalog, embedder.input_size, options, report)
     for entry in entries:
         _upsert_product(catalog, entry, report)
     pending: list[_Pending] = []
@@ -247,46 +285,14 @@ def ingest(
         for entry in entries:
             for path in entry.images:
                 bar.update(1)
-                item = _screen(entry.product_id, path, embedder.input_size, options, known, report)
-                if item is None:
-                    continue
-                if reference_id_for(item.product_id, item.image_jpeg, b"") in existing_ids:
-                    report.already_present += 1
-                    continue
-                pending.append(item)
+                item = screener.screen(entry.product_id, path)
+                if item is not None:
+                    pending.append(item)
                 if len(pending) >= options.batch_size:
                     _commit(catalog, embedder, pending, report)
         _commit(catalog, embedder, pending, report)
     report.version = catalog.version
     return report
-
-
-def _screen(
-    product_id: str,
-    path: Path,
-    input_size: int,
-    options: IngestOptions,
-    known: dict[str, list[tuple[str, str]]],
-    report: IngestReport,
-) -> _Pending | None:
-    """Load and check one photo; None (and a report entry) if it is rejected or a near-duplicate."""
-    try:
-        rgb = load_rgb(path)
-        check_image(rgb, options.limits, str(path))
-    except InputError as exc:  # ImageError included: unreadable, missing, tiny, blurry
-        report.rejected.append((str(path), str(exc).removeprefix(f"{path}: ")))
-        log.warning("%s", exc)
-        return None
-    extras = describe_image(rgb)
-    kept = known.setdefault(product_id, [])
-    for other_hash, other in kept:
-        if other_hash and (distance := phash_distance(extras.phash, other_hash)) <= options.dedupe_distance:
-            if other != str(path):  # re-ingesting the same file is "already present", not a duplicate
-                report.duplicates.append((str(path), other, distance))
-                return None
-    kept.append((extras.phash, str(path)))
-    square = fit_square(rgb, input_size)
-    return _Pending(product_id, str(path), square, extras.phash, extras.image_jpeg, extras.keypoints)
 
 
 # ---- whole-file operations ------------------------------------------------------------------

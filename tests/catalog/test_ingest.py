@@ -78,6 +78,11 @@ def test_csv_with_folder(tmp_path: Path, photos: Path, embedder: ProjectionEmbed
     csv_path.write_text("sku,name,category,price\ncola,Cola 330ml,drinks,1.50\n")
     report = build_catalog(db, embedder, collect_entries(None, csv_path))
     assert report.products_updated == ["cola"] and report.version == first.version + 1
+    folder_only = build_catalog(db, embedder, collect_entries(photos))
+    assert folder_only.products_updated == [] and folder_only.version == report.version
+    with Catalog(db) as cat:
+        assert cat.product("cola")["name"] == "Cola 330ml"  # a folder name never overrides the CSV's
+        assert all(Path(ref["source"]).is_absolute() for ref in cat.references())
 
 
 @pytest.mark.parametrize(
