@@ -162,7 +162,7 @@ def _seed_empty(hq: Hq, data_dir: Path) -> Path:
 
 
 def scenario_chaos(b: Bench) -> dict[str, Any]:
-    """Deltas shuffled, duplicated and one dropped; the kiosk must end exactly at HQ's version."""
+    """Deltas shuffled in blocks, replayed, and one lost (gap -> snapshot); the kiosk must end exactly at HQ's version."""
     hq = b.hq("hq-chaos")
     hq.add(range(50))
     hq.publisher.publish()
@@ -176,8 +176,13 @@ def scenario_chaos(b: Bench) -> dict[str, Any]:
     deltas = tap.payloads(hq.topics.delta)
     rng = np.random.default_rng(1)
     lost = len(deltas) // 2
-    order = [i for i in list(rng.permutation(len(deltas))) + list(rng.integers(0, len(deltas), len(deltas))) if i != lost]
+    order: list[int] = []
+    for start in range(0, len(deltas), 10):  # shuffled within blocks of 10, each block followed by replays
+        block = list(range(start, min(start + 10, len(deltas))))
+        order += [int(i) for i in rng.permutation(block)] + [int(i) for i in rng.choice(block, 5)]
+    order = [i for i in order if i != lost]
     kiosk.start()
+    kiosk.wait_for(lambda k: k.target_version == hq.catalog.version, 60)  # subscribed
     for index in order:
         tap.inject(hq.topics.delta, deltas[int(index)])
     seconds = converge(kiosk, hq.catalog.version)

@@ -129,10 +129,19 @@ def publish_command(db: str, key: str, model: str | None, chunk_kb: int, **kwarg
 @click.option("--inbox", type=click.Path(dir_okay=False), help="Store kiosks' enrollments in this SQLite file.")
 @click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between checks of the master.")
 @click.option("--share-group", default=None, help="Use a shared subscription group (several HQ workers).")
+@click.option("--client-id", default=None, help="MQTT client id; unique per worker (default hq-serve-FLEET).")
 @broker_options
 @domain_errors
 def serve_command(
-    db: str, key: str, model: str | None, chunk_kb: int, inbox: str | None, poll: float, share_group: str | None, **kwargs: Any
+    db: str,
+    key: str,
+    model: str | None,
+    chunk_kb: int,
+    inbox: str | None,
+    poll: float,
+    share_group: str | None,
+    client_id: str | None,
+    **kwargs: Any,
 ) -> None:
     """Keep publishing: every new master version, answers to kiosks' resync requests, enrollments into an inbox.
 
@@ -148,7 +157,10 @@ def serve_command(
     box = EnrollmentInbox(inbox) if inbox else None
     server = HqServer(on_enrollment=box.add if box else None, poll_s=poll, share_group=share_group)
     bus = open_bus(
-        config, client_id=f"hq-serve-{topics.fleet}", on_message=server.on_message, on_connect=server.on_connect
+        config,
+        client_id=client_id or f"hq-serve-{topics.fleet}",
+        on_message=server.on_message,
+        on_connect=server.on_connect,
     )
     try:
         bus.connect()
