@@ -48,7 +48,7 @@ def test_verification_beats_global_ranking(
         top1["full"] += ranked[0][0] == truth
         top1["global"] += global_only.rank(rgb, k=1)[0][0] == truth
     assert top1["full"] >= top1["global"]
-    assert top1["full"] >= 0.8 * len(queries(sample_set))
+    assert top1["full"] >= 0.75 * len(queries(sample_set))
 
 
 def test_empty_view_and_unknown_product(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig) -> None:
