@@ -31,7 +31,7 @@ from edge_app.images import decode_rgb, fit_square
 from edge_app.kiosk import Kiosk, encode_jpeg
 from edge_app.recognition import Recognizer, TemporalVoter
 from edge_app.runtime import Embedder
-from edge_app.samples import Clip, generate_clip, generate_sample_set, load_clip_truth
+from edge_app.samples import Clip, generate_clip, generate_sample_set, load_clip_truth, load_sample_set
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,9 @@ class PlayReport:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
     def accuracy(self) -> float | None:
-        """Share of seconds (with ground truth) whose announcement matches what was shown."""
-        judged = [s for s in self.seconds if s.truth is not None or s.announced in ("empty", "-")]
-        scored = [s for s in self.seconds if s.truth is not None]
-        if not scored and not judged:
-            return None
-        correct = sum(1 for s in scored if s.announced == s.truth)
-        return correct / len(scored) if scored else None
+        """Share of the seconds with a product in view whose announcement names that product."""
+        shown = [s for s in self.seconds if s.truth is not None]
+        return sum(s.announced == s.truth for s in shown) / len(shown) if shown else None
 
 
 def _label(decision: str, product_id: str | None) -> str:
@@ -156,22 +152,18 @@ def _evaluate(embedder: Embedder, catalog_dir: Path, queries_dir: Path) -> dict[
         log.warning("edge_app.evaluate is not available yet; skipping the model evaluation")
         return None
     result = evaluate(embedder, catalog_dir, queries_dir)
-    return dict(result.to_dict())
+    return {"recall@1": result.recall_at_1, "recall@5": result.recall_at_5}
 
 
 def _echo_report(report: PlayReport, names: dict[str, str]) -> None:
     def show(label: str | None) -> str:
-        if label is None:
-            return "(nothing)"
-        return f"{label} {names.get(label, '')}".strip()
+        return "(nothing)" if label in (None, "-") else f"{label} {names.get(str(label), '')}".strip()
 
     click.echo(f"{'second':>6}  {'kiosk announced':<28} {'in front of the camera':<28} frames")
     for s in report.seconds:
         frames = ", ".join(f"{k}×{v}" for k, v in s.frames.most_common(3))
-        mark = "" if s.truth is None and s.announced in ("empty", "-", "starting") else (
-            "  ok" if s.announced == s.truth else ("  --" if s.truth is not None else "")
-        )
-        click.echo(f"{s.second:>6}  {show(s.announced if s.announced not in ('-',) else None):<28} {show(s.truth):<28} {frames}{mark}")
+        mark = "" if s.truth is None else ("  ok" if s.announced == s.truth else "  --")
+        click.echo(f"{s.second:>6}  {show(s.announced):<28} {show(s.truth):<28} {frames}{mark}")
 
 
 @click.command("demo")
@@ -210,25 +202,24 @@ def run_demo(
 
     workdir = workdir or default_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
-    truth: Clip | None = None
     if catalog_dir is None:
         t = time.perf_counter()
-        sample = generate_sample_set(workdir / "samples")
+        sample = load_sample_set(workdir / "samples")
+        if sample is None:
+            sample = generate_sample_set(workdir / "samples")
+            generate_clip(workdir / "samples" / "clip.avi", sample)
+            click.echo(f"rendered {sample.n_products} sample products and their clip in {time.perf_counter() - t:.1f} s")
         catalog_dir, products, queries = sample.catalog_dir, sample.products_csv, queries or sample.queries_dir
-        if clip is None:
-            truth = generate_clip(workdir / "samples" / "clip.avi", sample)
-            clip = truth.path
-        click.echo(f"rendered {sample.n_products} sample products and a {truth.segments[-1].end_s if truth else 0:.0f} s clip "
-                   f"in {time.perf_counter() - t:.1f} s -> {sample.root}")
-    elif clip is not None and clip.with_suffix(".json").is_file():
-        truth = load_clip_truth(clip)
+        clip = clip or workdir / "samples" / "clip.avi"
+        click.echo(f"sample products: {sample.root}")
     model_path = _resolve_model(model)
     with open_embedder(model_path, threads=threads) as embedder:
         click.echo(f"model {model_path.name}: {embedder.input_size}px -> {embedder.dim}-d, fingerprint {embedder.fingerprint[:12]}")
         if queries is not None:
             metrics = _evaluate(embedder, catalog_dir, queries)
             if metrics is not None:
-                click.echo("evaluation: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+                click.echo(f"retrieval on the sample queries (global embeddings): "
+                           + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         t = time.perf_counter()
         catalog = build_catalog(workdir / "catalog.db", catalog_dir, products, embedder)
         stats = catalog.stats()

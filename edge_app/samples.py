@@ -44,6 +44,8 @@ _PALETTE = (
 )
 
 PACKAGE_HEIGHT = 320  # pixels of the rendered front face
+SAMPLES_VERSION = 1  # bump when rendering changes, so cached sample sets are re-rendered
+MANIFEST_NAME = "designs.json"
 
 
 @dataclass(frozen=True)
@@ -481,9 +483,30 @@ def generate_sample_set(
             _save(render_query(d, v), queries_dir / d.sku / f"query_{v}.jpg")
     products_csv = root / "products.csv"
     write_products_csv(designs, products_csv)
-    (root / "designs.json").write_text(json.dumps([asdict(d) for d in designs], indent=1) + "\n")
+    manifest = {
+        "samples_version": SAMPLES_VERSION, "seed": seed, "refs_per_product": refs_per_product,
+        "queries_per_product": queries_per_product, "designs": [asdict(d) for d in designs],
+    }
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     log.info("sample set: %d products, %d refs and %d queries each -> %s", n_products, refs_per_product, queries_per_product, root)
     return SampleSet(root, catalog_dir, queries_dir, products_csv, seed, n_products, tuple(designs))
+
+
+def load_sample_set(root: str | Path, n_products: int = 12, seed: int = 0) -> SampleSet | None:
+    """The set a previous `generate_sample_set` (same version, size and seed) left in `root`, with its clip; else None."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
+        designs = tuple(
+            ProductDesign(**{**d, **{k: tuple(d[k]) for k in ("primary", "secondary", "accent")}}) for d in manifest["designs"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if manifest.get("samples_version") != SAMPLES_VERSION or manifest.get("seed") != seed or len(designs) != n_products:
+        return None
+    if not (root / "clip.avi").is_file() or not (root / "clip.json").is_file():
+        return None
+    return SampleSet(root, root / "catalog", root / "queries", root / "products.csv", seed, n_products, designs)
 
 
 # --------------------------------------------------------------------------- clip
