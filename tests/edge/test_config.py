@@ -71,3 +71,9 @@ def test_config_is_immutable() -> None:
     assert isinstance(config, KioskConfig)
     with pytest.raises(Exception):
         config.web.port = 1  # type: ignore[misc]
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "kiosk.example.toml"
+    config = load_config(example)
+    assert config.camera.type == "picamera" and config.web.host == "0.0.0.0"
