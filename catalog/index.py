@@ -31,7 +31,7 @@ from edge_app.errors import CatalogError, InputError
 log = logging.getLogger(__name__)
 
 # Up to this many references, exact float scoring is as fast as the two-stage search.
-EXACT_LIMIT = 16_384
+EXACT_LIMIT = 4096
 # Below this many dimensions the sign bits say too little to shortlist on; score exactly.
 MIN_BITS_DIM = 64
 DEFAULT_SHORTLIST = 256
@@ -111,6 +111,9 @@ class SearchIndex:
         exact = n <= EXACT_LIMIT or self.dim < MIN_BITS_DIM
         self._dense = (self.codes.astype(np.float32) * self.scales[:, None]) if exact else None
         self._bits = None if exact else sign_codes(self.codes)
+        # Fewer bits or more references -> more near-ties in Hamming distance -> longer shortlist.
+        bits = 64 * (len(self._bits) if self._bits is not None else 1)
+        self._shortlist = int(self.shortlist * max(1.0, 256 / min(bits, self.dim)) * max(1.0, math.sqrt(n / 100_000)))
         self._filters: dict[tuple[Any, ...], _Filter] = {}
         self._filters_lock = threading.Lock()
         self._local = threading.local()
@@ -235,15 +238,15 @@ class SearchIndex:
             return []
         allowed = self._filter(category, where)
         if self._dense is not None:
-            scores = self._dense @ query
+            scores = _dot(self._dense, query)
             if allowed is not None:
                 scores[allowed.excluded] = -np.inf
             return self._top_products(np.arange(len(self)), scores, k)
         eligible = len(self) if allowed is None else allowed.count
-        size = max(self.shortlist, 8 * k)
+        size = max(self._shortlist, 8 * k)
         while True:
             found = self._candidates(query, allowed, size)
-            scores = (self.codes[found].astype(np.float32) @ query) * self.scales[found]
+            scores = _dot(self.codes[found], query) * self.scales[found]
             hits = self._top_products(found, scores, k)
             # Many references of one product can crowd the shortlist; widen it until k products appear.
             if len(hits) >= k or len(found) >= eligible:
@@ -267,6 +270,12 @@ class SearchIndex:
             if len(hits) == k:
                 break
         return hits
+
+
+def _dot(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """matrix @ query without BLAS: OpenBLAS wakes extra threads for a few hundred rows, and on
+    two busy cores waiting for them costs more (milliseconds at p95) than the product itself."""
+    return np.einsum("ij,j->i", matrix, query, dtype=np.float32, casting="unsafe")
 
 
 def _matches(fields: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,11 @@ def test_other_model_then_reembed(tmp_path: Path, tiny_model: Path, tiny_dataset
 @pytest.mark.parametrize("command", ["build", "add", "remove", "list", "show", "search", "stats", "reembed", "export"])
 def test_every_command_has_an_example(command: str) -> None:
     assert "Example:" in run(command, "--help").output
+
+
+def test_catalog_never_imports_tensorflow() -> None:
+    code = (
+        "import sys, catalog, catalog.cli, catalog.ingest, catalog.store, catalog.index, catalog.keypoints; "
+        "sys.exit('tensorflow' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
