@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from catalog.sync.config import SyncConfig
 from edge_app.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -56,6 +57,13 @@ class ModelConfig(_Strict):
 
 class CatalogConfig(_Strict):
     path: Path
+    sync_dir: Path | None = Field(
+        None, description="Where sync keeps HQ's releases (model + catalog); default: <catalog folder>/sync"
+    )
+
+    @property
+    def sync_folder(self) -> Path:
+        return self.sync_dir if self.sync_dir is not None else self.path.parent / "sync"
 
 
 class _CameraBase(_Strict):
@@ -168,18 +176,7 @@ class KioskConfig(_Strict):
     roi: RoiConfig = RoiConfig()
     recognition: RecognitionConfig = RecognitionConfig()
     web: WebConfig = WebConfig()
-    # Validated by catalog.sync.config.SyncConfig when the sync package provides it.
-    sync: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _check_sync(self) -> "KioskConfig":
-        if self.sync is not None:
-            try:
-                from catalog.sync.config import SyncConfig  # type: ignore[import-not-found]
-            except ImportError:
-                return self
-            SyncConfig.model_validate(self.sync)
-        return self
+    sync: SyncConfig | None = Field(None, description="HQ catalog updates over MQTT; absent: no sync")
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -214,7 +211,9 @@ def _resolve_paths(config: KioskConfig, base: Path) -> KioskConfig:
     return config.model_copy(
         update={
             "model": config.model.model_copy(update={"path": _resolve(config.model.path, base)}),
-            "catalog": config.catalog.model_copy(update={"path": _resolve(config.catalog.path, base)}),
+            "catalog": config.catalog.model_copy(
+                update={"path": _resolve(config.catalog.path, base), "sync_dir": _resolve(config.catalog.sync_dir, base)}
+            ),
             "camera": camera,
         }
     )

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_app.camera import Frame, FrameSource, ReconnectingSource, open_source
 from edge_app.config import KioskConfig, RoiConfig
-from edge_app.errors import CatalogError, ModelError
+from edge_app.errors import CatalogError, ModelError, ShelfsightError
 from edge_app.images import fit_square
 from edge_app.recognition import Announcement, Recognition, Recognizer, TemporalVoter
 from edge_app.runtime import open_embedder
@@ -247,6 +247,37 @@ class Kiosk:
         with self._pipeline_lock:
             return self.recognizer.recognize(rgb, roi=RoiConfig.full_frame())
 
+    # ------------------------------------------------------------------ catalog and model updates (sync)
+
+    def reload_catalog(self, version: int | None = None) -> None:
+        """Pick up catalog changes written to the file by sync; on failure keep serving the current index."""
+        try:
+            self.recognizer.catalog.reload()
+        except ShelfsightError as exc:
+            log.error("catalog update %s could not be loaded; still serving the previous one: %s", version, exc)
+            self.stats.errors += 1
+        else:
+            log.info("catalog now at version %s", self.recognizer.catalog.version)
+
+    def replace_recognizer(self, recognizer: Recognizer) -> None:
+        """Switch to another model + catalog between two frames, then release the old ones."""
+        with self._pipeline_lock:
+            old, self.recognizer = self.recognizer, recognizer
+            self.voter.reset()
+        old.catalog.close()
+        old.embedder.close()
+
+    def switch_release(self, model_path: Path, catalog_path: Path, config: KioskConfig) -> None:
+        """A new model release from HQ; if it cannot be opened, keep serving the current one."""
+        try:
+            recognizer = open_recognizer(model_path, catalog_path, config)
+        except ShelfsightError as exc:
+            log.error("release %s could not be opened; still serving the previous model: %s", model_path.parent.name, exc)
+            self.stats.errors += 1
+            return
+        self.replace_recognizer(recognizer)
+        log.info("switched to model %s", recognizer.embedder.fingerprint[:12])
+
     def product_info(self, product_id: str) -> dict[str, Any]:
         with self._pipeline_lock:
             return self.recognizer.product_info(product_id)
@@ -297,14 +328,34 @@ def resolve_model(path: Path | None) -> Path:
     return model
 
 
-def build_kiosk(config: KioskConfig, *, with_camera: bool = True) -> Kiosk:
-    """Open the model, the catalog and the camera described by a validated config."""
-    embedder = open_embedder(resolve_model(config.model.path), threads=config.model.threads)
+def open_recognizer(model_path: Path, catalog_path: Path, config: KioskConfig) -> Recognizer:
+    """Model + catalog + pipeline; nothing is left open if any part is refused."""
+    embedder = open_embedder(model_path, threads=config.model.threads)
     try:
-        catalog = open_catalog(config.catalog.path)
-        recognizer = Recognizer(embedder, catalog, config.recognition, config.roi)
+        catalog = open_catalog(catalog_path)
     except Exception:
         embedder.close()
         raise
+    try:
+        return Recognizer(embedder, catalog, config.recognition, config.roi)
+    except Exception:
+        catalog.close()
+        embedder.close()
+        raise
+
+
+def current_sources(config: KioskConfig) -> tuple[Path, Path]:
+    """(model, catalog) to serve: the release HQ installed through sync if there is one, else the configured ones."""
+    if config.sync is not None and config.sync.enabled:
+        from catalog.sync.releases import current_fingerprint, current_release
+
+        if current_fingerprint(config.catalog.sync_folder) is not None:
+            return current_release(config.catalog.sync_folder)
+    return resolve_model(config.model.path), config.catalog.path
+
+
+def build_kiosk(config: KioskConfig, *, with_camera: bool = True) -> Kiosk:
+    """Open the model, the catalog and the camera described by a validated config."""
+    recognizer = open_recognizer(*current_sources(config), config)
     source = open_source(config.camera) if with_camera else None
     return Kiosk(recognizer, source, jpeg_quality=config.web.jpeg_quality)

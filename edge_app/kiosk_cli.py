@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edge_app.cli import domain_errors
 from edge_app.config import KioskConfig, load_config
+
+if TYPE_CHECKING:
+    from edge_app.kiosk import Kiosk
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +41,28 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
     from edge_app.web import WebServer, create_app
 
     kiosk = build_kiosk(config)
-    with kiosk:
-        server = None
+    with kiosk, ExitStack() as running:
+        if config.sync is not None and config.sync.enabled:
+            running.enter_context(start_sync(config, kiosk))
         if config.web.enabled:
-            server = WebServer(create_app(kiosk, config.web.max_upload_bytes), config.web.host, config.web.port).start()
+            server = WebServer(create_app(kiosk, config.web.max_upload_bytes), config.web.host, config.web.port)
+            running.enter_context(server)
             click.echo(f"kiosk page at {server.url}")
-        try:
-            stop.wait()
-        finally:
-            if server is not None:
-                server.stop()
+        stop.wait()
+
+
+def start_sync(config: KioskConfig, kiosk: "Kiosk") -> Any:
+    """HQ's catalog deltas reload the kiosk's index; a model release swaps model and catalog together."""
+    from catalog.sync.kiosk import KioskSync
+
+    assert config.sync is not None
+    return KioskSync(
+        config.sync,
+        config.catalog.sync_folder,
+        on_applied=kiosk.reload_catalog,
+        on_release=lambda model, catalog: kiosk.switch_release(model, catalog, config),
+        metrics=lambda: {"fps": kiosk.recognition_rate.rate},
+    )
 
 
 @click.command("kiosk")

@@ -77,3 +77,14 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "kiosk.example.toml"
     config = load_config(example)
     assert config.camera.type == "picamera" and config.web.host == "0.0.0.0"
+
+
+def test_sync_section_is_validated_by_the_sync_config() -> None:
+    base = {"catalog": {"path": "/data/catalog.db"}, "camera": {"type": "opencv"}}
+    config = parse_config({**base, "sync": {"host": "hq.local", "kiosk_id": "store-7"}})
+    assert config.sync is not None and config.sync.kiosk_id == "store-7"
+    assert config.catalog.sync_folder == Path("/data/sync")
+    with pytest.raises(ConfigError, match="sync.colour: unknown key"):
+        parse_config({**base, "sync": {"colour": "red"}})
+    with pytest.raises(ConfigError, match="sync.port"):
+        parse_config({**base, "sync": {"port": 0}})
