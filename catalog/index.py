@@ -113,7 +113,7 @@ class SearchIndex:
         self._bits = None if exact else sign_codes(self.codes)
         # Fewer bits or more references -> more near-ties in Hamming distance -> longer shortlist.
         bits = 64 * (len(self._bits) if self._bits is not None else 1)
-        self._shortlist = int(self.shortlist * max(1.0, 256 / min(bits, self.dim)) * max(1.0, math.sqrt(n / 100_000)))
+        self._shortlist = int(self.shortlist * max(1.0, 256 / max(1, min(bits, self.dim))) * max(1.0, math.sqrt(n / 100_000)))
         self._filters: dict[tuple[Any, ...], _Filter] = {}
         self._filters_lock = threading.Lock()
         self._local = threading.local()
