@@ -93,3 +93,41 @@ def test_convert_and_train_commands_report_clean_errors(tmp_path: Path):
     Image.new("RGB", (32, 32)).save(one / "a.jpg")
     result = run("train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "r"), "--backbone", "tiny")
     assert result.exit_code == 1 and "single training image" in result.output
+
+
+def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tmp_path: Path):
+    """`--pipeline full` runs the kiosk's recognizer; `--calibrate --store` writes the threshold it reads."""
+    from catalog.store import Catalog
+    from edge_app.recognition.pipeline import THRESHOLD_META_KEY
+    from edge_app.samples import generate_sample_set
+
+    samples = generate_sample_set(tmp_path / "samples", n_products=6, refs_per_product=2, queries_per_product=2)
+    common = ["--model", str(tiny_model), "--catalog", str(samples.catalog_dir), "--queries", str(samples.queries_dir),
+              "--no-progress"]
+    glob = run("eval", *common, "--json", str(tmp_path / "g.json"))
+    full = run("eval", *common, "--pipeline", "full", "--json", str(tmp_path / "f.json"))
+    assert glob.exit_code == 0 and full.exit_code == 0, full.output
+    g, f = json.loads((tmp_path / "g.json").read_text()), json.loads((tmp_path / "f.json").read_text())
+    assert f["pipeline"] == "full" and f["queries"] == g["queries"] == 12
+    # geometric verification on rendered packaging must not do worse than embeddings alone
+    assert f["recall_at_1"] >= g["recall_at_1"]
+
+    db = tmp_path / "kiosk.db"
+    Catalog(db).close()
+    cal = run("eval", *common, "--pipeline", "full", "--calibrate", "--holdout", "0.34", "--store", str(db),
+              "--json", str(tmp_path / "c.json"))
+    assert cal.exit_code == 0, cal.output
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert len(data["held_out_products"]) == 2 and data["unknown_queries"] == 4 and data["known_queries"] == 8
+    assert 0 <= data["unknown_reject_rate"] <= 1
+    with Catalog(db) as catalog:
+        assert float(catalog.get_meta(THRESHOLD_META_KEY)) == pytest.approx(data["threshold"])
+
+
+def test_choose_threshold_separates_scores():
+    import numpy as np
+
+    from edge_app.eval_pipeline import choose_threshold
+
+    threshold, accept, false_accept = choose_threshold(np.array([0.9, 0.8, 0.85]), np.array([0.3, 0.5, 0.82]))
+    assert 0.5 < threshold <= 0.8 and accept == 1.0 and false_accept == pytest.approx(1 / 3)
