@@ -62,9 +62,8 @@ def sign_codes(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors)
     n, dim = vectors.shape
     words = max(1, math.ceil(dim / 64))
-    bits = np.zeros((n, words * 64), dtype=bool)
-    bits[:, :dim] = vectors > 0
-    packed = np.packbits(bits, axis=1, bitorder="little")  # (N, W*8) bytes
+    packed = np.zeros((n, words * 8), np.uint8)
+    packed[:, : math.ceil(dim / 8)] = np.packbits(vectors > 0, axis=1, bitorder="little")
     return np.ascontiguousarray(packed.view("<u8").T)
 
 
