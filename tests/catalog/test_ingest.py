@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,20 @@ def test_reembed_needs_some_image(tmp_path: Path, embedder: ProjectionEmbedder) 
         with pytest.raises(CatalogError, match="no copy was stored"):
             reembed(cat, ProjectionEmbedder(seed=3))
         assert cat.model_fingerprint == embedder.fingerprint
+
+
+def test_exif_orientation_is_applied(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
+    photo = product_photo(5, size=(160, 160))
+    photo[:80] = (255, 0, 0)  # red top half as seen by a viewer
+    stored_upside_down = Image.fromarray(photo[::-1, ::-1].copy())
+    exif = stored_upside_down.getexif()
+    exif[0x0112] = 3  # Orientation: rotate 180 to display
+    (tmp_path / "photos" / "cola").mkdir(parents=True)
+    stored_upside_down.save(tmp_path / "photos" / "cola" / "rotated.jpg", exif=exif, quality=95)
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, collect_entries(tmp_path / "photos"))
+    with Catalog(db) as cat:
+        (reference_id,) = cat.product("cola")["references"]
+        image = np.asarray(Image.open(io.BytesIO(cat.reference_image(reference_id))))
+    top, bottom = image[: len(image) // 4].reshape(-1, 3).mean(axis=0), image[-len(image) // 4 :].reshape(-1, 3).mean(axis=0)
+    assert top[0] > 200 and top[1] < 60 and not (bottom[0] > 200 and bottom[1] < 60)
