@@ -67,15 +67,18 @@ def eval_command(model, catalog_dir, queries_dir, json_out, report_dir, threads,
         f"queries {result.queries}  products {result.products}  "
         f"latency p50 {result.query_ms_p50:.2f} ms p95 {result.query_ms_p95:.2f} ms"
     )
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(data, indent=2) + "\n")
+    _write_json(json_out, data)
     if report_dir:
         from edge_app.report import write_report
 
         index = write_report(result, catalog_dir, report_dir, title=f"shelfsight eval: {Path(model).name}")
         click.echo(f"report: {index}")
 
+
+def _write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _calibrate(calibration, json_out: str | None, store_db: str | None) -> None:
@@ -86,9 +89,7 @@ def _calibrate(calibration, json_out: str | None, store_db: str | None) -> None:
         f"held-out products refused {calibration.unknown_reject_rate:.4f}  "
         f"({calibration.known_queries} known / {calibration.unknown_queries} unknown queries, {calibration.pipeline})"
     )
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
+    _write_json(json_out, calibration.to_dict())
     if store_db:
         from catalog.store import Catalog
 
