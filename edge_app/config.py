@@ -136,6 +136,7 @@ class RecognitionConfig(_Strict):
     ratio: float = Field(0.8, gt=0, lt=1, description="Lowe's ratio test on ORB descriptor distances")
     ransac_px: float = Field(6.0, gt=0, description="RANSAC reprojection threshold in query pixels")
     min_coverage: float = Field(0.08, ge=0, lt=1, description="Share of the reference the inliers must span")
+    fast_inliers: int = Field(36, ge=4, description="Inliers of the top hit alone that settle verification early")
     feature_side: int = Field(320, ge=64, description="Longest side of the ROI when extracting local features")
     orb_features: int = Field(400, ge=50)
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")

@@ -133,6 +133,8 @@ def match_references(
     return inliers
 
 
-def count_inliers(query: Features, reference: Features, ratio: float = 0.8, ransac_px: float = 6.0) -> int:
+def count_inliers(
+    query: Features, reference: Features, ratio: float = 0.8, ransac_px: float = 6.0, min_coverage: float = 0.08
+) -> int:
     """RANSAC-homography inliers of one reference (0 if no plausible homography)."""
-    return match_references(query, [reference], ratio, ransac_px)[0]
+    return match_references(query, [reference], ratio, ransac_px, min_coverage)[0]

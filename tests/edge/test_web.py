@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
