@@ -152,6 +152,10 @@ class RecognitionConfig(_Strict):
         True, description="When verification runs, an unconfirmed candidate needs accept_similarity to be announced"
     )
     empty_std: float = Field(6.0, ge=0, description="Grey-level spread of the ROI below which the view is empty")
+    background_frames: int = Field(
+        50, ge=0, description="Still, unrecognised frames in a row after which the view is learned as empty (0: off)"
+    )
+    background_diff: float = Field(6.0, gt=0, description="Grey-level difference that still counts as the background")
     vote_window: int = Field(5, ge=1, description="Frames the temporal vote looks at")
     vote_min: int = Field(3, ge=1, description="Agreeing frames needed to announce a product or an empty view")
 

@@ -24,6 +24,8 @@ from edge_app.config import KioskConfig, RoiConfig
 from edge_app.errors import CatalogError, ModelError, ShelfsightError
 from edge_app.images import fit_square
 from edge_app.recognition import Announcement, Recognition, Recognizer, TemporalVoter
+from edge_app.recognition.background import BackgroundModel
+from edge_app.recognition.pipeline import crop_roi
 from edge_app.runtime import open_embedder
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Kiosk:
         self.source = source
         cfg = recognizer.config
         self.voter = voter or TemporalVoter(cfg.vote_window, cfg.vote_min)
+        self.background = BackgroundModel(cfg.background_frames, cfg.background_diff)
         self.jpeg_quality = jpeg_quality
         self.on_update = on_update
         self.stats = KioskStats()
@@ -211,7 +214,7 @@ class Kiosk:
         """Recognise one frame, vote, publish the new state (used by the worker and by `shelfsight demo`)."""
         try:
             with self._pipeline_lock:
-                result = self.recognizer.recognize(frame.rgb)
+                result = self._recognize_frame(frame.rgb)
         except Exception:  # one bad frame (or a catalog being swapped) must not stop the kiosk
             log.exception("recognition failed on frame %d", frame.index)
             self.stats.errors += 1
@@ -226,6 +229,17 @@ class Kiosk:
         if self.on_update is not None:
             self.on_update(state)
         return state
+
+    def _recognize_frame(self, rgb: np.ndarray) -> Recognition:
+        """The pipeline, unless the region of interest shows the learned empty background."""
+        start = time.perf_counter()
+        is_background, thumb = self.background.matches(crop_roi(rgb, self.recognizer.roi))
+        if is_background:
+            result = Recognition("empty", None, 0.0, (), {"preprocess": (time.perf_counter() - start) * 1000})
+        else:
+            result = self.recognizer.recognize(rgb)
+        self.background.observe(thumb, recognised=result.decision == "product")
+        return result
 
     # ------------------------------------------------------------------ what the web server reads
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import numpy as np
 from flask.testing import FlaskClient
 from PIL import Image
 
@@ -142,3 +143,21 @@ def test_page_in_headless_chromium_shows_the_recognised_product(
     assert f'<h1 id="product-name">{name}</h1>' in dom, dom[-2000:]
     assert 'data-decision="product"' in dom
     assert 'class="card"' in dom or 'class="card "' in dom
+
+
+def test_kiosk_learns_a_textured_empty_view(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig,
+                                            sample_set: SampleSet) -> None:
+    from edge_app.camera import Frame
+    from edge_app.samples import Pose, cluttered_background, compose, photometric, render_package
+
+    config = full_config.model_copy(update={"background_frames": 5})
+    kiosk = Kiosk(Recognizer(embedder, sample_catalog, config))
+    rng = np.random.default_rng(5)
+    wall = cluttered_background(rng, 480, 360)  # a poster wall: far too textured to look "empty"
+    decisions = [kiosk.process(Frame(photometric(wall, rng, 0.1), 0.0, i)).frame.decision for i in range(8)]  # type: ignore[union-attr]
+    assert decisions[0] != "empty" and decisions[-1] == "empty" and kiosk.background.learned
+    held = compose(wall, render_package(sample_set.designs[2]), Pose(0.5, 0.5, 0.8, yaw=15))
+    shown = kiosk.process(Frame(held, 0.0, 9)).frame
+    assert shown is not None and shown.product_id == sample_set.designs[2].sku
+    again = kiosk.process(Frame(photometric(wall, rng, 0.1), 0.0, 10)).frame
+    assert again is not None and again.decision == "empty"
