@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import click
 import numpy as np
 
-from edge_app.camera import VideoFileSource
+from edge_app.camera import Frame, VideoFileSource
 from edge_app.config import RecognitionConfig, RoiConfig
 from edge_app.errors import InputError
 from edge_app.images import decode_rgb, fit_square
@@ -107,17 +107,15 @@ def _label(decision: str, product_id: str | None) -> str:
     return product_id if decision == "product" and product_id else decision
 
 
-def play(kiosk: Kiosk, frames: Iterable[np.ndarray], fps: float, truth: Clip | None = None) -> PlayReport:
+def play(kiosk: Kiosk, frames: Iterable[Frame], fps: float, truth: Clip | None = None) -> PlayReport:
     """Feed frames (as if at `fps`) through the kiosk's recognizer and voter; summarise per second."""
-    from edge_app.camera import Frame
-
     seconds: dict[int, SecondReport] = {}
     stage: dict[str, list[float]] = {}
     start = time.perf_counter()
     n = 0
-    for n, rgb in enumerate(frames, start=1):
+    for n, frame in enumerate(frames, start=1):
         t = (n - 1) / fps
-        state = kiosk.process(Frame(rgb, t, n))
+        state = kiosk.process(frame)
         sec = int(t)
         report = seconds.setdefault(sec, SecondReport(sec, truth.product_at(sec + 0.5) if truth else None, "-"))
         if state.frame is not None:
@@ -252,9 +250,9 @@ def _play_clip(kiosk: Kiosk, clip: Path) -> PlayReport:
         fps = source.fps or 10.0
         truth = load_clip_truth(clip) if clip.with_suffix(".json").is_file() else None
 
-        def frames() -> Iterable[np.ndarray]:
+        def frames() -> Iterable[Frame]:
             while (frame := source.read()) is not None:
-                yield frame.rgb
+                yield frame
 
         return play(kiosk, frames(), fps, truth)
 

@@ -49,8 +49,14 @@ class FrameSource(abc.ABC):
     def close(self) -> None:
         """Release the device. Idempotent."""
 
+    def _wait_turn(self) -> bool:
+        """Pace a source that plays recorded frames like a live camera; False: stop (closed)."""
+        return True
+
     def read(self) -> Frame | None:
-        start = time.perf_counter()
+        if not self._wait_turn():
+            return None
+        start = time.perf_counter()  # after pacing: capture_ms is grab + decode only
         rgb = self._grab()
         if rgb is None:
             return None

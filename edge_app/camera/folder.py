@@ -43,13 +43,16 @@ class FolderSource(FrameSource):
                 self._pos = 0
             path = self._files[self._pos]
             self._pos += 1
-            if self._count and self.interval_s and self._stop.wait(self.interval_s):
-                return None
             try:
                 return load_rgb(path)
             except (ImageError, InputError) as exc:
                 log.warning("skipping %s", exc)
         raise CameraError(f"{self.path}: none of the images can be read")
+
+    def _wait_turn(self) -> bool:
+        if self._count and self.interval_s:
+            return not self._stop.wait(self.interval_s)
+        return not self._stop.is_set()
 
     def close(self) -> None:
         self._stop.set()

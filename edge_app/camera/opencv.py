@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class VideoFileSource(OpenCVSource):
         self.name = f"video:{self.path.name}"
         self.fps = 0.0
         self._next_due = 0.0
+        self._stop = threading.Event()
 
     def _target(self) -> int | str:
         if not self.path.is_file():
@@ -77,6 +79,7 @@ class VideoFileSource(OpenCVSource):
 
     def open(self) -> None:
         super().open()
+        self._stop.clear()
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._next_due = time.monotonic()
 
@@ -89,11 +92,17 @@ class VideoFileSource(OpenCVSource):
             if self._count == 0:
                 raise CameraError(f"{self.path}: no decodable frames")
             return None
-        if self.realtime and self.fps > 0:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def _wait_turn(self) -> bool:
+        if self.realtime and self.fps > 0 and self._count > 0:
             self._next_due += 1.0 / self.fps
             delay = self._next_due - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
-            else:
-                self._next_due = time.monotonic()  # fell behind: do not try to catch up in a burst
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                return not self._stop.wait(delay)
+            self._next_due = time.monotonic()  # fell behind: do not try to catch up in a burst
+        return not self._stop.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()

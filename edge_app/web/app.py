@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from edge_app.errors import ImageError, ShelfsightError
 from edge_app.images import decode_rgb
@@ -152,11 +152,18 @@ def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
     return app
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Request lines at debug level: a kiosk page polling twice a second would flood the journal."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("%s %s %s", self.command, self.path, code)
+
+
 class WebServer:
     """The Flask app on a werkzeug server in a background thread (port 0 picks a free port)."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
         self.host, self.port = host, int(self._server.server_port)
         self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-web", daemon=True)
 
