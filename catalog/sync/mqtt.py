@@ -50,6 +50,7 @@ class PahoBus(MessageBus):
         # PUBACK reason codes by message id; paho reports them only to on_publish.
         self._publish_reasons: OrderedDict[int, Any] = OrderedDict()
         self._started = False
+        self._retry_refusals = False
 
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -84,6 +85,9 @@ class PahoBus(MessageBus):
         props.MaximumPacketSize = self._config.max_packet_bytes
         self._answered.clear()
         self._refusal = None
+        # A caller waiting for the answer gets the refusal; a background client (a kiosk) keeps retrying,
+        # so fixing its credentials on the broker is enough.
+        self._retry_refusals = timeout is None
         self._client.connect_async(
             self._config.host,
             self._config.port,
@@ -162,8 +166,8 @@ class PahoBus(MessageBus):
             self._refusal = str(reason)
             log.warning("broker refused connection: %s", reason)
             self._answered.set()
-            # A refusal for bad credentials will not heal by retrying every second.
-            client.disconnect()
+            if not self._retry_refusals:
+                client.disconnect()
             return
         self._max_packet = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         with self._lock:
