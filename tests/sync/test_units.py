@@ -33,7 +33,8 @@ def test_envelope_round_trip_and_every_kind_of_tampering(hq_keys: tuple[Signer, 
     assert opened.payload == b"payload" and opened.header.target == 2
     with pytest.raises(SyncError, match="over the 100-byte limit"):
         verifier.open(sealed + b"x" * 100, max_bytes=100)
-    for bad in (sealed[:-1], MAGIC + sealed[4:-1] + b"\0", b"XXXX" + sealed[4:], sealed[:10]):
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for bad in (sealed[:-1], flipped, b"XXXX" + sealed[4:], sealed[:10]):
         with pytest.raises(SyncError):
             verifier.open(bad, max_bytes=1024)
 
