@@ -22,7 +22,6 @@ import numpy as np
 from edge_app.camera import Frame, FrameSource, ReconnectingSource, open_source
 from edge_app.config import KioskConfig, RoiConfig
 from edge_app.errors import CatalogError, ModelError, ShelfsightError
-from edge_app.images import fit_square
 from edge_app.recognition import Announcement, Recognition, Recognizer, TemporalVoter
 from edge_app.recognition.background import BackgroundModel
 from edge_app.recognition.pipeline import crop_roi
@@ -299,9 +298,16 @@ class Kiosk:
     def thumbnail(self, product_id: str) -> bytes | None:
         return self.recognizer.catalog.thumbnail(product_id)  # type: ignore[no-any-return]
 
-    def health(self) -> dict[str, Any]:
+    def camera_status(self) -> dict[str, Any] | None:
+        """None without a camera; else its name, whether frames are coming, and the last error."""
         source = self.source
-        connected = source.connected if isinstance(source, ReconnectingSource) else source is not None
+        if source is None:
+            return None
+        if isinstance(source, ReconnectingSource):
+            return {"name": source.name, "connected": source.connected, "error": None if source.connected else source.last_error}
+        return {"name": source.name, "connected": not self.source_ended.is_set(), "error": None}
+
+    def health(self) -> dict[str, Any]:
         embedder = self.recognizer.embedder
         return {
             "status": "ok",
@@ -310,16 +316,11 @@ class Kiosk:
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
             "fps": round(self.recognition_rate.rate, 2),
             "capture_fps": round(self.capture_rate.rate, 2),
-            "camera": None if source is None else {"name": source.name, "connected": connected},
+            "camera": self.camera_status(),
             "frames_captured": self.stats.frames_captured,
             "frames_recognised": self.stats.frames_recognised,
             "errors": self.stats.errors,
         }
-
-
-def product_thumbnail(rgb: np.ndarray, side: int = 160) -> bytes:
-    """A small JPEG for a product card (the catalog stores it with the product)."""
-    return encode_jpeg(fit_square(rgb, side), 85)
 
 
 def open_catalog(path: Path) -> Any:

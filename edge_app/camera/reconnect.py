@@ -34,14 +34,15 @@ class ReconnectingSource(FrameSource):
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         self._source: FrameSource | None = None
-        self.reconnects = 0
+        self.reconnects = 0  # connections made after losing one
+        self._connected_before = 0
         self.connected = False
         self.last_error = ""
         self.name = "reconnecting"
 
     def open(self) -> None:
+        """Returns at once: the first connection is made by `read()`, so a missing camera never blocks start-up."""
         self._stop.clear()
-        self._connect()
 
     def _connect(self) -> bool:
         delay = self.initial_s
@@ -72,7 +73,8 @@ class ReconnectingSource(FrameSource):
             if self._source is None:
                 if not self._connect():
                     return None
-                self.reconnects += 1
+                self.reconnects += self._connected_before
+                self._connected_before = 1
             assert self._source is not None
             try:
                 return self._source.read()

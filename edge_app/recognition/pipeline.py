@@ -207,7 +207,7 @@ class Recognizer:
             return None
         return Features(points, descriptors)
 
-    def _verify(self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]) -> tuple[dict[str, int], int]:
+    def verify_shortlist(self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]) -> tuple[dict[str, int], int]:
         """Inliers per shortlisted product.
 
         Fast path: the top hit's best view alone; a match with `fast_inliers`
@@ -282,7 +282,7 @@ class Recognizer:
         inliers: dict[str, int] | None = None
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
-            inliers, n_query = self._verify(crop, hits, timings)
+            inliers, n_query = self.verify_shortlist(crop, hits, timings)
         t = time.perf_counter()
         ranked = self._rank(hits, inliers)
         timings["decision"] = (time.perf_counter() - t) * 1000

@@ -64,6 +64,7 @@ def state_payload(kiosk: Kiosk, state: KioskState) -> dict[str, Any]:
         "window": ann.window,
         "frame_index": state.frame_index,
         "fps": round(kiosk.recognition_rate.rate, 2),
+        "camera": kiosk.camera_status(),
         "frame": state.frame.to_dict() if state.frame is not None else None,
     }
     if rec is not None and ann.decision == "product":

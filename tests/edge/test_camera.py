@@ -128,9 +128,10 @@ def test_reconnecting_source_backs_off_until_the_camera_returns(tmp_path: Path) 
         return False
 
     source = ReconnectingSource(lambda: FolderSource(folder), initial_s=0.1, max_s=0.5, wait=wait)
-    with source:
-        assert source.connected
+    with source:  # opening does not block on the missing camera; the first read waits for it
+        assert not source.connected
         assert source.read() is not None
+        assert source.connected
     assert waits == [0.1, 0.2, 0.4, 0.5]
     assert "no such image folder" in source.last_error
 

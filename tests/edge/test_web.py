@@ -161,3 +161,24 @@ def test_kiosk_learns_a_textured_empty_view(sample_catalog: Any, embedder: Embed
     assert shown is not None and shown.product_id == sample_set.designs[2].sku
     again = kiosk.process(Frame(photometric(wall, rng, 0.1), 0.0, 10)).frame
     assert again is not None and again.decision == "empty"
+
+
+def test_missing_camera_is_reported_while_the_page_keeps_serving(
+    kiosk: Kiosk, product_frames: tuple[str, Path], tmp_path: Path
+) -> None:
+    from edge_app.camera import ReconnectingSource
+
+    product, frames = product_frames
+    camera = tmp_path / "camera"
+    kiosk.source = ReconnectingSource(lambda: FolderSource(camera, interval_s=0.02, loop=True), initial_s=0.05, max_s=0.1)
+    client = create_app(kiosk).test_client()
+    with kiosk:  # starting does not wait for the camera
+        deadline = time.monotonic() + 30
+        while not (kiosk.camera_status() or {}).get("error") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state = client.get("/api/state").json
+        assert state["camera"]["connected"] is False and "no such image folder" in state["camera"]["error"]
+        assert client.get("/health").json["camera"]["connected"] is False
+        shutil.copytree(frames, camera)  # plugged in
+        wait_for(kiosk, lambda s: s.announcement.product_id == product)
+        assert client.get("/api/state").json["camera"] == {"name": f"reconnecting:folder:{camera}", "connected": True, "error": None}

@@ -45,7 +45,12 @@ function render(state) {
     item.textContent = (alt.name || alt.product_id) + " — " + Math.round(100 * alt.confidence) + "%";
     return item;
   }));
-  text("status", state.fps.toFixed(1) + " fps · frame " + state.frame_index);
+  const camera = state.camera;
+  if (camera && !camera.connected) {
+    text("status", "Camera not connected, retrying… " + (camera.error || ""));
+  } else {
+    text("status", state.fps.toFixed(1) + " fps · frame " + state.frame_index);
+  }
 }
 
 async function poll() {
