@@ -67,7 +67,7 @@ def tiny_run(tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     run_dir = tmp_path_factory.mktemp("tiny-run")
     cfg = TrainConfig(
         sources=[str(tiny_dataset["train"])], backbone="tiny", pretrained=False, input_size=TINY_SIZE,
-        embedding_dim=TINY_DIM, epochs=2, steps_per_epoch=4, batch_size=8, learning_rate=3e-3,
+        embedding_dim=TINY_DIM, epochs=3, steps_per_epoch=8, batch_size=8, learning_rate=3e-3, train_from_block=0,
     )
     train(cfg, run_dir, verbose=0)
     return run_dir

@@ -26,10 +26,10 @@ def _tiny_backbone(input_size: int):  # -> keras.Model
     x = inputs
     for i, filters in enumerate((16, 32, 48)):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"tiny{i}_conv")(x)
-        x = layers.BatchNormalization(epsilon=1e-3, name=f"tiny{i}_bn")(x)
+        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.9, name=f"tiny{i}_bn")(x)
         x = layers.ReLU(max_value=6.0, name=f"tiny{i}_relu")(x)
         x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"tiny{i}_dwconv")(x)
-        x = layers.BatchNormalization(epsilon=1e-3, name=f"tiny{i}_dw_bn")(x)
+        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.9, name=f"tiny{i}_dw_bn")(x)
         x = layers.ReLU(max_value=6.0, name=f"tiny{i}_dw_relu")(x)
     return keras.Model(inputs, x, name="tiny_backbone")
 
@@ -74,18 +74,19 @@ def export_model(model):  # -> keras.Model
     return keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output, name="shelfsight_export")
 
 
-def set_trainable(model, train_from_block: int) -> None:
-    """Freeze batch-norm statistics everywhere and the backbone below `train_from_block`.
+def set_trainable(model, train_from_block: int, freeze_batchnorm: bool = True) -> None:
+    """Freeze the backbone below `train_from_block` and, for pretrained nets, all batch-norm statistics.
 
     Frozen BN (trainable=False runs BN in inference mode in Keras 3) keeps the
-    ImageNet statistics, which small CPU batches would otherwise wreck.
+    ImageNet statistics, which small CPU batches would otherwise wreck. A net
+    trained from scratch has no statistics worth keeping, so its BN learns.
     """
     from keras import layers
 
     net = backbone_of(model)
     for layer in net.layers:
         block = _block_index(layer.name)
-        if isinstance(layer, layers.BatchNormalization):
+        if isinstance(layer, layers.BatchNormalization) and freeze_batchnorm:
             layer.trainable = False
         elif block is None:
             # stem is frozen whenever any block is; head trains always

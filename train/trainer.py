@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Se
     strategy = _strategy()
     with strategy.scope():
         embedder = build_embedding_model(cfg.input_size, cfg.embedding_dim, cfg.backbone, cfg.pretrained)
-        set_trainable(embedder, cfg.train_from_block)
+        set_trainable(embedder, cfg.train_from_block, freeze_batchnorm=cfg.pretrained)
         logits = _cosine_classifier(len(classes), cfg.temperature)(embedder.output)
         trainer = keras.Model(embedder.input, logits, name="trainer")
         trainer.compile(

@@ -19,7 +19,7 @@ from train.trainer import train  # noqa: E402
 
 def tiny_config(source: Path, **overrides) -> TrainConfig:
     base = dict(sources=[str(source)], backbone="tiny", pretrained=False, input_size=48, embedding_dim=16,
-                epochs=3, steps_per_epoch=2, batch_size=4)
+                epochs=3, steps_per_epoch=2, batch_size=4, train_from_block=0)
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -32,6 +32,20 @@ def test_run_directory_has_model_config_log_and_manifest(tiny_run: Path, tiny_da
     assert manifest["embedding_dim"] == 32 and manifest["input_size"] == 64
     assert manifest["training_data_fingerprint"] == fingerprint(load_source(tiny_dataset["train"]))
     assert np.isfinite(manifest["metrics"]["final"]["loss"])
+
+
+def test_tiny_model_tells_products_apart(tiny_model: Path, tiny_dataset):
+    """The shared test model must be discriminative, or every test built on it checks plumbing only."""
+    from edge_app.evaluate import embed_paths, evaluate, scan_folder
+    from edge_app.runtime import open_embedder
+
+    with open_embedder(tiny_model) as embedder:
+        vectors = embed_paths(embedder, scan_folder(tiny_dataset["queries"], "q").paths)
+        recall = evaluate(embedder, tiny_dataset["catalog"], tiny_dataset["queries"]).recall_at_1
+    cosines = vectors @ vectors.T
+    off_diagonal = (cosines.sum() - np.trace(cosines)) / (len(cosines) ** 2 - len(cosines))
+    assert off_diagonal < 0.99
+    assert recall >= 0.75
 
 
 def test_training_reduces_the_loss(tiny_dataset, tmp_path):
