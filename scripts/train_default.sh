@@ -18,6 +18,6 @@ $SS -v train --run-dir "$RUN" \
 # Full-integer int8 export, calibrated on training photos, gated on parity with the float model
 # against the validation photos (a gate, not a tuning signal).
 $SS -v convert --model "$RUN" --out edge_app/assets/default_model.tflite \
-  --calibration "$DATA/grocery-store/train" \
+  --calibration "$DATA/grocery-store/train" --calibration-limit 800 \
   --parity-catalog "$DATA/grocery-store/iconic-images-and-descriptions" \
   --parity-queries "$DATA/grocery-store/val"
