@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_app.evaluate import evaluate  # noqa: E402
 from edge_app.runtime import open_embedder  # noqa: E402
+
+
+def iconic_catalog(data: Path, out: Path) -> Path:
+    """The iconic images as an ImageFolder keyed like the photos (the dataset files one under another folder)."""
+    from train.data import grocery_iconic
+
+    for sample in grocery_iconic(data / "classes.csv"):
+        folder = out / sample.product
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / sample.path.name).symlink_to(sample.path.resolve())
+    return out
 
 
 def figures(result) -> dict:
@@ -47,7 +59,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    catalogs = {"train_photos": args.data / "train", "iconic": args.data / "iconic-images-and-descriptions"}
+    aligned = tempfile.TemporaryDirectory(prefix="iconic-")
+    catalogs = {"train_photos": args.data / "train", "iconic": iconic_catalog(args.data, Path(aligned.name))}
     queries = args.data / "val"
     models = {}
     if args.baseline:

@@ -60,15 +60,34 @@ def grocery_list(list_file: Path) -> list[Sample]:
     return samples
 
 
+def _products_by_fine_id(list_file: Path) -> dict[str, str]:
+    by_id: dict[str, str] = {}
+    for line in list_file.read_text().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0]:
+            by_id.setdefault(fields[1], _grocery_product(fields[0]))
+    return by_id
+
+
 def grocery_iconic(classes_csv: Path) -> list[Sample]:
+    """Iconic images, with the photo folders' product ids where a `train.txt` lies beside the CSV.
+
+    The dataset files a few iconic images under a different folder than the
+    photos (`Vegetables/Mushroom/Brown-Cap-Mushroom` vs `Vegetables/Brown-Cap-Mushroom`);
+    the class id in `classes.csv` is what ties them together.
+    """
     base = classes_csv.parent
+    list_file = base / "train.txt"
+    by_id = _products_by_fine_id(list_file) if list_file.is_file() else {}
     samples: list[Sample] = []
     with open(classes_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             iconic = next((v for k, v in row.items() if k and k.startswith("Iconic Image Path")), None)
+            class_id = next((v for k, v in row.items() if k and k.startswith("Class ID")), None)
             if not iconic:
                 raise InputError(f"{classes_csv}: no 'Iconic Image Path' column")
-            samples.append(Sample(base / iconic.lstrip("/"), _grocery_product(iconic)))
+            product = by_id.get((class_id or "").strip()) or _grocery_product(iconic)
+            samples.append(Sample(base / iconic.lstrip("/"), product))
     return samples
 
 

@@ -104,9 +104,14 @@ def _grocery_tree(root: Path) -> None:
     iconic = root / "iconic-images-and-descriptions/Fruit/Apple/Granny-Smith"
     iconic.mkdir(parents=True)
     Image.new("RGB", (40, 40), (0, 200, 0)).save(iconic / "Granny-Smith_Iconic.jpg")
+    # as in the real dataset, an iconic image filed under another folder than its photos
+    odd = root / "iconic-images-and-descriptions/Packages/Dairy/Arla-Milk"
+    odd.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (250, 250, 250)).save(odd / "Arla-Milk_Iconic.jpg")
     (root / "classes.csv").write_text(
         "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),Iconic Image Path (str),Product Description Path (str)\n"
         "Granny-Smith,1,Apple,0,/iconic-images-and-descriptions/Fruit/Apple/Granny-Smith/Granny-Smith_Iconic.jpg,/x.txt\n"
+        "Arla-Milk,40,Milk,9,/iconic-images-and-descriptions/Packages/Dairy/Arla-Milk/Arla-Milk_Iconic.jpg,/y.txt\n"
     )
 
 
@@ -116,7 +121,7 @@ def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
     from_folder = load_source(tmp_path / "val")
     from_csv = load_source(tmp_path / "classes.csv")
     assert {s.product for s in from_list} == {s.product for s in from_folder} == {"Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"}
-    assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith"]
+    assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"]
     combined = load_sources([tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"])
     assert {s.product for s in combined} == {"Fruit/Apple/Granny-Smith"} and len(combined) == 3
     # Arla-Milk has one listed photo: a clear error naming its folder
