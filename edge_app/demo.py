@@ -17,14 +17,17 @@ import logging
 import os
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
 import click
 import numpy as np
 
-from edge_app.camera import Frame, VideoFileSource
+from edge_app.camera import Frame, FrameSource, OpenCVSource, ReconnectingSource, VideoFileSource
+from edge_app.cli import domain_errors
 from edge_app.config import RecognitionConfig, RoiConfig
 from edge_app.errors import InputError
 from edge_app.images import decode_rgb, fit_square
@@ -173,11 +176,14 @@ def _echo_report(report: PlayReport, names: dict[str, str]) -> None:
 @click.option("--clip", type=click.Path(path_type=Path, dir_okay=False), default=None, help="A video to play through the kiosk (default: the built-in clip).")
 @click.option("--threads", type=int, default=2, show_default=True, help="Interpreter threads.")
 @click.option("--global-only", is_flag=True, help="Skip geometric verification (the 'global' pipeline).")
-@click.option("--serve", is_flag=True, help="Afterwards keep serving the kiosk page on the looping clip.")
+@click.option("--camera", default=None, help="Recognise live from a webcam index or stream URL instead of a clip.")
+@click.option("--seconds", type=float, default=0, show_default=True, help="With --camera/--serve: stop after this long (0: Ctrl-C).")
+@click.option("--serve", is_flag=True, help="Afterwards keep serving the kiosk page (on the looping clip or the camera).")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port of the kiosk page with --serve.")
+@domain_errors
 def demo_command(
     workdir: Path | None, model: Path | None, catalog_dir: Path | None, products: Path | None, queries: Path | None,
-    clip: Path | None, threads: int, global_only: bool, serve: bool, port: int,
+    clip: Path | None, threads: int, global_only: bool, camera: str | None, seconds: float, serve: bool, port: int,
 ) -> None:
     """Run the edge pipeline end to end on built-in rendered products (or on your folders).
 
@@ -186,15 +192,15 @@ def demo_command(
       shelfsight demo
       shelfsight demo --serve --port 8080
       shelfsight demo --catalog-dir refs/ --products products.csv --clip shelf.mp4
+      shelfsight demo --catalog-dir refs/ --products products.csv --camera 0 --serve
     """
-    from edge_app.cli import domain_errors
-
-    domain_errors(run_demo)(workdir, model, catalog_dir, products, queries, clip, threads, global_only, serve, port)
+    run_demo(workdir, model, catalog_dir, products, queries, clip, threads, global_only, serve, port, camera, seconds)
 
 
 def run_demo(
     workdir: Path | None, model: Path | None, catalog_dir: Path | None, products: Path | None, queries: Path | None,
     clip: Path | None, threads: int = 2, global_only: bool = False, serve: bool = False, port: int = 8080,
+    camera: str | None = None, seconds: float = 0,
 ) -> PlayReport:
     from edge_app.runtime import open_embedder
 
@@ -208,7 +214,7 @@ def run_demo(
             generate_clip(workdir / "samples" / "clip.avi", sample)
             click.echo(f"rendered {sample.n_products} sample products and their clip in {time.perf_counter() - t:.1f} s")
         catalog_dir, products, queries = sample.catalog_dir, sample.products_csv, queries or sample.queries_dir
-        clip = clip or workdir / "samples" / "clip.avi"
+        clip = clip or (workdir / "samples" / "clip.avi" if camera is None else None)
         click.echo(f"sample products: {sample.root}")
     model_path = _resolve_model(model)
     with open_embedder(model_path, threads=threads) as embedder:
@@ -227,7 +233,7 @@ def run_demo(
             config = RecognitionConfig(verify=not global_only)
             recognizer = Recognizer(embedder, catalog, config, RoiConfig())
             kiosk = Kiosk(recognizer, None, TemporalVoter(config.vote_window, config.vote_min))
-            report = _play_clip(kiosk, clip) if clip is not None else None
+            report = _play_clip(kiosk, clip) if clip is not None and camera is None else None
             if report is not None:
                 names = {p["id"]: p["name"] for p in catalog.products()}
                 _echo_report(report, names)
@@ -236,10 +242,19 @@ def run_demo(
                            + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_ms.items()))
                 if acc is not None:
                     click.echo(f"seconds with a product shown that the kiosk announced correctly: {acc:.0%}")
-            if serve:
-                if clip is None:
-                    raise InputError("--serve needs a clip to play")
-                _serve(recognizer, clip, port)
+            if camera is not None or serve:
+                live: FrameSource
+                if camera is not None and Path(camera).is_file():  # a recording: play it at its own pace
+                    live = VideoFileSource(Path(camera), loop=True, realtime=True)
+                elif camera is not None:
+                    device: int | str = int(camera) if camera.isdigit() else camera
+                    live = ReconnectingSource(partial(OpenCVSource, device))
+                elif clip is not None:
+                    live = VideoFileSource(clip, loop=True, realtime=True)
+                else:
+                    raise InputError("--serve needs a clip or a --camera to show")
+                click.echo(f"live from {live.name if camera is None else camera}:")
+                run_live(recognizer, live, seconds, serve, port)
         finally:
             catalog.close()
     return report if report is not None else PlayReport([], 0, 0.0, {})
@@ -257,17 +272,39 @@ def _play_clip(kiosk: Kiosk, clip: Path) -> PlayReport:
         return play(kiosk, frames(), fps, truth)
 
 
-def _serve(recognizer: Recognizer, clip: Path, port: int) -> None:
+def run_live(recognizer: Recognizer, source: FrameSource, seconds: float, serve: bool, port: int) -> list[str]:
+    """Run the kiosk threads on a live source, printing what is announced each second.
+
+    Stops after `seconds` (0: until Ctrl-C). Returns the printed announcements.
+    """
     from edge_app.web import WebServer, create_app
 
-    kiosk = Kiosk(recognizer, VideoFileSource(clip, loop=True, realtime=True))
-    with kiosk, WebServer(create_app(kiosk), "127.0.0.1", port) as server:
-        click.echo(f"serving the kiosk page at {server.url} (Ctrl-C to stop)")
+    names: dict[str, str] = {}
+    lines: list[str] = []
+    with ExitStack() as running:
+        kiosk = running.enter_context(Kiosk(recognizer, source))
+        if serve:
+            server = running.enter_context(WebServer(create_app(kiosk), "127.0.0.1", port))
+            click.echo(f"serving the kiosk page at {server.url} (Ctrl-C to stop)")
+        started = time.monotonic()
         try:
-            while True:
-                time.sleep(1)
+            while not seconds or time.monotonic() - started < seconds:
+                time.sleep(1.0)
+                ann = kiosk.state().announcement
+                label = _label(ann.decision, ann.product_id)
+                if ann.product_id and ann.product_id not in names:
+                    names[ann.product_id] = str(kiosk.product_info(ann.product_id).get("name", ""))
+                camera = kiosk.camera_status() or {}
+                line = f"{time.monotonic() - started:6.0f}s  {label} {names.get(label, '')}".rstrip()
+                if not camera.get("connected", True):
+                    line += f"  (camera: {camera.get('error') or 'connecting'})"
+                lines.append(line)
+                click.echo(line)
+                if kiosk.source_ended.is_set():
+                    break
         except KeyboardInterrupt:
             click.echo("stopped")
+    return lines
 
 
 COMMANDS: list[click.Command] = [demo_command]

@@ -165,10 +165,12 @@ class Kiosk:
         self._stop.set()
         self._frames.wake()
         if self.source is not None:
-            self.source.close()  # also interrupts a reconnect wait
+            self.source.interrupt()
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=10)
         self._threads = []
+        if self.source is not None:
+            self.source.close()  # only now: the capture thread is out of read()
 
     def __enter__(self) -> "Kiosk":
         return self.start()

@@ -47,7 +47,11 @@ class FrameSource(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release the device. Idempotent."""
+        """Release the device. Idempotent. Call it from the reading thread, or after that thread ended:
+        releasing a capture while another thread is inside `read()` can hang OpenCV."""
+
+    def interrupt(self) -> None:
+        """Make a waiting `read()` (pacing, reconnect backoff) return None soon. Safe from any thread."""
 
     def _wait_turn(self) -> bool:
         """Pace a source that plays recorded frames like a live camera; False: stop (closed)."""

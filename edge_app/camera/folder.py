@@ -54,5 +54,8 @@ class FolderSource(FrameSource):
             return not self._stop.wait(self.interval_s)
         return not self._stop.is_set()
 
+    def interrupt(self) -> None:
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()

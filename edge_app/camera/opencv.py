@@ -103,6 +103,9 @@ class VideoFileSource(OpenCVSource):
             self._next_due = time.monotonic()  # fell behind: do not try to catch up in a burst
         return not self._stop.is_set()
 
+    def interrupt(self) -> None:
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()
         super().close()

@@ -88,6 +88,12 @@ class ReconnectingSource(FrameSource):
         frame = self.read()
         return None if frame is None else frame.rgb
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
         self._stop.set()
+        source = self._source
+        if source is not None:
+            source.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
         self._drop()

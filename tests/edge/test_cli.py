@@ -8,11 +8,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from edge_app.demo import demo_command
 from edge_app.kiosk_cli import kiosk_command
-from edge_app.samples import SampleSet
+from edge_app.samples import SampleSet, generate_clip, generate_sample_set
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +113,17 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     assert report["health"]["model_fingerprint"] and report["health"]["frames_recognised"] >= 3
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo folder with the default sample set and clip already rendered (the demo reuses them)."""
+    workdir = tmp_path_factory.mktemp("demo")
+    sample = generate_sample_set(workdir / "samples")
+    generate_clip(workdir / "samples" / "clip.avi", sample)
+    return workdir
+
+
+def test_demo_runs_end_to_end(demo_workdir: Path, tiny_model: Path) -> None:
+    tmp_path = demo_workdir
     result = CliRunner().invoke(demo_command, ["--workdir", str(tmp_path), "--model", str(tiny_model), "--threads", "1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -120,3 +131,14 @@ def test_demo_runs_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     table = [line for line in lines if line.strip()[:1].isdigit() and ("empty" in line or "P00" in line)]
     assert len(table) == 12  # one line per second of the 12 s clip
     assert "fps" in result.output and (tmp_path / "catalog.db").is_file()
+
+
+def test_demo_live_mode_on_a_camera_stream(demo_workdir: Path, tiny_model: Path) -> None:
+    """`--camera` runs the kiosk threads; a recording stands in for the camera (the sample set is reused)."""
+    clip = demo_workdir / "samples" / "clip.avi"
+    result = CliRunner().invoke(
+        demo_command, ["--workdir", str(demo_workdir), "--model", str(tiny_model), "--camera", str(clip), "--seconds", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    live = [line for line in result.output.splitlines() if line.strip().endswith(("empty", "starting")) or " P00" in line]
+    assert len(live) >= 2 and "second" not in result.output  # live lines, not the clip report
