@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +151,36 @@ def test_hq_commands_end_to_end(hq: Hq, broker: Broker, kiosk_factory, tmp_path:
     assert bad.exit_code == 1 and "private key" in bad.output
     result = runner.invoke(cli, ["hq", "enrollments", "--inbox", str(tmp_path / "empty.db")])
     assert result.exit_code == 0 and "product" in result.output
+
+
+def test_fresh_kiosk_bootstraps_from_the_release(hq: Hq, kiosk_factory) -> None:
+    hq.add(range(5))
+    hq.publisher.publish()
+    kiosk = kiosk_factory("fresh")  # no seed: no model, no catalog
+    assert kiosk.wait_for(lambda k: k.model_fingerprint == hq.fingerprint and k.version == hq.catalog.version, WAIT)
+    model_path, catalog_path = current_release(kiosk.data_dir)
+    assert model_path.read_bytes() == hq.model.read_bytes()
+    with Catalog(catalog_path, create=False) as catalog:
+        assert catalog.export_snapshot()["records"] == hq.catalog.export_snapshot()["records"]
+
+
+def test_hq_serve_command_publishes_new_versions(hq: Hq, broker: Broker, kiosk_factory, tmp_path: Path) -> None:
+    keys = tmp_path / "serve-keys"
+    CliRunner().invoke(build_cli(), ["hq", "keygen", "--out", str(keys)])
+    hq.add(range(3))
+    command = [
+        sys.executable, "-c", "from edge_app.cli import main; main()", "hq", "serve", "--db", str(hq.master),
+        "--key", str(keys / "hq_signing.key"), "--model", str(hq.model), "--inbox", str(tmp_path / "inbox.db"),
+        "--poll", "0.2", "--host", "127.0.0.1", "--port", str(broker.port), "--fleet", hq.topics.fleet,
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        kiosk = kiosk_factory("k1", public_key=keys / "hq_signing.pub")  # bootstraps from the served release
+        assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error
+        hq.add(range(3, 6))  # the server notices the new master version by itself
+        assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=30)[0].decode()
+    assert server.returncode == 0, output
+    assert "serving shelfsight/test" in output
