@@ -145,6 +145,7 @@ class Kiosk:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.source_ended = threading.Event()
+        self._last_error = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -216,10 +217,14 @@ class Kiosk:
         try:
             with self._pipeline_lock:
                 result = self._recognize_frame(frame.rgb)
-        except Exception:  # one bad frame (or a catalog being swapped) must not stop the kiosk
-            log.exception("recognition failed on frame %d", frame.index)
+        except Exception as exc:  # one bad frame (or a catalog being swapped) must not stop the kiosk
             self.stats.errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:  # a persistent fault is logged once, not at the frame rate
+                log.exception("recognition failed on frame %d", frame.index)
+            self._last_error = message
             return self.state()
+        self._last_error = ""
         result.timings["capture"] = frame.capture_ms
         announcement = self.voter.push(result)
         state = KioskState(announcement, result, frame.index, time.monotonic())
@@ -322,6 +327,7 @@ class Kiosk:
             "frames_captured": self.stats.frames_captured,
             "frames_recognised": self.stats.frames_recognised,
             "errors": self.stats.errors,
+            "last_error": self._last_error or None,
         }
 
 

@@ -182,3 +182,14 @@ def test_missing_camera_is_reported_while_the_page_keeps_serving(
         shutil.copytree(frames, camera)  # plugged in
         wait_for(kiosk, lambda s: s.announcement.product_id == product)
         assert client.get("/api/state").json["camera"] == {"name": f"reconnecting:folder:{camera}", "connected": True, "error": None}
+
+
+def test_a_bad_frame_is_counted_and_the_kiosk_carries_on(kiosk: Kiosk, sample_set: SampleSet) -> None:
+    from edge_app.camera import Frame
+
+    before = kiosk.state()
+    assert kiosk.process(Frame(np.zeros((8, 8), np.uint8), 0.0, 1)) is before  # not an RGB frame
+    assert kiosk.stats.errors == 1 and "RGB" in kiosk.health()["last_error"]
+    good = load_rgb(next(iter_image_files(sample_set.catalog_dir / "P0001")))
+    assert kiosk.process(Frame(good, 0.0, 2)).frame is not None
+    assert kiosk.health()["last_error"] is None
