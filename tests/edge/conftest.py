@@ -1,8 +1,9 @@
-"""Fixtures for the kiosk tests: the rendered sample set, its clip, and a stand-in embedder.
+"""Fixtures for the kiosk tests: the rendered sample set, its clip, a real catalog, and the embedder.
 
-`ProjectionEmbedder` (downsample + fixed random projection + L2) is used only
-until the lead's session fixture `tiny_model` (a real int8 TFLite embedder)
-exists; `embedder` picks the real model when it is available.
+`embedder` is the session's real tiny int8 TFLite model (`tiny_model`, from
+tests/conftest.py). `ProjectionEmbedder` (downsample + fixed random projection
++ L2) only serves where a second, different model is needed (a catalog built
+with another model) or if the tiny model fixture is unavailable.
 """
 
 from __future__ import annotations
