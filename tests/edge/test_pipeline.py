@@ -87,3 +87,17 @@ def test_calibrated_threshold_is_read_from_the_catalog(sample_catalog: Any, embe
         assert Recognizer(embedder, sample_catalog, RecognitionConfig(unknown_threshold=0.3)).unknown_threshold == 0.3
     finally:
         sample_catalog.set_meta("unknown_threshold", previous)
+
+
+def test_numpy_matcher_agrees_with_opencv(sample_set: SampleSet) -> None:
+    import cv2
+
+    from catalog.keypoints import compute_keypoints
+    from edge_app.recognition.verify import ratio_matches
+
+    query = compute_keypoints(load_rgb(next(iter_image_files(sample_set.queries_dir))))[1]
+    train = np.concatenate([compute_keypoints(load_rgb(p))[1] for p in list(iter_image_files(sample_set.catalog_dir))[:4]])
+    ours = {tuple(pair) for pair in ratio_matches(query, train, 0.8).tolist()}
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query, train, k=2)
+    theirs = {(p[0].queryIdx, p[0].trainIdx) for p in pairs if p[0].distance < 0.8 * p[1].distance}
+    assert ours == theirs and len(ours) > 10
