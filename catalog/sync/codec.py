@@ -41,6 +41,8 @@ class LatestManifest(BaseModel):
     release: BlobManifest | None = None
     # Oldest base version from which HQ still publishes deltas; older kiosks go straight to the snapshot.
     delta_floor: int = Field(ge=0)
+    # `catalog.sync.digest.content_digest` of the master at `version`: same version must mean same rows.
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 def validation_problems(exc: ValidationError) -> str:

@@ -33,6 +33,7 @@ from catalog.sync.bus import Message, MessageBus, Will, open_bus
 from catalog.sync.chunks import Assembler, BlobManifest
 from catalog.sync.codec import LatestManifest, decode_delta, decode_release, decode_snapshot, parse_manifest
 from catalog.sync.config import SyncConfig
+from catalog.sync.digest import content_digest
 from catalog.sync.envelope import Envelope, Verifier, load_verifier
 from catalog.sync.messages import Enrollment, KioskStatus, ResyncRequest
 from catalog.sync.releases import current_fingerprint, current_release, install_release
@@ -91,6 +92,8 @@ class KioskSync:
         self._resync_sent: float | None = None
         self._unfit_blob: str | None = None
         self._failed_blob: tuple[str, float] | None = None
+        self._verified: tuple[int, str] | None = None
+        self._diverged = False
         self._last_error: str | None = None
         self._last_status = 0.0
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
@@ -351,7 +354,7 @@ class KioskSync:
             return
         if blob.model_fingerprint != self._model_fp:
             raise SyncError(f"{what}: built for model {blob.model_fingerprint[:12]}, ours is {str(self._model_fp)[:12]}")
-        if blob.version <= self._version:
+        if blob.version < self._version or (blob.version == self._version and not self._diverged):
             return
         snapshot = decode_snapshot(data, what=what, max_bytes=self.config.max_blob_bytes)
         self._require_catalog().replace_with_snapshot(snapshot)
@@ -374,6 +377,8 @@ class KioskSync:
         self._behind_since = None
         self._resync_sent = None
         self._last_error = None
+        self._verified = None
+        self._diverged = False
         log.info("catalog now at v%d", version)
         if self._on_applied is not None:
             self._callback(self._on_applied, version)
@@ -412,7 +417,10 @@ class KioskSync:
             return
         if target.version <= self._version:
             self._behind_since = None
-            self._drop_assembly()
+            if target.version == self._version and not self._same_content(target):
+                self._fetch(target.snapshot)
+            else:
+                self._drop_assembly()
             return
         now = time.monotonic()
         if self._behind_since is None:
@@ -423,6 +431,20 @@ class KioskSync:
         elif self._resync_sent is None:
             self._resync_sent = now
             self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, from_version=self._version))
+
+    def _same_content(self, target: LatestManifest) -> bool:
+        """Does our catalog hold exactly HQ's rows at this version? Checked once per manifest."""
+        if target.digest is None or self._catalog is None:
+            return True
+        if self._verified != (target.version, target.digest):
+            _, ours = content_digest(self._catalog)
+            self._diverged = ours != target.digest
+            self._verified = (target.version, target.digest)
+            if self._diverged:
+                log.error("catalog v%d differs from HQ's v%d (changed outside sync?); fetching the snapshot",
+                          self._version, target.version)
+                self._note_error(f"catalog v{self._version} diverged from HQ's; re-fetching the snapshot")
+        return not self._diverged
 
     def _fetch(self, blob: BlobManifest | None) -> None:
         if blob is None or self._bus is None:

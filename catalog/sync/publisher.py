@@ -31,6 +31,7 @@ from catalog.store import Catalog
 from catalog.sync.bus import Message, MessageBus
 from catalog.sync.chunks import BlobManifest, split
 from catalog.sync.codec import LatestManifest, compress_json, encode_delta, encode_release
+from catalog.sync.digest import content_digest
 from catalog.sync.envelope import EnvelopeHeader, Signer
 from catalog.sync.files import atomic_write
 from catalog.sync.messages import MAX_ENROLL_BYTES, MAX_STATUS_BYTES, Enrollment, ResyncRequest, parse_upstream
@@ -109,10 +110,15 @@ class HqPublisher:
                 raise CatalogError(f"{self.master}: no embeddings yet, nothing to publish")
             if not force and state is not None and state.version == version and state.model_fingerprint == fingerprint:
                 return None
+            exported = catalog.export_snapshot()
+            digest_version, digest = content_digest(catalog)
+            if exported["version"] != version or digest_version != version:
+                log.info("master changed while publishing v%d; publishing again next round", version)
+                return None
             delta_sent = False
             if state is not None and state.version < version and state.model_fingerprint == fingerprint:
-                delta_sent = self._publish_delta(catalog, state.version)
-            snapshot_blob = compress_json(catalog.export_snapshot())
+                delta_sent = self._publish_delta(catalog, state.version, version)
+            snapshot_blob = compress_json(exported)
         snapshot = self._publish_blob("snapshot", version, fingerprint, snapshot_blob)
         release = self._release(state, version, fingerprint, snapshot_blob)
         if delta_sent and state is not None:
@@ -122,7 +128,12 @@ class HqPublisher:
         else:
             floor = version
         manifest = LatestManifest(
-            version=version, model_fingerprint=fingerprint, snapshot=snapshot, release=release, delta_floor=floor
+            version=version,
+            model_fingerprint=fingerprint,
+            snapshot=snapshot,
+            release=release,
+            delta_floor=floor,
+            digest=digest,
         )
         seq = self._next_seq(state)
         envelope = self._signer.seal(
@@ -140,16 +151,15 @@ class HqPublisher:
         log.info("published v%d (snapshot %d bytes, delta floor %d)", version, snapshot.size, floor)
         return manifest
 
-    def _delta_envelope(self, catalog: Catalog, base: int) -> bytes | None:
-        """A signed delta from `base` to the catalog's version, or None if the log or the message size says no."""
+    def _delta_envelope(self, catalog: Catalog, base: int, target: int) -> bytes | None:
+        """A signed delta from `base` to `target` (the version being published), or None if the log or size says no."""
         try:
             changes = catalog.changes_since(base)
         except CatalogError as exc:
             log.info("no delta from v%d: %s", base, exc)
             return None
-        if not changes or changes[-1]["version"] != catalog.version:
+        if not changes or changes[-1]["version"] != target:
             return None
-        target = int(changes[-1]["version"])
         header = EnvelopeHeader(kind="delta", fleet=self.topics.fleet, seq=self._next_seq(None), base=base, target=target)
         envelope = self._signer.seal(header, encode_delta(changes))
         if len(envelope) > self.max_message_bytes:
@@ -157,8 +167,8 @@ class HqPublisher:
             return None
         return envelope
 
-    def _publish_delta(self, catalog: Catalog, base: int) -> bool:
-        envelope = self._delta_envelope(catalog, base)
+    def _publish_delta(self, catalog: Catalog, base: int, target: int) -> bool:
+        envelope = self._delta_envelope(catalog, base, target)
         if envelope is None:
             return False
         self._bus.publish(self.topics.delta, envelope)
@@ -221,9 +231,10 @@ class HqPublisher:
             return
         self._answered[request.from_version] = now
         with Catalog(self.master, create=False) as catalog:
-            if request.from_version >= catalog.version:
+            version = catalog.version
+            if request.from_version >= version:
                 return
-            envelope = self._delta_envelope(catalog, request.from_version)
+            envelope = self._delta_envelope(catalog, request.from_version, version)
         if envelope is not None:
             self._bus.publish(self.topics.delta, envelope)
 

@@ -227,3 +227,21 @@ def test_chunks_over_the_broker_limit_are_reported(
             kiosk.stop()
     finally:
         hq.close()
+
+
+def test_same_version_different_content_is_detected_and_repaired(hq: Hq, kiosk_factory) -> None:
+    hq.add(range(3))
+    hq.publisher.publish()
+    kiosk = kiosk_factory("k1", hq=hq, start=False)
+    # Someone edits the kiosk's synced catalog behind sync's back, reaching HQ's next version number...
+    _, path = current_release(kiosk.data_dir)
+    with Catalog(path, create=False) as local:
+        local.add_product("rogue", "Not from HQ")
+        local.update_product("rogue", name="Still not from HQ")
+    # ...while HQ moves to the same number with other content.
+    version = hq.add(range(3, 4))
+    hq.publisher.publish()
+    kiosk.start()
+    assert kiosk.wait_for(lambda k: k.counters["snapshots"] == 1, WAIT), kiosk.last_error
+    assert kiosk.version == version
+    assert kiosk_records(kiosk) == hq.catalog.export_snapshot()["records"]
