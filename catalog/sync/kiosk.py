@@ -535,7 +535,10 @@ class KioskSync:
             log.info("status not published: %s", exc)
 
     def _note_error(self, message: str) -> None:
-        self._last_error = message[:1000]
+        message = message[:1000]
+        if message == self._last_error:
+            return  # the same problem seen again (e.g. on every tick): no new status message
+        self._last_error = message
         self._publish_status()
         with self._changed:
             self._changed.notify_all()
