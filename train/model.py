@@ -64,7 +64,10 @@ def build_embedding_model(
 
 
 def backbone_of(model):  # -> keras.Model
-    return next(layer for layer in model.layers if isinstance(layer, __import__("keras").Model))
+    """The backbone sub-model nested inside an embedding model."""
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 def export_model(model):  # -> keras.Model
