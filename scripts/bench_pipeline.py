@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""`shelfsight eval` figures, global embedding vs the kiosk's full pipeline (issue 3).
+
+Settings:
+  grocery_train  Grocery Store val photos vs a catalog of its train photos
+  grocery_iconic val photos vs the aligned iconic images (one per product)
+  iconic_warped  iconic image as catalog; rotated/tilted/scaled/relit renderings of it on clutter as queries
+  grozi_warped   GroZi-120: first 3 crops per product as catalog; later crops rotated/tilted/scaled onto clutter
+
+For each: R@1, R@5, MAP@R, query p50/p95 ms with `ranker=None` (global) and
+with `PipelineRanker` (full: catalog build with ORB keypoints, shortlist,
+verification, scoring), plus `--calibrate --pipeline full` on one setting.
+Warped sets are generated with a fixed seed (scripts/warped_queries.py).
+`--max-per-product` subsamples queries deterministically (first N by name).
+
+    .venv/bin/python scripts/bench_pipeline.py --grocery ../shared/datasets/grocery-store \
+        --grozi ../shared/datasets/grozi-120 --out runs/bench_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_retrieval import iconic_catalog  # noqa: E402
+from warped_queries import grozi_set, iconic_set  # noqa: E402
+
+from edge_app.eval_pipeline import PipelineRanker, calibrate  # noqa: E402
+from edge_app.evaluate import evaluate, scan_folder  # noqa: E402
+from edge_app.images import iter_image_files  # noqa: E402
+from edge_app.runtime import open_embedder  # noqa: E402
+
+log = logging.getLogger("bench_pipeline")
+
+FIGURES = ("recall_at_1", "recall_at_5", "map_at_r", "queries", "products", "query_ms_p50", "query_ms_p95")
+
+
+def subsample(folder: Path, out: Path, per_product: int) -> Path:
+    """The first `per_product` images (by name) of each product folder, as symlinks."""
+    by_product: dict[Path, list[Path]] = {}
+    for path in iter_image_files(folder):
+        by_product.setdefault(path.parent, []).append(path)
+    for parent, paths in by_product.items():
+        for path in sorted(paths)[:per_product]:
+            target = out / parent.relative_to(folder) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    return out
+
+
+def run_setting(embedder: Any, catalog: Path, queries: Path, pipelines: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"catalog": str(catalog), "queries": str(queries)}
+    for pipeline in pipelines:
+        started = time.perf_counter()
+        ranker = None
+        if pipeline == "full":
+            ranker = PipelineRanker(embedder, scan_folder(catalog, "catalog"))
+            row["full_catalog_build_s"] = round(time.perf_counter() - started, 1)
+        try:
+            result = evaluate(embedder, catalog, queries, ranker=ranker)
+        finally:
+            if ranker is not None:
+                ranker.close()
+        row[pipeline] = {k: getattr(result, k) for k in FIGURES} | {"seconds": round(time.perf_counter() - started, 1)}
+        f = row[pipeline]
+        print(f"  {pipeline:6s} R@1 {f['recall_at_1']:.4f}  R@5 {f['recall_at_5']:.4f}  MAP@R {f['map_at_r']:.4f}  "
+              f"p50 {f['query_ms_p50']:.1f} ms  p95 {f['query_ms_p95']:.1f} ms  "
+              f"({f['queries']} queries, {f['products']} products, {f['seconds']} s)", flush=True)
+    return row
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("edge_app/assets/default_model.tflite"))
+    parser.add_argument("--grocery", type=Path, help="Grocery Store dataset root")
+    parser.add_argument("--grozi", type=Path, help="GroZi-120 root (product-NNN/*.jpg)")
+    parser.add_argument("--settings", default="grocery_train,grocery_iconic,iconic_warped,grozi_warped")
+    parser.add_argument("--pipelines", default="global,full")
+    parser.add_argument("--max-per-product", type=int, default=0,
+                        help="Use only the first N queries of each product (0: all) for the photo settings")
+    parser.add_argument("--calibrate", default="grozi_warped", help="Setting to calibrate with --pipeline full ('' to skip)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_pipeline.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    wanted = [s for s in args.settings.split(",") if s]
+    work = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
+    tmp = Path(work.name)
+    settings: dict[str, tuple[Path, Path]] = {}
+    if args.grocery:
+        val = args.grocery / "val"
+        if args.max_per_product:
+            val = subsample(val, tmp / "val", args.max_per_product)
+        iconic = iconic_catalog(args.grocery, tmp / "iconic")
+        settings["grocery_train"] = (args.grocery / "train", val)
+        settings["grocery_iconic"] = (iconic, val)
+        if "iconic_warped" in wanted:
+            settings["iconic_warped"] = (iconic, iconic_set(iconic, tmp / "iconic_warped", seed=args.seed))
+    if args.grozi and "grozi_warped" in wanted:
+        settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
+
+    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads, "cpus": os.cpu_count(),
+                           "load_average_start": load_average(), "settings": {}}
+    with open_embedder(args.model, threads=args.threads) as embedder:
+        out["model_fingerprint"] = embedder.fingerprint
+        for name in wanted:
+            if name not in settings:
+                log.warning("setting %s skipped: its dataset was not given", name)
+                continue
+            print(f"{name}:", flush=True)
+            out["settings"][name] = run_setting(embedder, *settings[name], args.pipelines.split(","))
+        if args.calibrate in settings:
+            started = time.perf_counter()
+            cal = calibrate(embedder, *settings[args.calibrate], pipeline="full", seed=args.seed)
+            out["calibration"] = {"setting": args.calibrate, **cal.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+            print(f"calibrate --pipeline full on {args.calibrate}: threshold {cal.threshold:.4f}  known answered right "
+                  f"{cal.known_accept_rate:.4f}  held-out refused {cal.unknown_reject_rate:.4f}  "
+                  f"({cal.known_queries} known / {cal.unknown_queries} unknown queries)", flush=True)
+    out["load_average_end"] = load_average()
+
+    print(f"\n{'setting':15s} {'pipeline':8s} {'R@1':>7s} {'R@5':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'queries':>8s}")
+    for name, row in out["settings"].items():
+        for pipeline in ("global", "full"):
+            if pipeline in row:
+                f = row[pipeline]
+                print(f"{name:15s} {pipeline:8s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
+                      f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
