@@ -8,10 +8,15 @@ tombstone), so `changes_since(v)` returns exactly what a copy at version `v`
 needs, with row data read from the live tables. A reembed or a snapshot
 restore moves the log floor up; older copies then need a snapshot.
 
-Local references (`local=True`) are photos added at one store (the kiosk's
-"teach" flow). They are searchable but are not part of HQ's versioned catalog:
-they do not bump the version, never appear in deltas or snapshots, and survive
-`replace_with_snapshot` while their product exists and the model is unchanged.
+Local references and local products (`local=True`) are what a clerk taught
+one store's kiosk. They are searchable but are not part of HQ's versioned
+catalog: they do not bump the version, never appear in deltas, snapshots or the
+sync digest, and survive `apply_changes` and `replace_with_snapshot` (a local
+reference while its product exists and the model is unchanged). A local product
+is stored with row version 0 (versioned rows start at 1), so the schema needs
+no extra column. When HQ publishes a product with a local product's id (after
+approving the store's enrollment), HQ's row wins and the local references of
+that product are dropped: HQ's copies of them arrive in the same delta.
 
 Threads: one Catalog may be shared by threads (kiosk web requests, camera loop,
 sync). SQLite access is serialised by a lock; searches run on an immutable
@@ -28,6 +33,7 @@ import math
 import sqlite3
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -51,6 +57,9 @@ RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "em
 _KEYPOINT_CACHE_SIZE = 4096
 _PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
 _REFERENCE_COLUMNS = "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
+# Row version of a local product; every versioned row has version >= 1.
+LOCAL_VERSION = 0
+_SYNCED_PRODUCTS = f"version > {LOCAL_VERSION}"
 
 
 def reference_id_for(product_id: str, image_jpeg: bytes | None, embedding: bytes) -> str:
@@ -67,6 +76,26 @@ def _unit(embedding: np.ndarray, dim: int | None) -> np.ndarray:
     if not math.isfinite(norm) or norm == 0.0:
         raise InputError("embedding is zero or contains NaN/infinity")
     return vector / norm
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """A reference image ready to store: what `add_reference_vector` takes (and an enrollment carries)."""
+
+    embedding: np.ndarray  # float32, unit norm
+    fingerprint: str
+    phash: str
+    source: str
+    image_jpeg: bytes
+    keypoints: bytes
+
+
+def prepare_reference(rgb: np.ndarray, embedder: Embedder, source: str = "") -> PreparedReference:
+    """Check an RGB image's quality (ImageError naming `source`), embed it, and compute its extras."""
+    check_image(rgb, name=source or "image")
+    embedding = embedder.embed_batch(fit_square(rgb, embedder.input_size)[None])[0]
+    extras = describe_image(rgb)
+    return PreparedReference(embedding, embedder.fingerprint, extras.phash, source, extras.image_jpeg, extras.keypoints)
 
 
 class Catalog:
@@ -289,11 +318,12 @@ class Catalog:
         assert row is not None
         return row
 
-    def add_product(self, product_id: str, name: str, **fields: Any) -> int:
-        """Create a product; returns the new catalog version.
+    def add_product(self, product_id: str, name: str, *, local: bool = False, **fields: Any) -> int:
+        """Create a product; returns the new catalog version (unchanged for a `local` product).
 
         Fields: description, category, price, attributes (dict), thumbnail (JPEG/PNG bytes);
         any other keyword becomes an attribute (`brand="Acme"`). Attributes are flat JSON scalars.
+        `local=True`: taught at this store; not versioned, not synced (see the module docstring).
         """
         records.check_product_id(product_id)
         columns, extra = self._split_fields(fields)
@@ -303,13 +333,22 @@ class Catalog:
         with self.batch():
             if self._product_row(product_id) is not None:
                 raise CatalogError(f"product {product_id} already exists; use update_product")
-            row["version"] = version = self._bump()
+            version = self._write_versioned_product(row, local=local)
+        return version
+
+    def _write_versioned_product(self, row: dict[str, Any], *, local: bool) -> int:
+        """Write a product row; a synced one bumps the version and is logged, a local one is neither."""
+        if local:
+            row["version"] = LOCAL_VERSION
             self._write_product(row)
-            self._log(version, "upsert_product", product_id, None)
+            return int(self._meta("version", 0))
+        row["version"] = version = self._bump()
+        self._write_product(row)
+        self._log(version, "upsert_product", row["id"], None)
         return version
 
     def update_product(self, product_id: str, **fields: Any) -> int:
-        """Change some fields of a product; returns the new version.
+        """Change some fields of a product; returns the new version (a local product stays local).
 
         `attributes=` replaces all attributes; other unknown keywords set single attributes
         (None removes one).
@@ -330,17 +369,18 @@ class Catalog:
             data = {k: current[k] for k in ("name", "description", "category", "price", "thumbnail")}
             data.update(columns, attributes=attributes)
             row = self._checked_product(product_id, data)
-            row["version"] = version = self._bump()
-            self._write_product(row)
-            self._log(version, "upsert_product", product_id, None)
+            version = self._write_versioned_product(row, local=current["version"] == LOCAL_VERSION)
         return version
 
     def remove_product(self, product_id: str) -> int:
         """Remove a product and all its references (local ones too); returns the new version."""
         with self.batch():
-            if self._product_row(product_id) is None:
+            row = self._product_row(product_id)
+            if row is None:
                 raise CatalogError(f"no product {product_id!r} in {self.name}")
             self._delete_product(product_id)
+            if row["version"] == LOCAL_VERSION:
+                return int(self._meta("version", 0))
             version = self._bump()
             self._log(version, "remove_product", product_id, None)
         return version
@@ -365,18 +405,19 @@ class Catalog:
 
         Checks image quality (size, blur), computes its pHash, ORB keypoints and a stored JPEG copy.
         """
-        check_image(rgb, name=source or "image")
         self.check_model(embedder.fingerprint)
-        embedding = embedder.embed_batch(fit_square(rgb, embedder.input_size)[None])[0]
-        extras = describe_image(rgb)
+        return self.add_prepared(product_id, prepare_reference(rgb, embedder, source), local=local)
+
+    def add_prepared(self, product_id: str, prepared: "PreparedReference", *, local: bool = False) -> int:
+        """Store a reference made by `prepare_reference`; returns the catalog version."""
         return self.add_reference_vector(
             product_id,
-            embedding,
-            fingerprint=embedder.fingerprint,
-            phash=extras.phash,
-            source=source,
-            image_jpeg=extras.image_jpeg,
-            keypoints=extras.keypoints,
+            prepared.embedding,
+            fingerprint=prepared.fingerprint,
+            phash=prepared.phash,
+            source=prepared.source,
+            image_jpeg=prepared.image_jpeg,
+            keypoints=prepared.keypoints,
             local=local,
         )
 
@@ -400,8 +441,12 @@ class Catalog:
         if keypoints is not None:
             deserialise_keypoints(keypoints, f"reference of {product_id}: keypoints")
         with self.batch():
-            if self._product_row(product_id) is None:
+            product = self._product_row(product_id)
+            if product is None:
                 raise CatalogError(f"no product {product_id!r} in {self.name}; add the product first")
+            if product["version"] == LOCAL_VERSION and not local:
+                # A synced reference to a product other stores do not have would orphan there.
+                raise CatalogError(f"product {product_id!r} is local to this store; its references must be local too")
             self.check_model(fingerprint)
             dim = self._meta("embedding_dim")
             vector = _unit(embedding, dim)
@@ -469,11 +514,12 @@ class Catalog:
             "price": row["price"],
             "attributes": json.loads(row["attributes"]),
             "version": row["version"],
+            "local": row["version"] == LOCAL_VERSION,
             "references": reference_ids,
         }
 
     def product(self, product_id: str) -> dict[str, Any]:
-        """{"id", "name", "description", "category", "price", "attributes", "version", "references": [ids]}."""
+        """{"id", "name", "description", "category", "price", "attributes", "version", "local", "references": [ids]}."""
         with self._reading():
             row = self._product_row(product_id)
             if row is None:
@@ -565,6 +611,7 @@ class Catalog:
                 "products": count("SELECT COUNT(*) FROM products"),
                 "references": count("SELECT COUNT(*) FROM reference_images"),
                 "local_references": count("SELECT COUNT(*) FROM reference_images WHERE local = 1"),
+                "local_products": count(f"SELECT COUNT(*) FROM products WHERE NOT ({_SYNCED_PRODUCTS})"),
                 "products_without_references": count(
                     "SELECT COUNT(*) FROM products WHERE id NOT IN (SELECT product_id FROM reference_images)"
                 ),
@@ -686,6 +733,12 @@ class Catalog:
     def _apply(self, change: records.Change) -> None:
         if change.op == "upsert_product":
             assert change.row is not None
+            # HQ's row replaces a local product of the same id; HQ's copies of its references follow.
+            self.db.execute(
+                "DELETE FROM reference_images WHERE local = 1 AND product_id IN "
+                f"(SELECT id FROM products WHERE id = ? AND NOT ({_SYNCED_PRODUCTS}))",
+                [change.product_id],
+            )
             self._write_product(change.row)
         elif change.op == "remove_product":
             self._delete_product(change.product_id)
@@ -697,13 +750,13 @@ class Catalog:
         self._log(change.version, change.op, change.product_id, change.reference_id)
 
     def export_snapshot(self) -> dict[str, Any]:
-        """The whole (non-local) catalog at its current version as one JSON-serialisable dict.
+        """The whole synced (non-local) catalog at its current version as one JSON-serialisable dict.
 
         {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta",
          "records": [upsert_product records..., upsert_reference records...]}
         """
         with self._reading():
-            products = self._query_all(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products ORDER BY id")
+            products = self._query_all(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE {_SYNCED_PRODUCTS} ORDER BY id")
             references = self._query_all(f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id")
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         return {
@@ -751,15 +804,20 @@ class Catalog:
     def replace_with_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Replace all (non-local) contents with a snapshot from `export_snapshot`, in one transaction.
 
-        The snapshot is validated first. Local references survive if their product is still
-        there and the model is unchanged. The log floor moves to the snapshot's version.
+        The snapshot is validated first. Local products survive unless the snapshot has their
+        id (HQ's row wins, their local references go); local references survive if their
+        product is still there and the model is unchanged. The log floor moves to the snapshot's version.
         """
         version, fingerprint, dim, meta, decoded = self._decode_snapshot(snapshot)
+        product_ids = {c.product_id for c in decoded if c.op == "upsert_product"}
         with self.batch():
+            local_rows = self._query_all(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE NOT ({_SYNCED_PRODUCTS})")
+            local_products = [p for p in local_rows if p["id"] not in product_ids]
+            taken_over = product_ids & {p["id"] for p in local_rows}
             kept = [
                 r
                 for r in self._query_all(f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 1")
-                if r["fingerprint"] == fingerprint
+                if r["fingerprint"] == fingerprint and r["product_id"] not in taken_over
             ]
             for table in ("reference_images", "products", "changes"):
                 self.db.execute(f"DELETE FROM {table}")
@@ -767,9 +825,11 @@ class Catalog:
             for change in decoded:
                 assert change.row is not None
                 (self._write_product if change.op == "upsert_product" else self._write_reference)(change.row)
-            product_ids = {c.product_id for c in decoded if c.op == "upsert_product"}
+            for product in local_products:
+                self._write_product(product)
+            surviving = product_ids | {p["id"] for p in local_products}
             for row in kept:
-                if row["product_id"] in product_ids:
+                if row["product_id"] in surviving:
                     self._write_reference(row)
             for key, value in meta.items():
                 self._set_meta(key, value)

@@ -5,18 +5,19 @@ changed behind sync's back (a versioned local edit, a restored backup), its
 version can match HQ's while its content does not; comparing this digest with
 the one in HQ's manifest turns that silent divergence into a snapshot fetch.
 
-Computed from (id, row version) of every product and every non-local
-reference, in one SQL statement (one consistent read), not from the blobs.
+Computed from (id, row version) of every non-local product and reference
+(what a clerk taught one store is not HQ's), in one SQL statement (one
+consistent read), not from the blobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from catalog.store import Catalog
+from catalog.store import LOCAL_VERSION, Catalog
 
 _QUERY = (
-    "SELECT 'P', id, version FROM products "
+    f"SELECT 'P', id, version FROM products WHERE version > {LOCAL_VERSION} "
     "UNION ALL SELECT 'R', id, version FROM reference_images WHERE local = 0 "
     "UNION ALL SELECT 'V', '', value FROM meta WHERE key = 'version' "
     "ORDER BY 1, 2"
