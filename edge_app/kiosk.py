@@ -4,6 +4,12 @@ Capture and recognition run in separate threads joined by a latest-frame slot:
 the camera never waits for the model, and the model always works on the newest
 frame (older ones are dropped, not queued, so the answer never lags behind the
 shopper). The web server only reads the latest frame and the latest result.
+
+Teaching: the recognition worker keeps the ROI crops of the last few frames
+that showed something (a small ring buffer, the only per-frame copy), so a
+clerk can teach an unknown product from what the camera just saw: `teach`
+stores it as a local product with local references (one transaction), swaps the
+search index, and, when sync is connected, sends it to HQ as an enrollment.
 """
 
 from __future__ import annotations
@@ -12,24 +18,30 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Sequence, TypeVar
 
 import cv2
 import numpy as np
 
 from edge_app.camera import Frame, FrameSource, ReconnectingSource, open_source
 from edge_app.config import KioskConfig, RoiConfig
-from edge_app.errors import CatalogError, ModelError, ShelfsightError
+from edge_app.errors import CatalogError, ImageError, InputError, ModelError, ShelfsightError
 from edge_app.recognition import Announcement, Recognition, Recognizer, TemporalVoter
 from edge_app.recognition.background import BackgroundModel
 from edge_app.recognition.pipeline import crop_roi
 from edge_app.runtime import open_embedder
 
+if TYPE_CHECKING:
+    from catalog.store import PreparedReference
+    from catalog.sync.kiosk import KioskSync
+    from catalog.sync.messages import Enrollment
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+TEACH_FRAMES = 5  # recent ROI crops kept for teaching: a second or two of camera at kiosk rates
 
 
 class LatestSlot(Generic[T]):
@@ -109,6 +121,46 @@ def draw_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Taught:
+    """What `Kiosk.teach` stored: the product (new or existing) and the references made from the frames."""
+
+    product_id: str
+    name: str
+    category: str
+    new_product: bool
+    references: tuple["PreparedReference", ...]
+    skipped: tuple[str, ...]  # why unusable frames were left out
+    sent_to_hq: bool = False
+
+    def enrollment(self, kiosk_id: str) -> "Enrollment":
+        """The message HQ's inbox stores and `hq approve` folds into the master catalog."""
+        import base64
+
+        from catalog.sync.messages import MAX_ENROLL_FRAMES, EnrolledFrame, Enrollment
+
+        frames = [
+            EnrolledFrame(
+                embedding=[float(x) for x in r.embedding],
+                fingerprint=r.fingerprint,
+                phash=r.phash,
+                image_jpeg=base64.b64encode(r.image_jpeg).decode("ascii"),
+            )
+            for r in self.references[:MAX_ENROLL_FRAMES]
+        ]
+        return Enrollment(
+            kiosk_id=kiosk_id, product_id=self.product_id, name=self.name, category=self.category,
+            frames=frames, created=time.time(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id, "name": self.name, "local": self.new_product,
+            "new_product": self.new_product, "references": len(self.references), "skipped_frames": list(self.skipped),
+            "sent_to_hq": self.sent_to_hq,
+        }
+
+
 def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
@@ -146,6 +198,9 @@ class Kiosk:
         self._threads: list[threading.Thread] = []
         self.source_ended = threading.Event()
         self._last_error = ""
+        self._recent: deque[np.ndarray] = deque(maxlen=TEACH_FRAMES)
+        self._recent_lock = threading.Lock()
+        self._send_enrollment: Callable[[Taught], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -239,13 +294,90 @@ class Kiosk:
     def _recognize_frame(self, rgb: np.ndarray) -> Recognition:
         """The pipeline, unless the region of interest shows the learned empty background."""
         start = time.perf_counter()
-        is_background, thumb = self.background.matches(crop_roi(rgb, self.recognizer.roi))
+        crop = crop_roi(rgb, self.recognizer.roi)
+        is_background, thumb = self.background.matches(crop)
         if is_background:
             result = Recognition("empty", None, 0.0, (), {"preprocess": (time.perf_counter() - start) * 1000})
         else:
             result = self.recognizer.recognize(rgb)
         self.background.observe(thumb, recognised=result.decision == "product")
+        if result.decision != "empty":
+            with self._recent_lock:
+                self._recent.append(crop.copy())  # the frame buffer may be reused by the camera
         return result
+
+    def recent_crops(self) -> list[np.ndarray]:
+        """The ROI crops of the last few frames that showed something, oldest first."""
+        with self._recent_lock:
+            return list(self._recent)
+
+    # ------------------------------------------------------------------ teaching (local enrollment)
+
+    def connect_sync(self, sync: "KioskSync") -> None:
+        """Send what is taught here to HQ through `sync` (queued; delivered when the broker is reachable)."""
+        kiosk_id = sync.config.kiosk_id
+        self._send_enrollment = lambda taught: sync.send_enrollment(taught.enrollment(kiosk_id))
+
+    def teach(self, product_id: str, name: str, frames: Sequence[np.ndarray] | None = None, **fields: Any) -> Taught:
+        """Teach the kiosk a product from `frames` (default: the recent ROI crops); recognised at once.
+
+        A new id becomes a local product (fields: description, category, price, attributes);
+        for an id the catalog has, the frames become extra local views of it. Frames that fail
+        the reference quality check are skipped; InputError if none is usable or the id is invalid.
+        """
+        from catalog import records
+        from catalog.store import prepare_reference
+
+        try:
+            records.check_product_id(product_id)
+        except CatalogError as exc:
+            raise InputError(str(exc)) from exc
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"product {product_id}: a name is required")
+        images = list(frames) if frames is not None else self.recent_crops()
+        if not images:
+            raise InputError("no frames to teach from: show the product to the camera first")
+        with self._pipeline_lock:
+            recognizer = self.recognizer
+            catalog = recognizer.catalog
+            prepared, skipped = [], []
+            for i, rgb in enumerate(images, 1):
+                try:
+                    prepared.append(prepare_reference(rgb, recognizer.embedder, f"taught frame {i}"))
+                except (ImageError, InputError) as exc:
+                    skipped.append(str(exc))
+            if not prepared:
+                raise InputError(f"no usable frame to teach {product_id} from: {'; '.join(skipped)}")
+            with catalog.batch():
+                try:
+                    existing = catalog.product(product_id)
+                except CatalogError:
+                    existing = None
+                if existing is None:
+                    catalog.add_product(product_id, name.strip(), local=True, **fields)
+                for reference in prepared:
+                    catalog.add_prepared(product_id, reference, local=True)
+            catalog.index()  # rebuilt now, so the very next frame can match it
+            recognizer.forget_products()
+            self.voter.reset()
+        stored = catalog.product(product_id)
+        taught = Taught(product_id, stored["name"], stored["category"], existing is None, tuple(prepared), tuple(skipped))
+        log.info("taught %s (%s): %d views, %d frames skipped", product_id, "new" if existing is None else "existing",
+                 len(prepared), len(skipped))
+        return self._send_upstream(taught)
+
+    def _send_upstream(self, taught: Taught) -> Taught:
+        """Queue the enrollment for HQ; the product stays taught locally whatever happens here."""
+        if self._send_enrollment is None:
+            return taught
+        from pydantic import ValidationError
+
+        try:
+            self._send_enrollment(taught)
+        except (ShelfsightError, ValidationError) as exc:
+            log.error("%s is taught here but could not be queued for HQ: %s", taught.product_id, exc)
+            return taught
+        return replace(taught, sent_to_hq=True)
 
     # ------------------------------------------------------------------ what the web server reads
 

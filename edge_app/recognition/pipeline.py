@@ -154,6 +154,10 @@ class Recognizer:
             self._threshold = None
             self._seen_version = version
 
+    def forget_products(self) -> None:
+        """Drop cached product data after an unversioned (local) catalog write, e.g. a taught product."""
+        self._seen_version = None
+
     @property
     def unknown_threshold(self) -> float:
         if self.config.unknown_threshold is not None:

@@ -5,10 +5,14 @@
     GET  /api/frame.jpg     the latest camera frame with the region of interest drawn
     GET  /api/thumbnail/ID  a product's thumbnail from the catalog
     POST /search            an image (multipart field "image", or the raw body) -> top-k JSON
+    POST /api/teach         teach the product the camera just saw (JSON or form: product_id, name,
+                            optional price, description, category) -> 201 {"product_id", "references", ...}
     GET  /health            model fingerprint, catalog version, uptime, fps
 
 Bad uploads get a 4xx JSON body {"error": reason}: 400 for zero bytes or a
 file that is not a decodable image, 413 for one over the configured size.
+A refused teach request gets 400 with the reason (bad id, no name, bad price,
+no usable camera frame).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from edge_app.errors import ImageError, ShelfsightError
+from edge_app.errors import ImageError, InputError, ShelfsightError
 from edge_app.images import decode_rgb
 from edge_app.kiosk import Kiosk, KioskState
 
@@ -74,6 +78,39 @@ def state_payload(kiosk: Kiosk, state: KioskState) -> dict[str, Any]:
     elif rec is not None and ann.decision == "unknown":
         payload["alternatives"] = [c.to_dict() for c in rec.alternatives[:3]]
     return payload
+
+
+TEACH_TEXT_FIELDS = ("description", "category")
+
+
+def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
+    """(product_id, name, optional fields) from a JSON object or a form; InputError names what is wrong."""
+    if not isinstance(form, dict):
+        raise InputError("send a JSON object or a form with product_id and name")
+    product_id, name = form.get("product_id"), form.get("name")
+    if not isinstance(product_id, str) or not product_id.strip():
+        raise InputError("product_id is required")
+    if not isinstance(name, str) or not name.strip():
+        raise InputError("name is required")
+    fields: dict[str, Any] = {}
+    for key in TEACH_TEXT_FIELDS:
+        value = form.get(key)
+        if value not in (None, ""):
+            if not isinstance(value, str):
+                raise InputError(f"{key} must be text")
+            fields[key] = value.strip()
+    price = form.get("price")
+    if price not in (None, ""):
+        try:
+            fields["price"] = float(price)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"price must be a number, got {price!r}") from exc
+        if not 0 <= fields["price"] < 1e9:
+            raise InputError(f"price must be between 0 and 1e9, got {price!r}")
+    unknown = set(form) - {"product_id", "name", "price", *TEACH_TEXT_FIELDS}
+    if unknown:
+        raise InputError(f"unknown fields: {', '.join(sorted(unknown))}")
+    return product_id, name, fields
 
 
 def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
@@ -145,6 +182,18 @@ def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
                 "timings_ms": {key: round(v, 3) for key, v in result.timings.items()},
             }
         )
+
+    @app.post("/api/teach")
+    def api_teach() -> tuple[Response, int]:
+        form = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        try:
+            product_id, name, fields = teach_fields(form)
+            taught = kiosk.teach(product_id, name, **fields)
+        except (InputError, ImageError) as exc:
+            return _error(400, str(exc))
+        except ShelfsightError as exc:
+            return _error(422, str(exc))
+        return jsonify(taught.to_dict()), 201
 
     @app.get("/health")
     def health() -> Response:

@@ -45,11 +45,43 @@ function render(state) {
     item.textContent = (alt.name || alt.product_id) + " — " + Math.round(100 * alt.confidence) + "%";
     return item;
   }));
+  showTeachForm(state.decision === "unknown");
   const camera = state.camera;
   if (camera && !camera.connected) {
     text("status", "Camera not connected, retrying… " + (camera.error || ""));
   } else {
     text("status", state.fps.toFixed(1) + " fps · frame " + state.frame_index);
+  }
+}
+
+// The form appears when the product is not recognised and stays while the clerk is filling it in.
+function showTeachForm(unknown) {
+  const form = document.getElementById("teach");
+  const busy = form.contains(document.activeElement) || Array.from(form.elements).some((el) => el.value);
+  form.classList.toggle("hidden", !(unknown || busy));
+}
+
+async function teach(event) {
+  event.preventDefault();
+  const form = event.target;
+  const fields = Object.fromEntries(new FormData(form).entries());
+  const status = document.getElementById("teach-status");
+  status.textContent = "Saving…";
+  try {
+    const response = await fetch("/api/teach", {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(fields),
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      status.textContent = "Not saved: " + body.error;
+      return;
+    }
+    status.textContent = "Saved " + body.product_id + " from " + body.references + " frames" +
+      (body.sent_to_hq ? "; sent to HQ for approval" : "");
+    form.reset();
+    document.activeElement.blur();
+  } catch (err) {
+    status.textContent = "kiosk not reachable";
   }
 }
 
@@ -71,5 +103,6 @@ function refreshFrame() {
   next.src = "/api/frame.jpg?t=" + Date.now();
 }
 
+document.getElementById("teach").addEventListener("submit", teach);
 poll();
 refreshFrame();
