@@ -116,7 +116,8 @@ def crop_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
 def texture(rgb: np.ndarray) -> float:
     """Grey-level standard deviation on a coarse grid: near zero for an empty, evenly lit view."""
     step = max(1, min(rgb.shape[:2]) // 64)
-    return float(rgb[::step, ::step].mean(axis=2).std())
+    # Runs on every frame: integer channel sums (std of the mean = std of the sum / 3) skip a float image.
+    return float(rgb[::step, ::step].sum(axis=2, dtype=np.uint16).std()) / 3.0
 
 
 def public_product(data: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +142,7 @@ class Recognizer:
         self.roi = roi or RoiConfig.full_frame()
         check_compatible(embedder, catalog)
         self._products: dict[str, dict[str, Any]] = {}
+        self._public: dict[str, dict[str, Any]] = {}  # product_info per product: built once, not per frame
         self._threshold: float | None = None
         self._seen_version: int | None = None
 
@@ -151,6 +153,7 @@ class Recognizer:
         version = self.catalog.version
         if version != self._seen_version:
             self._products.clear()
+            self._public.clear()
             self._threshold = None
             self._seen_version = version
 
@@ -180,7 +183,10 @@ class Recognizer:
 
     def product_info(self, product_id: str) -> dict[str, Any]:
         """Catalog data of a product for a product card or an API answer (JSON-safe)."""
-        return public_product(self._product_data(product_id))
+        data = self._public.get(product_id)
+        if data is None:
+            data = self._public[product_id] = public_product(self._product_data(product_id))
+        return dict(data)  # a copy: callers may add fields
 
     # ------------------------------------------------------------------ stages
 
@@ -308,7 +314,7 @@ class Recognizer:
         t = time.perf_counter()
         threshold = self.unknown_threshold
         named = tuple(
-            replace(c, name=str(self.product_info(c.product_id).get("name", "")))
+            replace(c, name=str(self._product_data(c.product_id).get("name", "")))
             for c in outcome.ranked[: self.config.top_k]
         )
         if outcome.empty:
