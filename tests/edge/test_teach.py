@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,9 +22,10 @@ from edge_app.kiosk import Kiosk
 from edge_app.recognition import Recognizer
 from edge_app.runtime import Embedder
 from edge_app.samples import SampleSet
-from edge_app.web import create_app
+from edge_app.web import WebServer, create_app
 
 TAUGHT = "new-product"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture()
@@ -140,3 +143,20 @@ def test_kiosk_page_has_the_teach_form(client: FlaskClient) -> None:
     assert 'id="teach"' in page and 'name="product_id"' in page and "http" not in page.split("<body>")[1]
     script = client.get("/static/app.js").get_data(as_text=True)
     assert "/api/teach" in script
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")
+def test_page_in_headless_chromium_offers_the_form_when_not_recognised(
+    kiosk: Kiosk, sample_set: SampleSet, unknown_id: str, tmp_path: Path
+) -> None:
+    show(kiosk, views_of(sample_set, unknown_id))
+    assert kiosk.state().announcement.decision == "unknown"
+    with WebServer(create_app(kiosk), "127.0.0.1", 0) as server:
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom", server.url + "/"],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+    assert 'data-decision="unknown"' in dom, dom[-2000:]
+    assert '<form id="teach" class="teach"' in dom  # no longer hidden
