@@ -5,7 +5,7 @@ Settings:
   grocery_train  Grocery Store val photos vs a catalog of its train photos
   grocery_iconic val photos vs the aligned iconic images (one per product)
   iconic_warped  iconic image as catalog; rotated/tilted/scaled/relit renderings of it on clutter as queries
-  grozi_warped   GroZi-120: first 3 crops per product as catalog; later crops rotated/tilted/scaled onto clutter
+  grozi_warped   GroZi-120: 3 largest crops per product as catalog; 4 others rotated/tilted/scaled onto clutter
 
 For each: R@1, R@5, MAP@R, query p50/p95 ms with `ranker=None` (global) and
 with `PipelineRanker` (full: catalog build with ORB keypoints, shortlist,
@@ -58,24 +58,54 @@ def subsample(folder: Path, out: Path, per_product: int) -> Path:
     return out
 
 
+def _label(ranker: PipelineRanker, product_id: str) -> str:
+    return ranker._labels[product_id]  # PipelineRanker has no public catalog id -> folder label lookup
+
+
+def _print(label: str, f: dict[str, Any]) -> None:
+    print(f"  {label:15s} R@1 {f['recall_at_1']:.4f}  R@5 {f['recall_at_5']:.4f}  MAP@R {f['map_at_r']:.4f}  "
+          f"p50 {f['query_ms_p50']:.1f} ms  p95 {f['query_ms_p95']:.1f} ms  "
+          f"({f['queries']} queries, {f['products']} products, {f['seconds']} s)", flush=True)
+
+
+def _figures(result: Any, started: float) -> dict[str, Any]:
+    return {k: getattr(result, k) for k in FIGURES} | {"seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_setting(embedder: Any, catalog: Path, queries: Path, pipelines: list[str]) -> dict[str, Any]:
+    """Figures per pipeline. The full pipeline's catalog build screens references (too small, blurry,
+    duplicate); when that leaves products without any, both pipelines are also scored on the products
+    that kept a reference ("*_screened"), so the comparison is not only about the screening."""
     row: dict[str, Any] = {"catalog": str(catalog), "queries": str(queries)}
+    kept: set[str] | None = None
     for pipeline in pipelines:
         started = time.perf_counter()
-        ranker = None
-        if pipeline == "full":
-            ranker = PipelineRanker(embedder, scan_folder(catalog, "catalog"))
-            row["full_catalog_build_s"] = round(time.perf_counter() - started, 1)
+        if pipeline != "full":
+            row[pipeline] = _figures(evaluate(embedder, catalog, queries), started)
+            _print(pipeline, row[pipeline])
+            continue
+        references = scan_folder(catalog, "catalog")
+        ranker = PipelineRanker(embedder, references)
         try:
-            result = evaluate(embedder, catalog, queries, ranker=ranker)
+            used = ranker.catalog.references()
+            kept = {_label(ranker, r["product_id"]) for r in used}
+            row["full_catalog"] = {"build_s": round(time.perf_counter() - started, 1), "references_used": len(used),
+                                   "references": len(references.paths), "products_with_references": len(kept),
+                                   "products": len(set(references.products))}
+            print(f"  full catalog: {len(used)}/{len(references.paths)} references kept by screening, "
+                  f"{len(kept)}/{len(set(references.products))} products have one", flush=True)
+            row["full"] = _figures(evaluate(embedder, catalog, queries, ranker=ranker), started)
+            _print("full", row["full"])
+            if len(kept) < len(set(references.products)):
+                started = time.perf_counter()
+                row["full_screened"] = _figures(evaluate(embedder, catalog, queries, ranker=ranker, products=kept), started)
+                _print("full_screened", row["full_screened"])
         finally:
-            if ranker is not None:
-                ranker.close()
-        row[pipeline] = {k: getattr(result, k) for k in FIGURES} | {"seconds": round(time.perf_counter() - started, 1)}
-        f = row[pipeline]
-        print(f"  {pipeline:6s} R@1 {f['recall_at_1']:.4f}  R@5 {f['recall_at_5']:.4f}  MAP@R {f['map_at_r']:.4f}  "
-              f"p50 {f['query_ms_p50']:.1f} ms  p95 {f['query_ms_p95']:.1f} ms  "
-              f"({f['queries']} queries, {f['products']} products, {f['seconds']} s)", flush=True)
+            ranker.close()
+        if kept is not None and "full_screened" in row and "global" in pipelines:
+            started = time.perf_counter()
+            row["global_screened"] = _figures(evaluate(embedder, catalog, queries, products=kept), started)
+            _print("global_screened", row["global_screened"])
     return row
 
 
@@ -92,16 +122,20 @@ def main() -> int:
     parser.add_argument("--pipelines", default="global,full")
     parser.add_argument("--max-per-product", type=int, default=0,
                         help="Use only the first N queries of each product (0: all) for the photo settings")
-    parser.add_argument("--calibrate", default="grozi_warped", help="Setting to calibrate with --pipeline full ('' to skip)")
+    parser.add_argument("--calibrate", default="iconic_warped", help="Setting to calibrate with --pipeline full ('' to skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pipeline.json"))
+    parser.add_argument("--workdir", type=Path, help="Keep the generated sets here (default: a temporary folder), "
+                                                      "e.g. to run `shelfsight eval` on them")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     wanted = [s for s in args.settings.split(",") if s]
-    work = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
-    tmp = Path(work.name)
+    work = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench-pipeline-")
+    tmp = args.workdir or Path(work.name)
+    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} is not empty")
     settings: dict[str, tuple[Path, Path]] = {}
     if args.grocery:
         val = args.grocery / "val"
@@ -134,12 +168,12 @@ def main() -> int:
                   f"({cal.known_queries} known / {cal.unknown_queries} unknown queries)", flush=True)
     out["load_average_end"] = load_average()
 
-    print(f"\n{'setting':15s} {'pipeline':8s} {'R@1':>7s} {'R@5':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'queries':>8s}")
+    print(f"\n{'setting':15s} {'pipeline':15s} {'R@1':>7s} {'R@5':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'queries':>8s}")
     for name, row in out["settings"].items():
-        for pipeline in ("global", "full"):
+        for pipeline in ("global", "full", "global_screened", "full_screened"):
             if pipeline in row:
                 f = row[pipeline]
-                print(f"{name:15s} {pipeline:8s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
+                print(f"{name:15s} {pipeline:15s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
                       f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -2,9 +2,10 @@
 
 Two sets, each an ImageFolder pair (catalog/, queries/) written under an output folder:
 
-* GroZi-120: per product the first `n_catalog` crops (sorted by name) are the
-  catalog (symlinks); up to `max_queries` of the remaining crops become queries,
-  warped onto a cluttered background.
+* GroZi-120: per product the `n_catalog` largest crops are the catalog
+  (symlinks: a store photographs its references with care; the kiosk's catalog
+  build rejects crops under 64 px); the first `max_queries` (by name) of the
+  remaining crops become queries, warped onto a cluttered background.
 * Grocery Store iconic images: the iconic image is the catalog; `per_product`
   warped and relit renderings of it are the queries.
 
@@ -92,18 +93,27 @@ def _pool(rng: np.random.Generator, paths: Sequence[Path], n: int = 60) -> list[
     return [load_rgb(paths[int(i)]) for i in chosen]
 
 
+def _largest_first(path: Path) -> tuple[int, int, str]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        w, h = image.size
+    return -min(w, h), -w * h, path.name
+
+
 def grozi_set(root: Path, out: Path, *, n_catalog: int = 3, max_queries: int = 4, seed: int = 0,
               params: WarpParams = WarpParams()) -> tuple[Path, Path]:
-    """GroZi-120: first crops as catalog, later crops warped onto clutter as queries."""
+    """GroZi-120: largest crops as catalog, other crops warped onto clutter as queries."""
     rng = np.random.default_rng(seed)
     products = sorted(p for p in root.iterdir() if p.is_dir())
     per_product = {p.name: sorted(iter_image_files(p)) for p in products}
     everything = [path for paths in per_product.values() for path in paths]
     pool = _pool(rng, everything)
     for name, paths in per_product.items():
-        for path in paths[:n_catalog]:
+        catalog = set(sorted(paths, key=_largest_first)[:n_catalog])
+        for path in sorted(catalog):
             _link(path, out / "catalog" / name / path.name)
-        for path in paths[n_catalog : n_catalog + max_queries]:
+        for path in [p for p in paths if p not in catalog][:max_queries]:
             background = clutter(rng, pool, params.out_size)
             _save(warp_onto(rng, load_rgb(path), background, params, relight=False),
                   out / "queries" / name / f"{path.stem}.jpg")
