@@ -333,10 +333,10 @@ class Catalog:
         with self.batch():
             if self._product_row(product_id) is not None:
                 raise CatalogError(f"product {product_id} already exists; use update_product")
-            version = self._write_versioned_product(row, local=local)
+            version = self._store_product(row, local=local)
         return version
 
-    def _write_versioned_product(self, row: dict[str, Any], *, local: bool) -> int:
+    def _store_product(self, row: dict[str, Any], *, local: bool) -> int:
         """Write a product row; a synced one bumps the version and is logged, a local one is neither."""
         if local:
             row["version"] = LOCAL_VERSION
@@ -369,7 +369,7 @@ class Catalog:
             data = {k: current[k] for k in ("name", "description", "category", "price", "thumbnail")}
             data.update(columns, attributes=attributes)
             row = self._checked_product(product_id, data)
-            version = self._write_versioned_product(row, local=current["version"] == LOCAL_VERSION)
+            version = self._store_product(row, local=current["version"] == LOCAL_VERSION)
         return version
 
     def remove_product(self, product_id: str) -> int:
@@ -408,7 +408,7 @@ class Catalog:
         self.check_model(embedder.fingerprint)
         return self.add_prepared(product_id, prepare_reference(rgb, embedder, source), local=local)
 
-    def add_prepared(self, product_id: str, prepared: "PreparedReference", *, local: bool = False) -> int:
+    def add_prepared(self, product_id: str, prepared: PreparedReference, *, local: bool = False) -> int:
         """Store a reference made by `prepare_reference`; returns the catalog version."""
         return self.add_reference_vector(
             product_id,
