@@ -56,13 +56,15 @@ def start_sync(config: KioskConfig, kiosk: "Kiosk") -> Any:
     from catalog.sync.kiosk import KioskSync
 
     assert config.sync is not None
-    return KioskSync(
+    sync = KioskSync(
         config.sync,
         config.catalog.sync_folder,
         on_applied=kiosk.reload_catalog,
         on_release=lambda model, catalog: kiosk.switch_release(model, catalog, config),
         metrics=lambda: {"fps": kiosk.recognition_rate.rate},
     )
+    kiosk.connect_sync(sync)  # products a clerk teaches go to HQ's enrollment inbox
+    return sync
 
 
 @click.command("kiosk")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.keypoints import compute_keypoints, serialise_keypoints
 from catalog.store import Catalog
 from catalog.sync.messages import Enrollment
 from edge_app.errors import CatalogError, InputError
+from edge_app.images import decode_rgb
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS enrollments (
@@ -106,14 +108,15 @@ class EnrollmentInbox:
                 except (CatalogError, InputError):
                     master.add_product(enrollment.product_id, enrollment.name, category=enrollment.category)
                 for frame in enrollment.frames:
+                    image_jpeg = base64.b64decode(frame.image_jpeg) if frame.image_jpeg else None
                     master.add_reference_vector(
                         enrollment.product_id,
                         np.asarray(frame.embedding, dtype=np.float32),
                         fingerprint=frame.fingerprint,
                         phash=frame.phash,
                         source=f"enrolled at {enrollment.kiosk_id}",
-                        image_jpeg=base64.b64decode(frame.image_jpeg) if frame.image_jpeg else None,
-                        keypoints=None,
+                        image_jpeg=image_jpeg,
+                        keypoints=_keypoints(image_jpeg, entry_id),
                     )
         except (CatalogError, InputError) as exc:
             self._mark(entry_id, "pending", f"approve failed: {exc}")
@@ -126,3 +129,14 @@ class EnrollmentInbox:
         if status != "pending":
             raise InputError(f"enrollment #{entry_id} is already {status}")
         self._mark(entry_id, "rejected", note)
+
+
+def _keypoints(image_jpeg: bytes | None, entry_id: int) -> bytes | None:
+    """Local features of an enrolled frame, so stores can verify the product geometrically."""
+    if image_jpeg is None:
+        return None
+    try:
+        rgb = decode_rgb(image_jpeg, name=f"enrollment #{entry_id}")
+    except InputError as exc:
+        raise InputError(f"enrollment #{entry_id} carries an unreadable frame ({exc})") from exc
+    return serialise_keypoints(*compute_keypoints(rgb))

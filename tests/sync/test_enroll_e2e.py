@@ -102,9 +102,11 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
             assert product["name"] == "Local Jam" and product["references"] == master["references"]
             assert store.stats()["local_products"] == 0 and store.stats()["local_references"] == 0
             assert content_digest(store) == content_digest(hq.catalog)
-        # HQ's copies carry no ORB keypoints (`hq approve` stores none), so verification cannot confirm
-        # them any more: the product leads the ranking on its embedding, but is not announced here.
-        assert kiosk.search(frames[0]).candidates[0].product_id == NEW_ID
+        # `hq approve` computed ORB keypoints from the enrolled frames, so HQ's copy is verified and announced
+        # even with verification required (accept_similarity above 1).
+        answer = kiosk.search(frames[0])
+        assert answer.candidates[0].product_id == NEW_ID
+        assert answer.decision == "product" and answer.product["product_id"] == NEW_ID
         assert sync.counters["snapshots"] == 0  # the approved product arrived as a plain delta
     finally:
         server.stop()
