@@ -132,10 +132,14 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     wanted = [s for s in args.settings.split(",") if s]
-    work = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench-pipeline-")
-    tmp = args.workdir or Path(work.name)
-    if args.workdir and args.workdir.exists() and any(args.workdir.iterdir()):
-        parser.error(f"--workdir {args.workdir} is not empty")
+    work: tempfile.TemporaryDirectory[str] | None = None  # removed when main() returns
+    if args.workdir:
+        if args.workdir.exists() and any(args.workdir.iterdir()):
+            parser.error(f"--workdir {args.workdir} is not empty")
+        tmp = args.workdir
+    else:
+        work = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
+        tmp = Path(work.name)
     settings: dict[str, tuple[Path, Path]] = {}
     if args.grocery:
         val = args.grocery / "val"
