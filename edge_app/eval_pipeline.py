@@ -57,8 +57,12 @@ class PipelineRanker:
         self.catalog = Catalog(db)
         self.recognizer = Recognizer(embedder, self.catalog, config)
 
+    def label(self, product_id: str) -> str:
+        """The eval label (folder path) of a catalog product id."""
+        return self._labels[product_id]
+
     def rank(self, rgb: np.ndarray, k: int) -> list[tuple[str, float]]:
-        return [(self._labels[pid], score) for pid, score in self.recognizer.rank(rgb, k)]
+        return [(self.label(pid), score) for pid, score in self.recognizer.rank(rgb, k)]
 
     def close(self) -> None:
         self.catalog.close()

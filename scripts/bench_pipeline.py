@@ -59,7 +59,7 @@ def subsample(folder: Path, out: Path, per_product: int) -> Path:
 
 
 def _label(ranker: PipelineRanker, product_id: str) -> str:
-    return ranker._labels[product_id]  # PipelineRanker has no public catalog id -> folder label lookup
+    return ranker.label(product_id)
 
 
 def _print(label: str, f: dict[str, Any]) -> None:
