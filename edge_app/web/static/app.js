@@ -45,6 +45,8 @@ function render(state) {
     item.textContent = (alt.name || alt.product_id) + " — " + Math.round(100 * alt.confidence) + "%";
     return item;
   }));
+  // An empty "Also possible" heading reads like a broken page.
+  document.getElementById("alternatives-title").classList.toggle("hidden", state.alternatives.length === 0);
   showTeachForm(state.decision === "unknown");
   const camera = state.camera;
   if (camera && !camera.connected) {
