@@ -2,6 +2,7 @@
 # Product-disjoint check (issue 2): train without 20 Grocery Store products, then measure
 # retrieval on those 20 only (scripts/bench_retrieval.py --disjoint-run ...).
 # The 20 are every 4th product id in sorted order: a fixed, unbiased choice.
+# Same recipe as scripts/train_default.sh, minus those products.
 # Usage: scripts/train_disjoint.sh [DATA_ROOT] [RUN_DIR] [EPOCHS] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ print("\n".join(products[::4][:20]))
 PY
 .venv/bin/shelfsight -v train --run-dir "$RUN" \
   --data "$DATA/grocery-store/train.txt" \
-  --data "$DATA/grocery-store/classes.csv" \
   --data "$DATA/grozi-120" \
+  $(for _ in 1 2 3 4 5 6; do printf -- '--data %s ' "$DATA/grocery-store/classes.csv"; done) \
   --exclude-products "$RUN/held_out.txt" \
   --input-size 224 --dim 256 --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --batch-size 32 --seed 0
