@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from edge_app.errors import InputError
-from edge_app.images import IMAGE_SUFFIXES, iter_image_files
+from edge_app.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,11 @@ def _grocery_product(relative: str) -> str:
 
 
 def image_folder(root: Path) -> list[Sample]:
-    samples = [Sample(p, p.parent.relative_to(root).as_posix()) for p in iter_image_files(root)]
-    return [s for s in samples if s.product != "."]
+    """Labelled exactly as `shelfsight eval` labels folders, so training and evaluation ids agree."""
+    from edge_app.evaluate import scan_folder
+
+    labelled = scan_folder(root, "training")
+    return [Sample(p, product) for p, product in zip(labelled.paths, labelled.products)]
 
 
 def grocery_list(list_file: Path) -> list[Sample]:
