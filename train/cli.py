@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,19 @@ def _products_arg(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _augment_arg(items: tuple[str, ...]) -> dict[str, object]:
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("missing '='")
+            parsed[key.strip()] = json.loads(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{item!r}: expected KEY=JSON ({exc})", param_hint="--augment") from exc
+    return parsed
+
+
 @click.command("train")
 @click.option("--data", "sources", multiple=True, type=click.Path(exists=True),
               help="Image folder, Grocery Store list (.txt) or classes.csv (iconic images). Repeatable.")
@@ -40,10 +54,14 @@ def _products_arg(value: str | None) -> list[str]:
 @click.option("--train-from-block", type=int, help="Freeze backbone blocks below this one (default 4).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (default 4e-4).")
 @click.option("--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False),
+              help="Start from this finished run's model (a second training stage).")
+@click.option("--augment", "augment_items", multiple=True, metavar="KEY=JSON",
+              help="Override an augmentation setting, e.g. rotate_prob=0.5 or 'zoom_out=[0.7,1.0]'. Repeatable.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @domain_errors
-def train_command(sources, run_dir, config_file, quiet, exclude_products, **overrides) -> None:
+def train_command(sources, run_dir, config_file, quiet, exclude_products, augment_items, **overrides) -> None:
     """Fine-tune the product embedding model with metric learning.
 
     \b
@@ -52,6 +70,11 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, **over
         --data ../shared/datasets/grocery-store/train.txt \\
         --data ../shared/datasets/grocery-store/classes.csv \\
         --data ../shared/datasets/grozi-120
+
+    \b
+    A gentler second stage, starting from the first:
+      shelfsight train --run-dir runs/grocery-2 --init-from runs/grocery \
+        --data ../shared/datasets/grocery-store/train.txt --augment rotate_prob=0.5
     """
     quiet_tensorflow()
     from train.config import TrainConfig
@@ -62,6 +85,8 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, **over
         cfg.sources = [str(Path(s)) for s in sources]
     if exclude_products:
         cfg.exclude_products = _products_arg(exclude_products)
+    if augment_items:
+        cfg.augment = {**cfg.augment, **_augment_arg(augment_items)}
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)

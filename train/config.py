@@ -12,6 +12,20 @@ from edge_app.errors import ConfigError
 from train.model import BACKBONES
 
 
+def augment_problems(augment: dict[str, Any]) -> list[str]:
+    """Names the augmentation overrides that AugmentConfig does not have or that have the wrong shape."""
+    from train.augment import AugmentConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
+    problems = []
+    for key, value in augment.items():
+        if key not in defaults:
+            problems.append(f"unknown augment key {key!r} (known: {sorted(defaults)})")
+        elif isinstance(defaults[key], tuple) != isinstance(value, (list, tuple)):
+            problems.append(f"augment {key} must look like {defaults[key]!r}")
+    return problems
+
+
 @dataclass
 class TrainConfig:
     sources: list[str] = field(default_factory=list)
@@ -30,6 +44,10 @@ class TrainConfig:
     train_from_block: int = 4  # backbone blocks below this stay frozen; BN statistics always frozen
     seed: int = 0
     cache_images: bool = True
+    # A finished run whose embedder starts this one (a second, gentler stage of training).
+    init_from: str = ""
+    # Overrides of train.augment.AugmentConfig fields, e.g. {"rotate_prob": 0.5}.
+    augment: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -45,9 +63,16 @@ class TrainConfig:
             problems.append("epochs >= 1, batch_size >= 2 and steps_per_epoch >= 0 are required")
         if not 0 < self.learning_rate < 1 or not 0 < self.temperature <= 1:
             problems.append("learning_rate and temperature must be in (0, 1)")
+        problems += augment_problems(self.augment)
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
         return self
+
+    def augment_config(self):  # -> train.augment.AugmentConfig
+        from train.augment import AugmentConfig
+
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
+        return AugmentConfig(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

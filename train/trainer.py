@@ -53,7 +53,7 @@ def _strategy():
 def _dataset(samples: list[Sample], classes: list[str], cfg: TrainConfig):
     import tensorflow as tf
 
-    from train.augment import AugmentConfig, augment, decode, fit_square
+    from train.augment import augment, decode, fit_square
 
     index = {name: i for i, name in enumerate(classes)}
     paths = tf.constant([str(s.path) for s in samples])
@@ -68,7 +68,7 @@ def _dataset(samples: list[Sample], classes: list[str], cfg: TrainConfig):
     n = len(samples)
     products = images.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
     backgrounds = images.shuffle(n, seed=cfg.seed + 1, reshuffle_each_iteration=True).repeat()
-    aug_cfg = AugmentConfig()
+    aug_cfg = cfg.augment_config()
 
     def view(product, background):
         (image, label), (clutter, _) = product, background
@@ -80,6 +80,42 @@ def _dataset(samples: list[Sample], classes: list[str], cfg: TrainConfig):
         .batch(cfg.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def _initialise_from(embedder, cfg: TrainConfig) -> None:
+    """Start from a finished run's embedder (same backbone and dimension; the input size may differ)."""
+    import keras
+
+    path = Path(cfg.init_from) / MODEL_FILE
+    if not path.is_file():
+        raise ConfigError(f"init_from {cfg.init_from}: no {MODEL_FILE}; is this a finished training run?")
+    try:
+        previous = keras.models.load_model(path, compile=False)
+        embedder.set_weights(previous.get_weights())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"init_from {cfg.init_from}: its model does not fit this config ({exc})") from exc
+    log.info("initialised from %s", path)
+
+
+def _class_means(embedder, samples: list[Sample], classes: list[str], cfg: TrainConfig):
+    """Unit mean embedding of each product's un-augmented images: proxies that start where the products are.
+
+    Random proxies would pull a pretrained embedder around until they settle; a second
+    stage of training should refine the embedding, not re-learn it.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from train.augment import decode, fit_square
+
+    paths = tf.data.Dataset.from_tensor_slices([str(s.path) for s in samples])
+    images = paths.map(lambda p: fit_square(decode(p), cfg.input_size), num_parallel_calls=tf.data.AUTOTUNE)
+    vectors = np.concatenate([embedder(batch, training=False).numpy() for batch in images.batch(64)])
+    index = {name: i for i, name in enumerate(classes)}
+    means = np.zeros((vectors.shape[1], len(classes)), np.float32)
+    for sample, vector in zip(samples, vectors):
+        means[:, index[sample.product]] += vector
+    return means / np.maximum(np.linalg.norm(means, axis=0, keepdims=True), 1e-12)
 
 
 def _cosine_classifier(num_classes: int, temperature: float):
@@ -160,8 +196,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Se
     strategy = _strategy()
     with strategy.scope():
         embedder = build_embedding_model(cfg.input_size, cfg.embedding_dim, cfg.backbone, cfg.pretrained)
+        if cfg.init_from:
+            _initialise_from(embedder, cfg)
         set_trainable(embedder, cfg.train_from_block, freeze_batchnorm=cfg.pretrained)
-        logits = _cosine_classifier(len(classes), cfg.temperature)(embedder.output)
+        classifier = _cosine_classifier(len(classes), cfg.temperature)
+        logits = classifier(embedder.output)
+        if cfg.init_from and not (run_dir / "backup").exists():
+            classifier.proxies.assign(_class_means(embedder, samples, classes, cfg))
         trainer = keras.Model(embedder.input, logits, name="trainer")
         trainer.compile(
             optimizer=keras.optimizers.AdamW(_schedule(cfg, steps), weight_decay=cfg.weight_decay, clipnorm=5.0),

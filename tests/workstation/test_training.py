@@ -151,3 +151,45 @@ def test_bad_sources_name_the_file(tmp_path):
     listing.write_text("train/Fruit/Apple/Granny-Smith/missing.jpg, 1, 0\n")
     with pytest.raises(InputError, match="missing.jpg"):
         load_source(listing)
+
+
+def test_second_stage_starts_from_the_first_runs_weights(tiny_run: Path, tiny_dataset, tmp_path):
+    import keras
+
+    from train.trainer import _class_means, _initialise_from
+    from train.model import build_embedding_model
+
+    # the first run's dimension; its input size may differ (48 here, 64 there)
+    cfg = tiny_config(tiny_dataset["train"], init_from=str(tiny_run), embedding_dim=32, augment={"rotate_prob": 0.2})
+    fresh = build_embedding_model(cfg.input_size, cfg.embedding_dim, "tiny", pretrained=False)
+    _initialise_from(fresh, cfg)
+    first = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    for mine, theirs in zip(fresh.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    # proxies start at the products' mean embeddings: unit columns, one per product
+    samples = load_sources([str(tiny_dataset["train"])])
+    classes = sorted({s.product for s in samples})
+    means = _class_means(fresh, samples, classes, cfg)
+    assert means.shape == (cfg.embedding_dim, len(classes))
+    np.testing.assert_allclose(np.linalg.norm(means, axis=0), 1.0, rtol=1e-5)
+
+    run = train(cfg, tmp_path / "stage2", verbose=0)
+    assert (run.run_dir / "model.keras").is_file()
+    assert json.loads((run.run_dir / "config.json").read_text())["init_from"] == str(tiny_run)
+
+
+def test_second_stage_from_a_mismatched_run_is_refused(tiny_run: Path, tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset["train"], init_from=str(tiny_run), embedding_dim=16)
+    with pytest.raises(ConfigError, match="does not fit"):
+        train(cfg, tmp_path / "stage2", verbose=0)
+    with pytest.raises(ConfigError, match="finished training run"):
+        train(tiny_config(tiny_dataset["train"], init_from=str(tmp_path)), tmp_path / "other", verbose=0)
+
+
+def test_augment_overrides_are_checked():
+    cfg = TrainConfig(sources=["x"], augment={"rotate_prob": 0.5, "zoom_out": [0.7, 1.0]}).validate()
+    assert cfg.augment_config().zoom_out == (0.7, 1.0)
+    with pytest.raises(ConfigError, match="rotate_probability"):
+        TrainConfig(sources=["x"], augment={"rotate_probability": 0.5}).validate()
+    with pytest.raises(ConfigError, match="zoom_out"):
+        TrainConfig(sources=["x"], augment={"zoom_out": 0.7}).validate()
