@@ -20,7 +20,9 @@ from edge_app.images import fit_square
 STORED_IMAGE_SIZE = 256
 STORED_IMAGE_QUALITY = 88
 
-# Blur is measured on a fixed-size grayscale square so the threshold does not depend on resolution.
+# Blur is measured on a grayscale square of at most this side, so the threshold does not depend on
+# resolution. Smaller images are measured as they are: enlarging first would smear any small crop
+# (a shelf-tag-sized product) into "blurry" however sharp it is.
 _BLUR_WORK_SIZE = 256
 
 
@@ -37,8 +39,11 @@ class QualityLimits:
 
 
 def sharpness(rgb: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the grayscale 256 px square (higher = sharper)."""
-    gray = fit_square(rgb, _BLUR_WORK_SIZE).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Variance of the 4-neighbour Laplacian of the grayscale square, at most 256 px (higher = sharper)."""
+    side = min(rgb.shape[0], rgb.shape[1], _BLUR_WORK_SIZE)
+    if side < 3:
+        return 0.0
+    gray = fit_square(rgb, side).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     lap = gray[1:-1, :-2] + gray[1:-1, 2:] + gray[:-2, 1:-1] + gray[2:, 1:-1] - 4.0 * gray[1:-1, 1:-1]
     return float(lap.var())
 

@@ -193,3 +193,19 @@ def test_exif_orientation_is_applied(tmp_path: Path, embedder: ProjectionEmbedde
         image = np.asarray(Image.open(io.BytesIO(cat.reference_image(reference_id))))
     top, bottom = image[: len(image) // 4].reshape(-1, 3).mean(axis=0), image[-len(image) // 4 :].reshape(-1, 3).mean(axis=0)
     assert top[0] > 200 and top[1] < 60 and not (bottom[0] > 200 and bottom[1] < 60)
+
+
+def test_small_sharp_crops_pass_and_blur_is_judged_without_enlarging():
+    """In-store crops are often under 100 px; judging them after enlargement called every one blurry."""
+    import cv2
+
+    from catalog.quality import QualityLimits, check_image, sharpness
+
+    rng = np.random.default_rng(3)
+    # a shelf-crop-sized packaging print: fine text-like detail
+    small = cv2.resize(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), (72, 96), interpolation=cv2.INTER_NEAREST)
+    check_image(small, QualityLimits(), "crop.jpg")  # no error
+    smeared = cv2.GaussianBlur(small, (0, 0), 6)
+    assert sharpness(smeared) < QualityLimits().min_sharpness < sharpness(small)
+    with pytest.raises(InputError, match="too blurry"):
+        check_image(smeared, QualityLimits(), "smeared.jpg")
