@@ -72,7 +72,12 @@ def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
     Cropping (not padding) keeps the product large in the frame; products are
     photographed roughly centred, and the kiosk's region of interest already
     frames them. Cropping before resizing touches only the pixels kept, which
-    matters at camera resolutions; area averaging when shrinking avoids aliasing.
+    matters at camera resolutions.
+
+    Shrinking runs on every kiosk frame, so it is split in two: a box average by
+    the largest whole factor (OpenCV's integer-factor area path: anti-aliased and
+    several times faster than its general one), then bilinear for what is left,
+    which is less than 2x and so keeps every input pixel in some output pixel.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
@@ -81,11 +86,15 @@ def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
         raise ImageError("empty image")
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = rgb[top : top + side, left : left + side]
+    square = np.asarray(rgb[top : top + side, left : left + side], dtype=np.uint8)
+    factor = side // size
+    if factor >= 2:
+        usable = side - side % factor  # at most factor-1 pixels trimmed, so the factor is exact
+        side = usable // factor
+        square = cv2.resize(square[:usable, :usable], (side, side), interpolation=cv2.INTER_AREA)
     if side == size:
         return np.ascontiguousarray(square)
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(square, dtype=np.uint8), (size, size), interpolation=interpolation)
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def iter_image_files(folder: str | Path) -> Iterator[Path]:

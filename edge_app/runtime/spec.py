@@ -18,7 +18,7 @@ from typing import Any
 from edge_app.errors import ModelError
 
 SPEC_VERSION = 1
-PREPROCESSING = "fit_square: centre square crop, resized (area when shrinking, bilinear when enlarging) -> RGB uint8 0..255; (x-127)/128 folded into the model"
+PREPROCESSING = "fit_square: centre square crop, resized (box average by a whole factor, then bilinear) -> RGB uint8 0..255; (x-127)/128 folded into the model"
 
 
 def sha256_file(path: str | Path) -> str:
