@@ -72,6 +72,8 @@ class IngestReport:
     already_present: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     duplicates: list[tuple[str, str, int]] = field(default_factory=list)  # (path, duplicate of, distance)
+    # Products of this build left with no reference at all: the kiosk cannot recognise them.
+    unrecognisable: list[str] = field(default_factory=list)
     version: int = 0
 
     def lines(self) -> list[str]:
@@ -83,6 +85,10 @@ class IngestReport:
         ]
         out += [f"rejected {path}: {reason}" for path, reason in self.rejected]
         out += [f"dropped {path}: near-duplicate of {other} (pHash distance {d})" for path, other, d in self.duplicates]
+        if self.unrecognisable:
+            shown = ", ".join(self.unrecognisable[:10]) + (" ..." if len(self.unrecognisable) > 10 else "")
+            out.append(f"WARNING: {len(self.unrecognisable)} products have no usable reference photo and cannot be "
+                       f"recognised until one is added: {shown}")
         out.append(f"catalog version {self.version}")
         return out
 
@@ -291,6 +297,9 @@ def ingest(
                 if len(pending) >= options.batch_size:
                     _commit(catalog, embedder, pending, report)
         _commit(catalog, embedder, pending, report)
+    report.unrecognisable = [e.product_id for e in entries if not catalog.product(e.product_id)["references"]]
+    if report.unrecognisable:
+        log.warning("%d products have no usable reference photo", len(report.unrecognisable))
     report.version = catalog.version
     return report
 

@@ -52,6 +52,7 @@ def test_build_from_folder_reports_rejections(tmp_path: Path, photos: Path, embe
     assert "not a readable image" in reasons and "too small" in reasons and "too blurry" in reasons
     assert [(Path(a).name, Path(b).name) for a, b, _ in report.duplicates] == [("view0.jpg", "copy.png")]
     assert any("near-duplicate" in line for line in report.lines())
+    assert report.unrecognisable == [] and not any("WARNING" in line for line in report.lines())
     with Catalog(db, create=False) as cat:
         assert cat.version == report.version == 9
         assert cat.search_image(product_photo(11), embedder, k=1)[0].product_id == "chips"
@@ -209,3 +210,13 @@ def test_small_sharp_crops_pass_and_blur_is_judged_without_enlarging():
     assert sharpness(smeared) < QualityLimits().min_sharpness < sharpness(small)
     with pytest.raises(InputError, match="too blurry"):
         check_image(smeared, QualityLimits(), "smeared.jpg")
+
+
+def test_a_product_whose_every_photo_is_rejected_is_named(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
+    root = tmp_path / "photos"
+    save(root / "cola" / "view.jpg", product_photo(1))
+    save(root / "gum" / "tiny.jpg", product_photo(2, size=(30, 30)))
+    report = build_catalog(tmp_path / "store.db", embedder, collect_entries(root))
+    assert report.unrecognisable == ["gum"]
+    assert any(line.startswith("WARNING: 1 products have no usable reference photo") and "gum" in line
+               for line in report.lines())
