@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -48,9 +48,12 @@ class _Filter:
     count: int
 
 
-@dataclass(frozen=True)
-class SearchHit:
-    """A product and how well the query matches it (cosine of its best reference)."""
+class SearchHit(NamedTuple):
+    """A product and how well the query matches it (cosine of its best reference).
+
+    A NamedTuple, not a frozen dataclass: every search builds several, and a frozen dataclass
+    costs ~1 us each to construct, a tenth of a 1k-reference search.
+    """
 
     product_id: str
     score: float
@@ -253,15 +256,28 @@ class SearchIndex:
             size *= 4
 
     def _top_products(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[SearchHit]:
-        order = np.argsort(-scores, kind="stable")
+        # Most queries find k distinct products among the best few dozen references: partition
+        # those out and sort only them (a full argsort of 4k scores costs 0.2 ms), falling back
+        # to the full order when one product's references crowd the head.
+        head = min(len(scores), max(64, 16 * k))
+        if head < len(scores):
+            top = np.argpartition(-scores, head - 1)[:head]
+            hits = self._group(rows, scores, top[np.argsort(-scores[top], kind="stable")], k)
+            if len(hits) == k:
+                return hits
+        return self._group(rows, scores, np.argsort(-scores, kind="stable"), k)
+
+    def _group(self, rows: np.ndarray, scores: np.ndarray, order: np.ndarray, k: int) -> list[SearchHit]:
+        """The first k distinct products in `order` (positions into rows/scores), each with its best reference."""
+        ranked_rows = rows[order]
         hits: list[SearchHit] = []
         seen: set[int] = set()
-        for position in order:
-            score = float(scores[position])
-            if score == -np.inf:
+        # Plain Python numbers: numpy scalar indexing in this loop cost more than the search.
+        for row, product, score in zip(
+            ranked_rows.tolist(), self.reference_products[ranked_rows].tolist(), scores[order].tolist()
+        ):
+            if score == -math.inf:  # excluded by a filter; the rest are too
                 break
-            row = int(rows[position])
-            product = int(self.reference_products[row])
             if product in seen:
                 continue
             seen.add(product)
@@ -272,9 +288,11 @@ class SearchIndex:
 
 
 def _dot(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """matrix @ query without BLAS: OpenBLAS wakes extra threads for a few hundred rows, and on
-    two busy cores waiting for them costs more (milliseconds at p95) than the product itself."""
-    return np.einsum("ij,j->i", matrix, query, dtype=np.float32, casting="unsafe")
+    """matrix @ query, one single-threaded dot per row. Not BLAS gemv: OpenBLAS wakes extra threads
+    for a few hundred rows, and on two cores busy with the interpreter waiting for them costs more
+    (milliseconds at p95) than the product itself. `vecdot` is 1.7x faster than `einsum` here
+    (1k x 256: 29 vs 49 us); int8 rows are widened first (700 x 256: 42 vs 81 us)."""
+    return np.vecdot(matrix.astype(np.float32, copy=False), query)
 
 
 def _matches(fields: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:

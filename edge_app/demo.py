@@ -222,7 +222,7 @@ def run_demo(
         if queries is not None:
             metrics = _evaluate(embedder, catalog_dir, queries)
             if metrics is not None:
-                click.echo(f"retrieval on the sample queries (global embeddings): "
+                click.echo("retrieval on the sample queries (global embeddings): "
                            + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         t = time.perf_counter()
         catalog = build_catalog(workdir / "catalog.db", catalog_dir, products, embedder)

@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -43,6 +42,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine_info  # noqa: E402
 
 from edge_app.camera import VideoFileSource  # noqa: E402
 from edge_app.camera.base import FrameSource  # noqa: E402
@@ -292,8 +294,7 @@ def main() -> None:
         return ReplayedPiCamera(frames)
 
     results: dict[str, Any] = {
-        "model": str(model), "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.machine(),
-        "python": platform.python_version(), "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
+        "model": str(model), "threads": args.threads, "host": machine_info(), "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
     }
     with open_embedder(model, threads=args.threads) as embedder:
         results["model_input"], results["embedding_dim"] = embedder.input_size, embedder.dim

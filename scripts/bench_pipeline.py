@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import iconic_catalog  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 from warped_queries import grozi_set, iconic_set  # noqa: E402
 
 from edge_app.eval_pipeline import PipelineRanker, calibrate  # noqa: E402
@@ -153,7 +154,7 @@ def main() -> int:
     if args.grozi and "grozi_warped" in wanted:
         settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
 
-    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads, "cpus": os.cpu_count(),
+    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads, "host": machine_info(),
                            "load_average_start": load_average(), "settings": {}}
     with open_embedder(args.model, threads=args.threads) as embedder:
         out["model_fingerprint"] = embedder.fingerprint

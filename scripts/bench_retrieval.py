@@ -26,6 +26,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine_info  # noqa: E402
 
 from edge_app.evaluate import evaluate  # noqa: E402
 from edge_app.runtime import open_embedder  # noqa: E402
@@ -73,7 +76,7 @@ def main() -> int:
     if args.int8:
         models["finetuned_int8"] = lambda: open_embedder(args.int8, threads=2)
 
-    out: dict = {"queries_folder": str(queries), "results": {}}
+    out: dict = {"queries_folder": str(queries), "host": machine_info(), "results": {}}
     for name, make in models.items():
         with make() as embedder:
             for catalog_name, catalog in catalogs.items():

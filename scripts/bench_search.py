@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine_info  # noqa: E402
 
 from catalog.index import SearchIndex  # noqa: E402
 from catalog.records import quantize_many  # noqa: E402
@@ -140,9 +142,7 @@ def main() -> None:
             )
     if args.json:
         report = {
-            "machine": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
+            "host": machine_info(),
             "numpy": np.__version__,
             "results": results,
         }

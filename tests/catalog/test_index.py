@@ -77,3 +77,33 @@ def test_exact_path_and_empty() -> None:
     hits = index.search(vectors[10], k=10)
     assert len(hits) == 7 and hits[0].product_id == "p3"
     assert SearchIndex.empty(32).search(vectors[0]) == []
+
+
+def best_per_product(index: SearchIndex, query: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[str, str]]:
+    """Reference answer: every reference scored, each product by its best one."""
+    scores = (index.codes.astype(np.float32) * index.scales[:, None]) @ (query / np.linalg.norm(query))
+    best: dict[int, int] = {}
+    for row in np.argsort(-scores, kind="stable"):
+        product = int(index.reference_products[row])
+        if (allowed is None or product in allowed) and product not in best:
+            best[product] = int(row)
+    return [(index.product_ids[p], index.reference_ids[r]) for p, r in list(best.items())[:k]]
+
+
+def test_exact_path_when_one_product_crowds_the_head() -> None:
+    # 300 near-copies of one view outrank everything: the first distinct products lie far
+    # beyond the partitioned head, so the search must fall back to the full order.
+    rng = np.random.default_rng(5)
+    vectors = clustered(1000, 64, seed=5)
+    products = np.arange(1000) % 40
+    products[:300] = 0
+    vectors[:300] = vectors[0] + 0.01 * rng.standard_normal((300, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = make_index(vectors, products)
+    assert index._dense is not None
+    for k in (1, 5, 12):
+        hits = index.search(vectors[0], k=k)
+        assert [(h.product_id, h.reference_id) for h in hits] == best_per_product(index, vectors[0], k)
+    odd = index.search(vectors[0], k=5, category="odd")
+    assert [(h.product_id, h.reference_id) for h in odd] == best_per_product(
+        index, vectors[0], 5, {p for p in range(40) if p % 2 == 1})
