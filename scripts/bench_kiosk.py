@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchinfo import machine_info  # noqa: E402
+from benchinfo import write_report  # noqa: E402
 
 from edge_app.camera import VideoFileSource  # noqa: E402
 from edge_app.camera.base import FrameSource  # noqa: E402
@@ -294,7 +294,7 @@ def main() -> None:
         return ReplayedPiCamera(frames)
 
     results: dict[str, Any] = {
-        "model": str(model), "threads": args.threads, "host": machine_info(), "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
+        "model": str(model), "threads": args.threads, "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
     }
     with open_embedder(model, threads=args.threads) as embedder:
         results["model_input"], results["embedding_dim"] = embedder.input_size, embedder.dim
@@ -333,8 +333,7 @@ def main() -> None:
                 print(f"          {stage:<13} verified p50 {v['stages_ms'][stage]['p50']:7.2f} p95 {v['stages_ms'][stage]['p95']:7.2f}"
                       f" | global p50 {g['stages_ms'][stage]['p50']:7.2f} p95 {g['stages_ms'][stage]['p95']:7.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchinfo import write_report  # noqa: E402
 
 from edge_app.runtime.litert import LiteRTEmbedder  # noqa: E402
 
@@ -47,8 +48,7 @@ def main() -> int:
         for lat in row["latency"]:
             print(f"{path.name}: {row['size_bytes'] / 1e6:.2f} MB, {lat['threads']} thread(s): "
                   f"p50 {lat['ms_p50']:.2f} ms, p95 {lat['ms_p95']:.2f} ms", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_report(args.json, {"models": out})
     return 0
 
 

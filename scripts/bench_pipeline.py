@@ -20,7 +20,6 @@ Warped sets are generated with a fixed seed (scripts/warped_queries.py).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import iconic_catalog  # noqa: E402
-from benchinfo import machine_info  # noqa: E402
+from benchinfo import write_report  # noqa: E402
 from warped_queries import grozi_set, iconic_set  # noqa: E402
 
 from edge_app.eval_pipeline import PipelineRanker, calibrate  # noqa: E402
@@ -154,7 +153,7 @@ def main() -> int:
     if args.grozi and "grozi_warped" in wanted:
         settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
 
-    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads, "host": machine_info(),
+    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads,
                            "load_average_start": load_average(), "settings": {}}
     with open_embedder(args.model, threads=args.threads) as embedder:
         out["model_fingerprint"] = embedder.fingerprint
@@ -181,8 +180,7 @@ def main() -> int:
                 print(f"{name:15s} {pipeline:15s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
                       f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, out)
     return 0
 
 

@@ -16,7 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -28,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchinfo import machine_info  # noqa: E402
+from benchinfo import write_report  # noqa: E402
 
 from edge_app.evaluate import evaluate  # noqa: E402
 from edge_app.runtime import open_embedder  # noqa: E402
@@ -76,7 +75,7 @@ def main() -> int:
     if args.int8:
         models["finetuned_int8"] = lambda: open_embedder(args.int8, threads=2)
 
-    out: dict = {"queries_folder": str(queries), "host": machine_info(), "results": {}}
+    out: dict = {"queries_folder": str(queries), "results": {}}
     for name, make in models.items():
         with make() as embedder:
             for catalog_name, catalog in catalogs.items():
@@ -101,8 +100,7 @@ def main() -> int:
                     out["results"][f"held_out/{name}/{catalog_name}"] = row
                     print(f"held-out {name:26s} {catalog_name:13s} R@1 {row['recall_at_1']:.4f}  "
                           f"R@5 {row['recall_at_5']:.4f}  ({row['queries']} queries, {row['products']} products)", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_report(args.json, out)
     return 0
 
 

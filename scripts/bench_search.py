@@ -15,7 +15,6 @@ recall@5 >= 0.99.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchinfo import machine_info  # noqa: E402
+from benchinfo import write_report  # noqa: E402
 
 from catalog.index import SearchIndex  # noqa: E402
 from catalog.records import quantize_many  # noqa: E402
@@ -142,12 +141,10 @@ def main() -> None:
             )
     if args.json:
         report = {
-            "host": machine_info(),
             "numpy": np.__version__,
             "results": results,
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "sync"))  # the test harness: HQ, kiosks, taps, kill trials
 
+from benchinfo import write_report  # noqa: E402
 from sync_helpers import Hq, RunningServer, Searcher, Tap, check_kiosk_catalog, kill_trials, kiosk_config, run_fleet, seed_kiosk  # noqa: E402
 
 from catalog.store import Catalog  # noqa: E402
@@ -314,8 +315,7 @@ def main() -> int:
     figures["summary"] = summary
     print(f"summary: {json.dumps(summary)}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_report(args.json, figures)
     return 0
 
 

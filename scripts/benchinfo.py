@@ -7,6 +7,7 @@ comparable with the CPU model and vector extensions it was measured with.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -36,3 +37,10 @@ def machine_info() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
     }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's figures as JSON, with the machine they were measured on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": machine_info(), **report}, indent=2) + "\n")
+    print(f"wrote {path}")
