@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from edge_app.cli import domain_errors
+from edge_app.cli import domain_errors, stop_on_signals
 from edge_app.config import KioskConfig, load_config
 
 if TYPE_CHECKING:
@@ -84,18 +82,8 @@ def kiosk_command(config_path: Path, validate_config: bool) -> None:
     if validate_config:
         click.echo(f"{config_path}: valid\n{describe(config)}")
         return
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals(threading.Event()) as stop:
         run_kiosk(config, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 COMMANDS: list[click.Command] = [kiosk_command]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import click
 from pydantic import ValidationError
 
-from edge_app.cli import domain_errors
+from edge_app.cli import domain_errors, stop_on_signals
 from edge_app.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,10 @@ def serve_command(
         on_connect=server.on_connect,
     )
     try:
-        bus.connect()
-        click.echo(f"serving {topics.root} (Ctrl-C to stop)")
-        server.run(_publisher(db, key, model, chunk_kb, bus, topics), bus)
-    except KeyboardInterrupt:
-        server.stop_event.set()
+        with stop_on_signals(server.stop_event):
+            bus.connect()
+            click.echo(f"serving {topics.root} (Ctrl-C to stop)")
+            server.run(_publisher(db, key, model, chunk_kb, bus, topics), bus)
     finally:
         bus.close()
         if box is not None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from sync_helpers import DIM, WAIT, Hq, RunningServer, Tap, make_model
 
@@ -164,7 +165,10 @@ def test_fresh_kiosk_bootstraps_from_the_release(hq: Hq, kiosk_factory) -> None:
         assert catalog.export_snapshot()["records"] == hq.catalog.export_snapshot()["records"]
 
 
-def test_hq_serve_command_publishes_new_versions(hq: Hq, broker: Broker, kiosk_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, systemd
+def test_hq_serve_command_publishes_new_versions(
+    hq: Hq, broker: Broker, kiosk_factory, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     keys = tmp_path / "serve-keys"
     CliRunner().invoke(build_cli(), ["hq", "keygen", "--out", str(keys)])
     hq.add(range(3))
@@ -180,7 +184,7 @@ def test_hq_serve_command_publishes_new_versions(hq: Hq, broker: Broker, kiosk_f
         hq.add(range(3, 6))  # the server notices the new master version by itself
         assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(stop_signal)  # handled between steps: never a KeyboardInterrupt inside paho
         output = server.communicate(timeout=30)[0].decode()
     assert server.returncode == 0, output
     assert "serving shelfsight/test" in output
