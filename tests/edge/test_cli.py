@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,29 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     assert report["state"]["decision"] == "product", out.stderr[-2000:]
     assert report["state"]["product"]["product_id"] == "P0003"
     assert report["health"]["model_fingerprint"] and report["health"]["frames_recognised"] >= 3
+
+
+def test_kiosk_command_stops_cleanly_on_sigterm(
+    tmp_path: Path, tiny_model: Path, sample_catalog: Any, sample_set: SampleSet
+) -> None:
+    """systemd stops the service with SIGTERM: the kiosk shuts its threads down and exits 0."""
+    port = free_port()
+    cfg = write_config(tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, sample_set.catalog_dir / "P0001", port=port)
+    kiosk = subprocess.Popen([sys.executable, "-c", "from edge_app.cli import main; main()", "kiosk", "--config", str(cfg)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 90, None
+        while health is None and time.monotonic() < deadline and kiosk.poll() is None:
+            try:
+                health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5))
+            except OSError:
+                time.sleep(0.2)
+        assert health is not None and health["model_fingerprint"], "the kiosk never answered /health"
+    finally:
+        kiosk.send_signal(signal.SIGTERM)
+        output = kiosk.communicate(timeout=30)[0].decode()
+    assert kiosk.returncode == 0, output[-2000:]
+    assert "Traceback" not in output
 
 
 @pytest.fixture(scope="module")
