@@ -128,7 +128,7 @@ def read_products_csv(path: str | Path) -> list[ProductEntry]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
-            header = rows and list(rows[0]) or []
+            header = list(rows[0]) if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read products CSV ({exc})") from exc
     if not rows:

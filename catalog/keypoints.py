@@ -40,7 +40,7 @@ def compute_keypoints(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES) -> tu
 
     square = fit_square(rgb, WORK_SIZE)
     gray = cv2.cvtColor(square, cv2.COLOR_RGB2GRAY)
-    orb = cv2.ORB_create(nfeatures=int(n_features))
+    orb = cv2.ORB_create(nfeatures=int(n_features))  # type: ignore[attr-defined]  # missing from the cv2 stubs
     try:
         found, descriptors = orb.detectAndCompute(gray, None)
     except cv2.error as exc:

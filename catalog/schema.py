@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
-    db["products"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db.table("products").create(
         {
             "id": str,
             "name": str,
@@ -42,7 +42,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"name", "description", "category", "attributes", "version"},
         defaults={"description": "", "category": "", "attributes": "{}"},
     )
-    db["reference_images"].create(
+    db.table("reference_images").create(
         {
             "id": str,  # "<product_id>/<sha1[:12]>", stable across catalogs so deltas can address it
             "product_id": str,
@@ -61,14 +61,14 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"product_id", "source", "phash", "embedding", "scale", "dim", "fingerprint", "local", "version"},
         defaults={"source": "", "phash": "", "local": 0},
     )
-    db["reference_images"].create_index(["product_id"])
-    db["changes"].create(
+    db.table("reference_images").create_index(["product_id"])
+    db.table("changes").create(
         {"version": int, "op": str, "product_id": str, "reference_id": str},
         pk="version",
         not_null={"op", "product_id"},
     )
-    db["changes"].create_index(["product_id"])
-    db["changes"].create_index(["reference_id"])
+    db.table("changes").create_index(["product_id"])
+    db.table("changes").create_index(["reference_id"])
 
 
 # MIGRATIONS[i] takes the schema from version i to i + 1. Append only.
@@ -94,6 +94,6 @@ def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
             MIGRATIONS[version](db)
             # PRAGMA user_version is transactional in SQLite, so a failed migration leaves no trace.
             db.execute(f"PRAGMA user_version = {version + 1}")
-            db["meta"].upsert({"key": "schema_version", "value": str(version + 1)}, pk="key")
+            db.table("meta").upsert({"key": "schema_version", "value": str(version + 1)}, pk="key")
         log.info("%s: migrated catalog schema to version %d", source, version + 1)
     return current

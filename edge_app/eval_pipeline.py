@@ -52,8 +52,8 @@ class PipelineRanker:
         self._tmp = tempfile.TemporaryDirectory(prefix="shelfsight-eval-")
         db = Path(self._tmp.name) / "eval-catalog.db"
         report = build_catalog(db, embedder, entries, IngestOptions(progress=progress))
-        for path, reason in report.rejected:
-            log.warning("reference not used by the pipeline: %s (%s)", path, reason)
+        for rejected, reason in report.rejected:
+            log.warning("reference not used by the pipeline: %s (%s)", rejected, reason)
         self.catalog = Catalog(db)
         self.recognizer = Recognizer(embedder, self.catalog, config)
 

@@ -86,7 +86,7 @@ def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:
         raise ImageError("empty image")
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = np.asarray(rgb[top : top + side, left : left + side], dtype=np.uint8)
+    square: np.ndarray = np.asarray(rgb[top : top + side, left : left + side], dtype=np.uint8)
     factor = side // size
     if factor >= 2:
         usable = side - side % factor  # at most factor-1 pixels trimmed, so the factor is exact

@@ -34,7 +34,7 @@ from edge_app.recognition.pipeline import crop_roi
 from edge_app.runtime import open_embedder
 
 if TYPE_CHECKING:
-    from catalog.store import PreparedReference
+    from catalog.store import Catalog, PreparedReference
     from catalog.sync.kiosk import KioskSync
     from catalog.sync.messages import Enrollment
 
@@ -173,7 +173,7 @@ class Kiosk:
 
     def __init__(
         self,
-        recognizer: Recognizer,
+        recognizer: Recognizer[Catalog],
         source: FrameSource | None = None,
         voter: TemporalVoter | None = None,
         *,
@@ -411,7 +411,7 @@ class Kiosk:
         else:
             log.info("catalog now at version %s", self.recognizer.catalog.version)
 
-    def replace_recognizer(self, recognizer: Recognizer) -> None:
+    def replace_recognizer(self, recognizer: Recognizer[Catalog]) -> None:
         """Switch to another model + catalog between two frames, then release the old ones."""
         with self._pipeline_lock:
             old, self.recognizer = self.recognizer, recognizer
@@ -435,7 +435,7 @@ class Kiosk:
             return self.recognizer.product_info(product_id)
 
     def thumbnail(self, product_id: str) -> bytes | None:
-        return self.recognizer.catalog.thumbnail(product_id)  # type: ignore[no-any-return]
+        return self.recognizer.catalog.thumbnail(product_id)
 
     def camera_status(self) -> dict[str, Any] | None:
         """None without a camera; else its name, whether frames are coming, and the last error."""
@@ -463,7 +463,7 @@ class Kiosk:
         }
 
 
-def open_catalog(path: Path) -> Any:
+def open_catalog(path: Path) -> Catalog:
     """Open an existing catalog for reading; a missing file is an error, not a new empty catalog."""
     from catalog.store import Catalog
 
@@ -483,7 +483,7 @@ def resolve_model(path: Path | None) -> Path:
     return model
 
 
-def open_recognizer(model_path: Path, catalog_path: Path, config: KioskConfig) -> Recognizer:
+def open_recognizer(model_path: Path, catalog_path: Path, config: KioskConfig) -> Recognizer[Catalog]:
     """Model + catalog + pipeline; nothing is left open if any part is refused."""
     embedder = open_embedder(model_path, threads=config.model.threads)
     try:

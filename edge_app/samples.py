@@ -180,7 +180,7 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], des
             draw.line(pts, fill=colour, width=max(3, step // 3))
     elif design.pattern == "waves":
         for y in range(y0, y1, step):
-            pts = [(x, y + 5 * math.sin(x / 7.0)) for x in range(x0, x1 + 1, 3)]
+            pts = [(x, int(y + 5 * math.sin(x / 7.0))) for x in range(x0, x1 + 1, 3)]
             draw.line(pts, fill=colour, width=4)
     elif design.pattern == "grid":
         for y in range(y0, y1, step):
@@ -394,11 +394,11 @@ def draw_hand(frame: np.ndarray, rng: np.random.Generator, pose: Pose, package_h
 
 def photometric(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Other light, colour cast, blur and sensor noise."""
-    img = rgb.astype(np.float32)
+    img: np.ndarray = rgb.astype(np.float32)
     gain = 1.0 + strength * rng.uniform(-0.3, 0.25)
     cast = 1.0 + strength * rng.uniform(-0.08, 0.08, 3)
     img = img * gain * cast[None, None, :] + strength * rng.uniform(-20, 20)
-    out = np.clip(img, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(img, 0, 255).astype(np.uint8)
     sigma = strength * rng.uniform(0.0, 1.4)
     if sigma > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), sigma)
@@ -587,7 +587,7 @@ def generate_clip(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frames, segments = clip_frames(sample_set, seconds, fps, size)
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)  # type: ignore[attr-defined]
     if not writer.isOpened():
         raise InputError(f"{out_path}: OpenCV cannot write an MJPG video here")
     try:

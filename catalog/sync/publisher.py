@@ -239,7 +239,7 @@ class HqPublisher:
             self._bus.publish(self.topics.delta, envelope)
 
 
-EnrollmentSink = Callable[[Enrollment], None]
+EnrollmentSink = Callable[[Enrollment], object]
 
 
 class HqServer:

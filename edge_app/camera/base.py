@@ -13,10 +13,13 @@ import abc
 import logging
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+SourceT = TypeVar("SourceT", bound="FrameSource")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class FrameSource(abc.ABC):
         self._count += 1
         return Frame(rgb, time.monotonic(), self._count, (time.perf_counter() - start) * 1000.0)
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self: SourceT) -> SourceT:
         self.open()
         return self
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -44,9 +44,12 @@ _TEXTURE_GRID = 64
 class CatalogLike(Protocol):
     """The part of `catalog.store.Catalog` the pipeline uses."""
 
-    version: int
-    model_fingerprint: str | None
-    embedding_dim: int | None
+    @property
+    def version(self) -> int: ...
+    @property
+    def model_fingerprint(self) -> str | None: ...
+    @property
+    def embedding_dim(self) -> int | None: ...
 
     def search(self, embedding: np.ndarray, k: int = 5) -> list[Any]: ...
     def keypoints(self, reference_id: Any) -> tuple[np.ndarray, np.ndarray]: ...
@@ -130,13 +133,20 @@ def public_product(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Recognizer:
-    """Recognise products in frames. The embedder (one interpreter) and catalog are shared, not copied."""
+CatalogT = TypeVar("CatalogT", bound=CatalogLike)
+
+
+class Recognizer(Generic[CatalogT]):
+    """Recognise products in frames. The embedder (one interpreter) and catalog are shared, not copied.
+
+    Generic in the catalog type, so the kiosk, which also writes taught products to its
+    catalog, keeps the full `Catalog` type through `recognizer.catalog`.
+    """
 
     def __init__(
         self,
         embedder: Embedder,
-        catalog: CatalogLike,
+        catalog: CatalogT,
         config: RecognitionConfig | None = None,
         roi: RoiConfig | None = None,
     ) -> None:
