@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import cv2
@@ -45,7 +45,7 @@ class CatalogLike(Protocol):
     """The part of `catalog.store.Catalog` the pipeline uses."""
 
     @property
-    def version(self) -> int: ...
+    def indexed_version(self) -> int: ...
     @property
     def model_fingerprint(self) -> str | None: ...
     @property
@@ -162,8 +162,8 @@ class Recognizer(Generic[CatalogT]):
     # ------------------------------------------------------------------ catalog-derived state
 
     def _refresh(self) -> None:
-        """Drop cached catalog data when the catalog changed (a sync update was applied)."""
-        version = self.catalog.version
+        """Drop cached catalog data when the index searched changed (a sync update was applied)."""
+        version = self.catalog.indexed_version
         if version != self._seen_version:
             self._products.clear()
             self._public.clear()
@@ -284,6 +284,7 @@ class Recognizer(Generic[CatalogT]):
                     product_id=str(hit.product_id), similarity=similarity, inliers=n, score=score,
                     confidence=combined_confidence(similarity, bonus), verified=bonus > 0,
                     reference_id=str(hit.reference_id),
+                    name=str(self._product_data(str(hit.product_id)).get("name", "")),
                 )
             )
         candidates.sort(key=lambda c: c.score, reverse=True)
@@ -324,10 +325,7 @@ class Recognizer(Generic[CatalogT]):
         timings = outcome.timings
         t = time.perf_counter()
         threshold = self.unknown_threshold
-        named = tuple(
-            replace(c, name=str(self._product_data(c.product_id).get("name", "")))
-            for c in outcome.ranked[: self.config.top_k]
-        )
+        named = tuple(outcome.ranked[: self.config.top_k])
         if outcome.empty:
             result = Recognition("empty", None, 0.0, (), timings, named, threshold)
         elif not named or named[0].score < threshold:
