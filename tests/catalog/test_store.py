@@ -136,8 +136,9 @@ def test_reopen_wal_and_reload(tmp_path: Path, embedder: ProjectionEmbedder) -> 
         assert len(reader.index()) == 1
         writer.add_reference("cola", product_photo(2), embedder)
         assert len(reader.index()) == 1  # a reader's index is its snapshot until reload()
+        assert reader.version == 3 and reader.indexed_version == 2  # the file moved on, the index did not
         reader.reload()
-        assert len(reader.index()) == 2 and reader.version == 3
+        assert len(reader.index()) == 2 and reader.version == reader.indexed_version == 3
     with Catalog(path, create=False) as again:
         assert again.version == 3 and again.embedding_dim == 32
 
