@@ -8,8 +8,10 @@ with another model) or if the tiny model fixture is unavailable.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +20,27 @@ from edge_app.config import RecognitionConfig
 from edge_app.runtime.embedder import Embedder, l2_normalise
 from edge_app.runtime.spec import ModelSpec
 from edge_app.samples import Clip, SampleSet, generate_clip, generate_sample_set
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture()
+def rendered_page(tmp_path: Path) -> Callable[[str], str]:
+    """The DOM of a page as headless Chromium leaves it after its scripts ran (skips without Chromium)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt install chromium)")
+    chromium = CHROMIUM
+
+    def render(url: str) -> str:
+        return subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=3000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+
+    return render
 
 
 class ProjectionEmbedder(Embedder):
