@@ -332,7 +332,6 @@ def main() -> None:
             for stage in (*STAGES, "total", "end_to_end"):
                 print(f"          {stage:<13} verified p50 {v['stages_ms'][stage]['p50']:7.2f} p95 {v['stages_ms'][stage]['p95']:7.2f}"
                       f" | global p50 {g['stages_ms'][stage]['p50']:7.2f} p95 {g['stages_ms'][stage]['p95']:7.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, results)
 
 

@@ -179,7 +179,6 @@ def main() -> int:
                 f = row[pipeline]
                 print(f"{name:15s} {pipeline:15s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
                       f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, out)
     return 0
 
