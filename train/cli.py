@@ -54,8 +54,9 @@ def _augment_arg(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--train-from-block", type=int, help="Freeze backbone blocks below this one (default 4).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (default 4e-4).")
 @click.option("--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training.")
-@click.option("--init-from", type=click.Path(exists=True, file_okay=False),
-              help="Start from this finished run's model (a second training stage).")
+@click.option("--init-from", type=click.Path(exists=True),
+              help="Start from this finished run's model (a second training stage), or from an exported "
+                   ".tflite with its sidecar (its int8 weights, dequantised) when the run is gone.")
 @click.option("--augment", "augment_items", multiple=True, metavar="KEY=JSON",
               help="Override an augmentation setting, e.g. rotate_prob=0.5 or 'zoom_out=[0.7,1.0]'. Repeatable.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
@@ -73,8 +74,13 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, augmen
 
     \b
     A gentler second stage, starting from the first:
-      shelfsight train --run-dir runs/grocery-2 --init-from runs/grocery \
+      shelfsight train --run-dir runs/grocery-2 --init-from runs/grocery \\
         --data ../shared/datasets/grocery-store/train.txt --augment rotate_prob=0.5
+
+    \b
+    Continue from the shipped model (no Keras run needed):
+      shelfsight train --run-dir runs/more --init-from edge_app/assets/default_model.tflite \
+        --data ../shared/datasets/grocery-store/train.txt --learning-rate 1e-4
     """
     quiet_tensorflow()
     from train.config import TrainConfig

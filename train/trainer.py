@@ -82,19 +82,35 @@ def _dataset(samples: list[Sample], classes: list[str], cfg: TrainConfig):
     )
 
 
-def _initialise_from(embedder, cfg: TrainConfig) -> None:
-    """Start from a finished run's embedder (same backbone and dimension; the input size may differ)."""
+def _initialise_from(embedder, cfg: TrainConfig) -> str:
+    """Start from a finished run's embedder or an exported `.tflite` (same backbone and dimension; the
+    input size may differ). Returns the SHA-256 of the file the weights came from, for the manifest."""
     import keras
 
-    path = Path(cfg.init_from) / MODEL_FILE
+    from edge_app.runtime.spec import load_spec, sha256_file
+
+    source = Path(cfg.init_from)
+    if source.suffix == ".tflite":
+        from train.warm_start import load_tflite_weights
+
+        spec = load_spec(source)  # refuses a model that does not match its sidecar
+        if spec.embedding_dim != cfg.embedding_dim or spec.backbone != cfg.backbone:
+            raise ConfigError(
+                f"init_from {source}: a {spec.backbone} model of dimension {spec.embedding_dim}, "
+                f"this run trains {cfg.backbone} of dimension {cfg.embedding_dim}"
+            )
+        load_tflite_weights(embedder, source)
+        return spec.fingerprint
+    path = source / MODEL_FILE
     if not path.is_file():
-        raise ConfigError(f"init_from {cfg.init_from}: no {MODEL_FILE}; is this a finished training run?")
+        raise ConfigError(f"init_from {cfg.init_from}: no {MODEL_FILE}; is this a finished training run or a .tflite?")
     try:
         previous = keras.models.load_model(path, compile=False)
         embedder.set_weights(previous.get_weights())
     except (ValueError, OSError) as exc:
         raise ConfigError(f"init_from {cfg.init_from}: its model does not fit this config ({exc})") from exc
     log.info("initialised from %s", path)
+    return sha256_file(path)
 
 
 def _class_means(embedder, samples: list[Sample], classes: list[str], cfg: TrainConfig):
@@ -196,8 +212,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Se
     strategy = _strategy()
     with strategy.scope():
         embedder = build_embedding_model(cfg.input_size, cfg.embedding_dim, cfg.backbone, cfg.pretrained)
-        if cfg.init_from:
-            _initialise_from(embedder, cfg)
+        init_sha256 = _initialise_from(embedder, cfg) if cfg.init_from else ""
         set_trainable(embedder, cfg.train_from_block, freeze_batchnorm=cfg.pretrained)
         classifier = _cosine_classifier(len(classes), cfg.temperature)
         logits = classifier(embedder.output)
@@ -238,6 +253,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Se
         "num_images": len(samples),
         "data_sources": [str(s) for s in cfg.sources],
         "excluded_products": list(cfg.exclude_products),
+        "init_from": {"path": cfg.init_from, "sha256": init_sha256} if cfg.init_from else None,
         "training_data_fingerprint": data_fp,
         "metrics": {"final": last, "train_seconds_this_session": round(time.time() - started, 1)},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},

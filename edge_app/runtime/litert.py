@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,69 @@ def _open_interpreter(path: Path, threads: int) -> Any:
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a usable TFLite model ({exc})") from exc
     return interpreter
+
+
+class LayerWeights(NamedTuple):
+    """One weighted op of a TFLite model, dequantised to float32, in TFLite's own layout.
+
+    CONV_2D kernels are (out, kh, kw, in), DEPTHWISE_CONV_2D (1, kh, kw, channels),
+    FULLY_CONNECTED (out, in). Batch norm is already folded into kernel and bias.
+    """
+
+    op: str
+    kernel: np.ndarray
+    bias: np.ndarray | None
+
+
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _dequantised(interpreter: Any, detail: dict[str, Any]) -> np.ndarray:
+    values = interpreter.get_tensor(detail["index"])
+    if values.dtype == np.float32:
+        return values.copy()
+    if values.dtype not in (np.int8, np.int32):
+        raise ModelError(f"weights of dtype {values.dtype} cannot be read back (int8 or fp32 models only)")
+    params = detail["quantization_parameters"]
+    scales = np.asarray(params["scales"], np.float32)
+    zeros = np.asarray(params["zero_points"], np.float32)
+    if scales.size > 1:  # per-channel: broadcast along the quantised axis
+        shape = [1] * values.ndim
+        shape[int(params["quantized_dimension"])] = scales.size
+        scales, zeros = scales.reshape(shape), zeros.reshape(shape)
+    return ((values.astype(np.float32) - zeros) * scales).astype(np.float32)
+
+
+def read_layer_weights(path: str | Path) -> list[LayerWeights]:
+    """The weighted ops of a TFLite model in execution order, dequantised.
+
+    Lets training warm-start from a shipped model whose Keras run is gone. The
+    interpreter is built without the XNNPACK delegate, which would take the
+    constant tensors over and hide them; `_get_ops_details` is the interpreter's
+    only way to walk the graph.
+    """
+    interpreter_cls = _interpreter_class()
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        from tflite_runtime.interpreter import OpResolverType  # type: ignore[no-redef]
+    try:
+        interpreter = interpreter_cls(
+            model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        interpreter.allocate_tensors()
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        layers: list[LayerWeights] = []
+        for op in interpreter._get_ops_details():
+            if op["op_name"] not in WEIGHTED_OPS:
+                continue
+            inputs = [i for i in op["inputs"]]
+            kernel = _dequantised(interpreter, details[inputs[1]])
+            bias = _dequantised(interpreter, details[inputs[2]]) if len(inputs) > 2 and inputs[2] >= 0 else None
+            layers.append(LayerWeights(op["op_name"], kernel, bias))
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: cannot read the model's weights ({exc})") from exc
+    return layers
 
 
 class LiteRTEmbedder(Embedder):

@@ -193,3 +193,45 @@ def test_augment_overrides_are_checked():
         TrainConfig(sources=["x"], augment={"rotate_probability": 0.5}).validate()
     with pytest.raises(ConfigError, match="zoom_out"):
         TrainConfig(sources=["x"], augment={"zoom_out": 0.7}).validate()
+
+
+def test_warm_start_from_an_exported_tflite_computes_what_it_computes(tiny_model: Path, tiny_dataset):
+    """With the Keras run gone, the .tflite's dequantised weights rebuild the same network."""
+    from edge_app.evaluate import scan_folder
+    from edge_app.images import fit_square, load_rgb
+    from edge_app.runtime import open_embedder
+    from train.model import build_embedding_model
+    from train.warm_start import load_tflite_weights
+
+    images = np.stack([fit_square(load_rgb(p), 64) for p in scan_folder(tiny_dataset["queries"], "q").paths])
+    with open_embedder(tiny_model) as embedder:
+        shipped = embedder.embed_batch(images)
+    fresh = build_embedding_model(64, 32, "tiny", pretrained=False)
+    untouched = fresh.predict(images.astype(np.float32), verbose=0)
+    load_tflite_weights(fresh, tiny_model)
+    restored = fresh.predict(images.astype(np.float32), verbose=0)
+    assert np.mean(np.sum(restored * shipped, axis=1)) >= 0.98
+    assert np.mean(np.sum(untouched * shipped, axis=1)) < 0.9
+
+
+def test_training_continues_from_an_exported_tflite(tiny_model: Path, tiny_dataset, tmp_path):
+    from edge_app.runtime.spec import load_spec
+
+    cfg = tiny_config(tiny_dataset["train"], init_from=str(tiny_model), embedding_dim=32, epochs=1)
+    run = train(cfg, tmp_path / "more", verbose=0)
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["init_from"] == {"path": str(tiny_model), "sha256": load_spec(tiny_model).fingerprint}
+
+
+def test_warm_start_from_a_mismatched_or_tampered_tflite_is_refused(tiny_model: Path, tiny_dataset, tmp_path):
+    from edge_app.errors import ModelError
+
+    with pytest.raises(ConfigError, match="dimension 32"):
+        train(tiny_config(tiny_dataset["train"], init_from=str(tiny_model)), tmp_path / "a", verbose=0)
+    tampered = tmp_path / "tampered.tflite"
+    data = bytearray(tiny_model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    (tmp_path / "tampered.tflite.json").write_text(Path(str(tiny_model) + ".json").read_text())
+    with pytest.raises(ModelError, match="tampered|does not match|hash"):
+        train(tiny_config(tiny_dataset["train"], init_from=str(tampered), embedding_dim=32), tmp_path / "b", verbose=0)
