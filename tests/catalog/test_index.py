@@ -36,7 +36,7 @@ def test_sign_codes_pad_to_words() -> None:
     assert codes.shape == (1, 1) and int(codes[0, 0]) == 0b101
 
 
-@pytest.mark.parametrize("dim, fast", [(32, False), (128, True)])
+@pytest.mark.parametrize("dim, fast", [(32, False), (128, True), (256, True)])
 def test_two_stage_matches_exact(dim: int, fast: bool) -> None:
     n = EXACT_LIMIT + 4000
     vectors = clustered(n, dim)
@@ -52,6 +52,20 @@ def test_two_stage_matches_exact(dim: int, fast: bool) -> None:
         assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
         found += len(exact & {h.product_id for h in hits})
     assert found / (5 * len(queries)) >= 0.97
+
+
+def test_threaded_pass_finds_what_the_single_thread_finds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import catalog.index as index_module
+
+    n = EXACT_LIMIT + 3001  # odd, so the halves differ in size
+    vectors = clustered(n, 256, seed=5)
+    index = make_index(vectors, np.arange(n) // 3)
+    queries = vectors[:: n // 20]
+    single = [index.search(q, k=5) for q in queries]
+    monkeypatch.setattr(index_module, "THREADED_LIMIT", 1000)
+    threaded = [index.search(q, k=5) for q in queries]
+    assert threaded == single
+    assert all(hits[0].reference_id == f"p{i * (n // 20) // 3}/{i * (n // 20)}" for i, hits in enumerate(threaded))
 
 
 def test_products_group_and_filters_on_fast_path() -> None:
