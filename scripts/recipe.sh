@@ -7,11 +7,6 @@
 # embedding on views closer to how products are photographed instead of spending the model's
 # capacity on the hardest distortions only.
 #
-# Stage 3 fine-tunes the whole backbone (batch-norm statistics still frozen) at half stage 2's
-# learning rate: the early blocks hold colour and texture, which is what still separates the
-# products stage 2 confuses (apple varieties, melons). It can start from stage 2's Keras model or,
-# when that run is gone, from the exported .tflite (`recipe_stage3 DATA RUN MODEL.tflite`).
-#
 # The iconic images (classes.csv) are listed six times: one web-shop shot per product is
 # otherwise drowned by ~30 store photos, and kiosks are often stocked with exactly such shots.
 #
@@ -37,19 +32,6 @@ recipe_train() {  # DATA_ROOT RUN_DIR [extra train options, e.g. --exclude-produ
     $SS -v train --run-dir "$run/stage2" --init-from "$run/stage1" "${SOURCES[@]}" "$@" \
       --input-size 224 --dim 256 --epochs 10 --steps-per-epoch 150 --batch-size 32 --seed 1 \
       --learning-rate 2e-4 --train-from-block 2 \
-      --augment rotate_prob=0.5 --augment 'zoom_out=[0.7,1.0]' --augment 'crop_scale=[0.45,1.0]'
-  fi
-  recipe_stage3 "$data" "$run" "$run/stage2" "$@"
-}
-
-recipe_stage3() {  # DATA_ROOT RUN_DIR INIT (stage 2's run dir or a .tflite) [extra train options]
-  local data=$1 run=$2 init=$3
-  shift 3
-  recipe_sources "$data"
-  if [ ! -f "$run/stage3/model.keras" ]; then
-    $SS -v train --run-dir "$run/stage3" --init-from "$init" "${SOURCES[@]}" "$@" \
-      --input-size 224 --dim 256 --epochs 8 --steps-per-epoch 150 --batch-size 32 --seed 2 \
-      --learning-rate 1e-4 --train-from-block 0 \
       --augment rotate_prob=0.5 --augment 'zoom_out=[0.7,1.0]' --augment 'crop_scale=[0.45,1.0]'
   fi
 }
