@@ -248,16 +248,19 @@ class SearchIndex:
 
         With 256 bits or more, a coarse pass over the first half of the words keeps a generous
         pool (about 16x the shortlist, at least 1/64 of the index) and only that pool gets the other
-        half: it halves the pass over every reference at no measured cost in recall.
+        half: it halves the pass over every reference at no measured cost in recall. Where the pool
+        would be more than ~1/8 of the index (tens of thousands of references), completing it costs
+        more than it saves, and one full pass is used.
         """
         assert self._bits is not None
         qbits = sign_codes(query[None])[:, 0]
         words = len(self._bits)
-        coarse = words // 2 if words >= 4 else words
+        pool_size = max(8 * size, len(self) // 128)
+        if words < 4 or len(self) < 16 * pool_size:  # the pool would be a large share: one full pass
+            return self._nearest(self._hamming(qbits, words), allowed, size)
+        coarse = words // 2
         dist = self._hamming(qbits, coarse)
-        if coarse == words:
-            return self._nearest(dist, allowed, size)
-        pool = self._nearest(dist, allowed, max(8 * size, len(self) // 128))
+        pool = self._nearest(dist, allowed, pool_size)
         if len(pool) <= 2 * size:
             return pool
         full = dist[pool].astype(np.uint16)

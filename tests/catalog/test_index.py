@@ -16,7 +16,9 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_index(vectors: np.ndarray, products: np.ndarray, fields: list[dict] | None = None) -> SearchIndex:
+def make_index(
+    vectors: np.ndarray, products: np.ndarray, fields: list[dict] | None = None, shortlist: int = 256
+) -> SearchIndex:
     quantized = [quantize(v) for v in vectors]
     n_products = int(products.max()) + 1
     return SearchIndex(
@@ -28,6 +30,7 @@ def make_index(vectors: np.ndarray, products: np.ndarray, fields: list[dict] | N
         product_fields=fields or [{"category": "even" if i % 2 == 0 else "odd"} for i in range(n_products)],
         dim=vectors.shape[1],
         fingerprint="f",
+        shortlist=shortlist,
     )
 
 
@@ -36,11 +39,13 @@ def test_sign_codes_pad_to_words() -> None:
     assert codes.shape == (1, 1) and int(codes[0, 0]) == 0b101
 
 
-@pytest.mark.parametrize("dim, fast", [(32, False), (128, True), (256, True)])
-def test_two_stage_matches_exact(dim: int, fast: bool) -> None:
+# A short shortlist makes the coarse half-words pass worth it at test sizes (it needs an index
+# 16x the size of its pool); the kiosk's default engages it from ~33k references.
+@pytest.mark.parametrize("dim, fast, shortlist", [(32, False, 256), (128, True, 256), (256, True, 256), (256, True, 32)])
+def test_two_stage_matches_exact(dim: int, fast: bool, shortlist: int) -> None:
     n = EXACT_LIMIT + 4000
     vectors = clustered(n, dim)
-    index = make_index(vectors, np.arange(n))
+    index = make_index(vectors, np.arange(n), shortlist=shortlist)
     assert (index._bits is not None) == fast  # low dims are always scored exactly
     rng = np.random.default_rng(1)
     queries = vectors[rng.integers(0, n, 40)] + 0.6 / np.sqrt(dim) * rng.standard_normal((40, dim)).astype(np.float32)
@@ -59,7 +64,7 @@ def test_threaded_pass_finds_what_the_single_thread_finds(monkeypatch: pytest.Mo
 
     n = EXACT_LIMIT + 3001  # odd, so the halves differ in size
     vectors = clustered(n, 256, seed=5)
-    index = make_index(vectors, np.arange(n) // 3)
+    index = make_index(vectors, np.arange(n) // 3, shortlist=32)
     queries = vectors[:: n // 20]
     single = [index.search(q, k=5) for q in queries]
     monkeypatch.setattr(index_module, "THREADED_LIMIT", 1000)
