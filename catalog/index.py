@@ -39,6 +39,7 @@ DEFAULT_SHORTLIST = 256
 # From this many references the sign-bit pass is split between two threads.
 THREADED_LIMIT = 250_000
 _SAMPLE_STRIDE = 32
+_POOL_FACTOR = 8  # coarse pool target, in shortlists (about twice that many are kept)
 _FILTER_CACHE_SIZE = 32
 
 
@@ -255,7 +256,7 @@ class SearchIndex:
         assert self._bits is not None
         qbits = sign_codes(query[None])[:, 0]
         words = len(self._bits)
-        pool_size = max(8 * size, len(self) // 128)
+        pool_size = max(_POOL_FACTOR * size, len(self) // 128)
         if words < 4 or len(self) < 16 * pool_size:  # the pool would be a large share: one full pass
             return self._nearest(self._hamming(qbits, words), allowed, size)
         coarse = words // 2
