@@ -67,7 +67,7 @@ def _dequantised(interpreter: Any, detail: dict[str, Any]) -> np.ndarray:
     if values.dtype == np.float32:
         return values.copy()
     if values.dtype not in (np.int8, np.int32):
-        raise ModelError(f"weights of dtype {values.dtype} cannot be read back (int8 or fp32 models only)")
+        raise ModelError(f"weights of dtype {values.dtype} cannot be read back")
     params = detail["quantization_parameters"]
     scales = np.asarray(params["scales"], np.float32)
     zeros = np.asarray(params["zero_points"], np.float32)
@@ -84,7 +84,9 @@ def read_layer_weights(path: str | Path) -> list[LayerWeights]:
     Lets training warm-start from a shipped model whose Keras run is gone. The
     interpreter is built without the XNNPACK delegate, which would take the
     constant tensors over and hide them; `_get_ops_details` is the interpreter's
-    only way to walk the graph.
+    only way to walk the graph. An fp16 model stores its weights as float16
+    constants expanded by DEQUANTIZE ops at run time, so the model is run once
+    (on zeros, keeping every tensor) before the weights are read.
     """
     interpreter_cls = _interpreter_class()
     try:
@@ -93,20 +95,27 @@ def read_layer_weights(path: str | Path) -> list[LayerWeights]:
         from tflite_runtime.interpreter import OpResolverType  # type: ignore[no-redef]
     try:
         interpreter = interpreter_cls(
-            model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            model_path=str(path),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_preserve_all_tensors=True,
         )
         interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
         details = {d["index"]: d for d in interpreter.get_tensor_details()}
         layers: list[LayerWeights] = []
         for op in interpreter._get_ops_details():
             if op["op_name"] not in WEIGHTED_OPS:
                 continue
-            inputs = [i for i in op["inputs"]]
+            inputs = list(op["inputs"])
             kernel = _dequantised(interpreter, details[inputs[1]])
             bias = _dequantised(interpreter, details[inputs[2]]) if len(inputs) > 2 and inputs[2] >= 0 else None
             layers.append(LayerWeights(op["op_name"], kernel, bias))
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot read the model's weights ({exc})") from exc
+    if not layers or not all(np.isfinite(l.kernel).all() and (l.bias is None or np.isfinite(l.bias).all()) for l in layers):
+        raise ModelError(f"{path}: no readable weights (or some are not finite)")
     return layers
 
 
