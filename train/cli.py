@@ -56,7 +56,7 @@ def _augment_arg(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training.")
 @click.option("--init-from", type=click.Path(exists=True),
               help="Start from this finished run's model (a second training stage), or from an exported "
-                   ".tflite with its sidecar (its int8 weights, dequantised) when the run is gone.")
+                   ".tflite with its sidecar (its weights are read back) when the run is gone.")
 @click.option("--augment", "augment_items", multiple=True, metavar="KEY=JSON",
               help="Override an augmentation setting, e.g. rotate_prob=0.5 or 'zoom_out=[0.7,1.0]'. Repeatable.")
 @click.option("--seed", type=int, help="Random seed (default 0).")

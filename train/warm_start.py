@@ -56,8 +56,8 @@ def _keras_kernel(op: str, kernel: np.ndarray) -> np.ndarray:
 def load_tflite_weights(embedder: Any, path: str | Path) -> None:
     """Fill `embedder` (same backbone and embedding size) with the weights of the `.tflite` at `path`.
 
-    Raises ModelError when the file is not a readable int8/fp32 TFLite model or
-    its layers do not match the embedder's one for one.
+    Raises ModelError when the file is not a readable TFLite model (int8, fp16 or
+    fp32) or its layers do not match the embedder's one for one.
     """
     from edge_app.runtime.litert import read_layer_weights
 
@@ -67,17 +67,16 @@ def load_tflite_weights(embedder: Any, path: str | Path) -> None:
         raise ModelError(f"{path}: {len(tflite)} weighted layers, this embedder has {len(pairs)}; another architecture?")
     for (layer, bn), weights in zip(pairs, tflite):
         kernel = _keras_kernel(weights.op, weights.kernel)
-        bias = weights.bias if weights.bias is not None else np.zeros(kernel.shape[-2 if weights.op == "DEPTHWISE_CONV_2D" else -1], np.float32)
+        channels = kernel.shape[-2] if weights.op == "DEPTHWISE_CONV_2D" else kernel.shape[-1]
+        bias = weights.bias if weights.bias is not None else np.zeros(channels, np.float32)
         current = layer.get_weights()
         if tuple(current[0].shape) != kernel.shape:
             raise ModelError(f"{path}: {weights.op} kernel {kernel.shape} does not fit {layer.name} {current[0].shape}")
         if bn is not None:
             layer.set_weights([kernel])
-            epsilon = float(bn.epsilon)
-            channels = bias.shape[0]
-            bn.set_weights([np.ones(channels), bias, np.zeros(channels), np.full(channels, 1.0 - epsilon)])
+            bn.set_weights([np.ones(channels), bias, np.zeros(channels), np.full(channels, 1.0 - float(bn.epsilon))])
         elif len(current) == 2:
             layer.set_weights([kernel, bias])
         else:
             raise ModelError(f"{path}: {layer.name} has no bias or batch norm to carry the folded bias")
-    log.info("initialised %d layers from %s (int8 weights dequantised)", len(pairs), Path(path).name)
+    log.info("initialised %d layers from %s (weights read back)", len(pairs), Path(path).name)

@@ -7,6 +7,7 @@ The interpreter is built once per embedder and reused for every frame.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from pathlib import Path
@@ -89,14 +90,12 @@ def read_layer_weights(path: str | Path) -> list[LayerWeights]:
     (on zeros, keeping every tensor) before the weights are read.
     """
     interpreter_cls = _interpreter_class()
-    try:
-        from ai_edge_litert.interpreter import OpResolverType
-    except ImportError:
-        from tflite_runtime.interpreter import OpResolverType  # type: ignore[no-redef]
+    # The resolver enum lives beside whichever interpreter class was picked (LiteRT or tflite-runtime).
+    resolvers = importlib.import_module(interpreter_cls.__module__).OpResolverType
     try:
         interpreter = interpreter_cls(
             model_path=str(path),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_op_resolver_type=resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             experimental_preserve_all_tensors=True,
         )
         interpreter.allocate_tensors()
