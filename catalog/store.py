@@ -44,7 +44,7 @@ from catalog import records
 from catalog.index import SearchHit, SearchIndex
 from catalog.keypoints import deserialise_keypoints
 from catalog.quality import check_image, describe_image
-from catalog.schema import SCHEMA_VERSION, migrate
+from catalog.schema import RECORD_SCHEMA, SCHEMA_VERSION, migrate
 from edge_app.errors import CatalogError, InputError
 from edge_app.images import fit_square
 from edge_app.runtime.embedder import Embedder
@@ -57,6 +57,11 @@ RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "em
 _KEYPOINT_CACHE_SIZE = 4096
 _PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
 _REFERENCE_COLUMNS = "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
+# What building the search index reads; both are answered from covering indexes (schema v2).
+INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes FROM products ORDER BY id"
+INDEX_REFERENCES_SQL = (
+    "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id"
+)
 # Row version of a local product; every versioned row has version >= 1.
 LOCAL_VERSION = 0
 _SYNCED_PRODUCTS = f"version > {LOCAL_VERSION}"
@@ -770,7 +775,7 @@ class Catalog:
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         return {
             "format": SNAPSHOT_FORMAT,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RECORD_SCHEMA,
             "version": int(json.loads(meta.get("version", "0"))),
             "model_fingerprint": json.loads(meta.get("model_fingerprint", "null")),
             "embedding_dim": json.loads(meta.get("embedding_dim", "null")),
@@ -783,7 +788,7 @@ class Catalog:
         if not isinstance(snapshot, dict) or set(snapshot) != expected:
             got = sorted(snapshot) if isinstance(snapshot, dict) else type(snapshot).__name__
             raise CatalogError(f"snapshot: expected keys {sorted(expected)}, got {got}")
-        if snapshot["format"] != SNAPSHOT_FORMAT or snapshot["schema_version"] != SCHEMA_VERSION:
+        if snapshot["format"] != SNAPSHOT_FORMAT or snapshot["schema_version"] != RECORD_SCHEMA:
             raise CatalogError(f"snapshot: format {snapshot['format']!r} schema {snapshot['schema_version']!r} not supported")
         version, fingerprint, dim, meta = (snapshot[k] for k in ("version", "model_fingerprint", "embedding_dim", "meta"))
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
@@ -857,11 +862,8 @@ class Catalog:
             version = int(self._meta("version", 0))
             fingerprint = self._meta("model_fingerprint")
             dim = int(self._meta("embedding_dim", 0) or 0)
-            products = self._query_all("SELECT id, name, description, category, price, attributes FROM products ORDER BY id")
-            rows = self.db.execute(
-                "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id",
-                [fingerprint, dim],
-            ).fetchall()
+            products = self._query_all(INDEX_PRODUCTS_SQL)
+            rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog.store import Catalog
+from catalog.store import INDEX_PRODUCTS_SQL, INDEX_REFERENCES_SQL, Catalog
 from edge_app.errors import CatalogError, ImageError, InputError
 
 from catalog_fakes import ProjectionEmbedder, product_photo
@@ -161,6 +161,33 @@ def test_unusable_files(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(CatalogError, match="newer than this shelfsight"):
         Catalog(newer)
+
+
+def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
+    tmp_path: Path, embedder: ProjectionEmbedder
+) -> None:
+    path = tmp_path / "v1.db"
+    with Catalog(path) as cat:
+        cat.add_product("cola", "Cola", category="drinks")
+        cat.add_reference("cola", product_photo(1), embedder)
+    with sqlite3.connect(path) as conn:  # what a schema-1 release left behind
+        conn.execute("DROP INDEX reference_images_search")
+        conn.execute("DROP INDEX products_fields")
+        conn.execute("PRAGMA user_version = 1")
+    with Catalog(path) as cat:
+        assert cat.stats()["schema_version"] == 2
+        assert cat.export_snapshot()["schema_version"] == 1  # an index changes no record: older peers still sync
+        assert cat.search_image(product_photo(1), embedder, k=1)[0].product_id == "cola"
+        fingerprint = cat.stats()["model_fingerprint"]
+        plans = {
+            "references": cat.db.execute("EXPLAIN QUERY PLAN " + INDEX_REFERENCES_SQL, [fingerprint, embedder.dim]).fetchall(),
+            "products": cat.db.execute("EXPLAIN QUERY PLAN " + INDEX_PRODUCTS_SQL).fetchall(),
+        }
+        # One step each, answered from the index alone: no table row (and none of its blobs) is read.
+        assert [row[-1] for row in plans["references"]] == [
+            "SEARCH reference_images USING COVERING INDEX reference_images_search (fingerprint=? AND dim=?)"
+        ]
+        assert [row[-1] for row in plans["products"]] == ["SCAN products USING COVERING INDEX products_fields"]
 
 
 def test_open_on_a_connection(embedder: ProjectionEmbedder) -> None:
