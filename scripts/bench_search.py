@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchinfo import write_report  # noqa: E402
+from benchinfo import host_reference, write_report  # noqa: E402
 
 from catalog.index import SearchIndex  # noqa: E402
 from catalog.records import quantize_many  # noqa: E402
@@ -139,9 +139,13 @@ def main() -> None:
                 f"index {result['index_mb']} MB, built in {result['index_build_s']} s)",
                 flush=True,
             )
+    reference = host_reference()
+    print(f"host yardstick: {reference['operation']}: p50 {reference['p50_ms']} ms "
+          f"(issue's machine {reference['issue_machine_ms']} ms; this host {reference['slowdown_vs_issue_machine']}x)")
     if args.json:
         report = {
             "numpy": np.__version__,
+            "host_reference": reference,
             "results": results,
         }
         write_report(args.json, report)
