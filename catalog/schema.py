@@ -16,6 +16,7 @@ Tables:
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Callable
 
 import sqlite_utils
@@ -86,6 +87,10 @@ def _v2(db: sqlite_utils.Database) -> None:
 # MIGRATIONS[i] takes the schema from version i to i + 1. Append only.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
+# Versions that only add indexes. A catalog one short of them works, only loads slower, so when
+# one cannot be reached (a full disk, a read-only file) the catalog opens as it is: a kiosk must
+# keep serving after an upgrade. The step is retried at the next open.
+INDEX_ONLY = frozenset({2})
 # The row layout that sync snapshots carry. Migrations that only add indexes leave it alone, so
 # headquarters and stores on different releases keep exchanging snapshots.
 RECORD_SCHEMA = 1
@@ -105,10 +110,20 @@ def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
     if current == 0 and db.table_names():
         raise CatalogError(f"{source}: not a shelfsight catalog (it has tables but no schema version)")
     for version in range(current, SCHEMA_VERSION):
-        with db.atomic():
-            MIGRATIONS[version](db)
-            # PRAGMA user_version is transactional in SQLite, so a failed migration leaves no trace.
-            db.execute(f"PRAGMA user_version = {version + 1}")
-            db.table("meta").upsert({"key": "schema_version", "value": str(version + 1)}, pk="key")
-        log.info("%s: migrated catalog schema to version %d", source, version + 1)
+        target = version + 1
+        if target in INDEX_ONLY and current > 0:
+            log.info("%s: indexing for schema version %d (seconds on a large catalog, once)", source, target)
+        try:
+            with db.atomic():
+                MIGRATIONS[version](db)
+                # PRAGMA user_version is transactional in SQLite, so a failed migration leaves no trace.
+                db.execute(f"PRAGMA user_version = {target}")
+                db.table("meta").upsert({"key": "schema_version", "value": str(target)}, pk="key")
+        except sqlite3.OperationalError as exc:
+            if target not in INDEX_ONLY:
+                raise
+            log.warning("%s: cannot add the indexes of schema version %d (%s); the catalog works without them "
+                        "but loads slower; retried at the next open", source, target, exc)
+            break
+        log.info("%s: migrated catalog schema to version %d", source, target)
     return current

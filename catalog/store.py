@@ -44,7 +44,7 @@ from catalog import records
 from catalog.index import SearchHit, SearchIndex
 from catalog.keypoints import deserialise_keypoints
 from catalog.quality import check_image, describe_image
-from catalog.schema import RECORD_SCHEMA, SCHEMA_VERSION, migrate
+from catalog.schema import RECORD_SCHEMA, migrate, schema_version
 from edge_app.errors import CatalogError, InputError
 from edge_app.images import fit_square
 from edge_app.runtime.embedder import Embedder
@@ -618,7 +618,7 @@ class Catalog:
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             result = {
                 "catalog": self.name,
-                "schema_version": SCHEMA_VERSION,
+                "schema_version": schema_version(self.db),
                 "version": int(self._meta("version", 0)),
                 "model_fingerprint": self._meta("model_fingerprint"),
                 "embedding_dim": self._meta("embedding_dim"),

@@ -190,6 +190,32 @@ def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
         assert [row[-1] for row in plans["products"]] == ["SCAN products USING COVERING INDEX products_fields"]
 
 
+def test_upgrade_on_a_full_disk_opens_without_the_new_indexes_and_adds_them_later(
+    tmp_path: Path, embedder: ProjectionEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "v1.db"
+    with Catalog(path) as cat:
+        cat.add_product("cola", "Cola")
+        for seed in range(40):  # enough rows that the covering index needs new pages
+            cat.add_reference("cola", product_photo(seed), embedder)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX reference_images_search")
+        conn.execute("DROP INDEX products_fields")
+        conn.execute("PRAGMA user_version = 1")
+    sqlite3.connect(path, isolation_level=None).execute("VACUUM").connection.close()  # no free pages left
+    full = sqlite3.connect(path, check_same_thread=False)
+    pages = full.execute("PRAGMA page_count").fetchone()[0]
+    full.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: a full disk, as SQLite sees it
+    with caplog.at_level("WARNING", logger="catalog.schema"), Catalog(full) as cat:
+        assert cat.stats()["schema_version"] == 1
+        assert cat.search_image(product_photo(3), embedder, k=1)[0].product_id == "cola"  # still serves
+    assert "cannot add the indexes of schema version 2" in caplog.text and "full" in caplog.text
+    full.close()
+    with Catalog(path) as cat:  # space again: the next open finishes the upgrade
+        assert cat.stats()["schema_version"] == 2
+        assert cat.stats()["references"] == 40
+
+
 def test_open_on_a_connection(embedder: ProjectionEmbedder) -> None:
     conn = sqlite3.connect(":memory:")
     with Catalog(conn) as cat:
