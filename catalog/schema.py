@@ -88,7 +88,7 @@ def _v2(db: sqlite_utils.Database) -> None:
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Versions that only add indexes. A catalog one short of them works, only loads slower, so when
-# one cannot be reached (a full disk, a read-only file) the catalog opens as it is: a kiosk must
+# one cannot be reached (a full disk) the catalog opens as it is: a kiosk must
 # keep serving after an upgrade. The step is retried at the next open.
 INDEX_ONLY = frozenset({2})
 # The row layout that sync snapshots carry. Migrations that only add indexes leave it alone, so
