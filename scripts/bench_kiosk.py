@@ -269,6 +269,14 @@ def drop_page_cache() -> bool:
     return True
 
 
+def after_boot(wanted: bool, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if not wanted:
+        return {"skipped": "--no-after-boot"}
+    if not drop_page_cache():
+        return {"skipped": "cannot drop the page cache (needs root on Linux)"}
+    return measure()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="A .tflite embedder (default: the bundled model)")
@@ -277,6 +285,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Plays of the clip per measurement")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench_kiosk"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kiosk.json"))
+    parser.add_argument("--no-after-boot", dest="after_boot", action="store_false",
+                        help="Skip the cold start after emptying the OS page cache (it slows down the whole machine briefly)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -324,8 +334,7 @@ def main() -> None:
                     "global_camera": play(global_only, from_camera, args.repeats),
                     "cold": cold_start(model, path, args.threads, frame_path),
                     # The same from an empty page cache: model, libraries and catalog all come from disk.
-                    "cold_after_boot": (cold_start(model, path, args.threads, frame_path) if drop_page_cache()
-                                        else {"skipped": "cannot drop the page cache (needs root on Linux)"}),
+                    "cold_after_boot": after_boot(args.after_boot, lambda: cold_start(model, path, args.threads, frame_path)),
                     "verification_good_shortlist": verification_with_good_shortlist(verified, sample.root),
                 }
             results["sizes"][str(n)] = entry
