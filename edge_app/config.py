@@ -172,6 +172,13 @@ class WebConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     jpeg_quality: int = Field(80, ge=10, le=100)
+    currency: str | None = Field(
+        None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code the page shows prices in, e.g. SEK; absent: a bare number"
+    )
+    locale: str | None = Field(
+        None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="BCP 47 locale for prices on the page, e.g. sv-SE; absent: the browser's",
+    )
 
 
 class KioskConfig(_Strict):

@@ -113,9 +113,13 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
     return product_id, name, fields
 
 
-def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
+def create_app(
+    kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024, *, currency: str | None = None, locale: str | None = None
+) -> Flask:
+    """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices."""
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    display = {"currency": currency, "locale": locale}
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -131,6 +135,10 @@ def create_app(kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024) -> Flask:
     @app.get("/static/<path:name>")
     def static_file(name: str) -> Response:
         return send_from_directory(STATIC_DIR, name, max_age=0)
+
+    @app.get("/api/display")
+    def api_display() -> Response:
+        return jsonify(display)
 
     @app.get("/api/state")
     def api_state() -> Response:

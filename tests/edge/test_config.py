@@ -41,6 +41,8 @@ def test_json_config_with_webcam(tmp_path: Path) -> None:
         ("colour = 'red'\n", "colour: unknown key"),
         ("[roi]\nx = 0.5\nwidth = 0.8\n", "inside the frame"),
         ("[recognition]\nvote_window = 2\nvote_min = 3\n", "vote_min"),
+        ("[web]\ncurrency = 'kr'\n", "web.currency"),
+        ("[web]\nlocale = 'sv_SE.UTF-8'\n", "web.locale"),
     ],
 )
 def test_bad_configs_are_rejected_with_the_key_named(tmp_path: Path, extra: str, expected: str) -> None:
@@ -77,6 +79,7 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "kiosk.example.toml"
     config = load_config(example)
     assert config.camera.type == "picamera" and config.web.host == "0.0.0.0"
+    assert (config.web.currency, config.web.locale) == ("SEK", "sv-SE")
 
 
 def test_sync_section_is_validated_by_the_sync_config() -> None:

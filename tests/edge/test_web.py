@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import time
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_health_state_frame_and_thumbnail(client: FlaskClient, sample_catalog: A
     assert health["catalog_version"] == sample_catalog.version and health["uptime_s"] >= 0 and "fps" in health
     state = client.get("/api/state").json
     assert state["decision"] == "starting" and state["message"]
+    assert client.get("/api/display").json == {"currency": None, "locale": None}  # the page shows a bare number
     assert client.get("/api/frame.jpg").status_code == 404  # no camera frame yet
     product_id = sample_catalog.products()[0]["id"]
     thumb = client.get(f"/api/thumbnail/{product_id}")
@@ -126,10 +128,13 @@ def test_page_in_headless_chromium_shows_the_recognised_product(
     product, folder = product_frames
     name = sample_catalog.product(product)["name"]
     kiosk.source = FolderSource(folder, interval_s=0.05, loop=True)
-    with kiosk, WebServer(create_app(kiosk), "127.0.0.1", 0) as server:
+    with kiosk, WebServer(create_app(kiosk, currency="SEK", locale="sv-SE"), "127.0.0.1", 0) as server:
         wait_for(kiosk, lambda s: s.announcement.product_id == product)
         dom = rendered_page(server.url + "/")
     assert f'<h1 id="product-name">{name}</h1>' in dom, dom[-2000:]
+    # Swedish format: decimal comma, then the currency after a (no-break) space.
+    price = f"{sample_catalog.product(product)['price']:.2f}".replace(".", ",")
+    assert re.search(rf'<p id="product-price" class="price">{price}(&nbsp;|\s)kr</p>', dom), dom[-2000:]
     assert 'data-decision="product"' in dom
     assert 'class="card"' in dom or 'class="card "' in dom
 

@@ -8,8 +8,24 @@ function text(id, value) {
   document.getElementById(id).textContent = value;
 }
 
+// How prices are shown (the kiosk config's web.currency / web.locale), read once at start.
+let priceFormat = null;
+
+async function loadDisplay() {
+  try {
+    const response = await fetch("/api/display", {cache: "no-store"});
+    const display = response.ok ? await response.json() : {};
+    if (display.currency) {
+      priceFormat = new Intl.NumberFormat(display.locale || undefined, {style: "currency", currency: display.currency});
+    }
+  } catch (err) {
+    priceFormat = null;  // a bare number is still a price the shopper can read
+  }
+}
+
 function formatPrice(price) {
-  return typeof price === "number" ? price.toFixed(2) : "";
+  if (typeof price !== "number") return "";
+  return priceFormat ? priceFormat.format(price) : price.toFixed(2);
 }
 
 function render(state) {
@@ -106,5 +122,5 @@ function refreshFrame() {
 }
 
 document.getElementById("teach").addEventListener("submit", teach);
-poll();
+loadDisplay().finally(poll);
 refreshFrame();
