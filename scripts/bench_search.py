@@ -85,7 +85,9 @@ def bench(n: int, dim: int, n_queries: int, seed: int) -> dict[str, float | int]
     build_s = time.perf_counter() - started
     picks = rng.integers(0, n, n_queries)
     noise = rng.standard_normal((n_queries, dim)).astype(np.float32) * (QUERY_SPREAD / np.sqrt(dim))
-    queries = unit(vectors[picks] + noise)
+    # float32 like the references: a float64 query makes `matrix @ query` convert the whole matrix
+    # first, which inflated the exact-float reference 5x (numpy 2 keeps the scalar's float64).
+    queries = unit(vectors[picks] + noise).astype(np.float32)
     truth = exact_top(vectors, queries, 5)
 
     for query in queries[:5]:  # warm caches and lazy allocations
