@@ -43,7 +43,9 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
         if config.sync is not None and config.sync.enabled:
             running.enter_context(start_sync(config, kiosk))
         if config.web.enabled:
-            server = WebServer(create_app(kiosk, config.web.max_upload_bytes, currency=config.web.currency, locale=config.web.locale), config.web.host, config.web.port)
+            web = config.web
+            app = create_app(kiosk, web.max_upload_bytes, currency=web.currency, locale=web.locale)
+            server = WebServer(app, web.host, web.port)
             running.enter_context(server)
             click.echo(f"kiosk page at {server.url}")
         stop.wait()

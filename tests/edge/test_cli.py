@@ -79,12 +79,13 @@ stop = threading.Event()
 runner = threading.Thread(target=run_kiosk, args=(config, stop))
 runner.start()
 url = f"http://127.0.0.1:{config.web.port}"
-state, health, deadline = None, None, time.monotonic() + 90
+state, health, display, deadline = None, None, None, time.monotonic() + 90
 while time.monotonic() < deadline:
     try:
         state = json.load(urllib.request.urlopen(url + "/api/state", timeout=5))
         if state["decision"] == "product":
             health = json.load(urllib.request.urlopen(url + "/health", timeout=5))
+            display = json.load(urllib.request.urlopen(url + "/api/display", timeout=5))
             break
     except OSError:
         pass
@@ -92,7 +93,7 @@ while time.monotonic() < deadline:
 stop.set()
 runner.join()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "torch"))
-print(json.dumps({"state": state, "health": health, "heavy_modules": heavy}))
+print(json.dumps({"state": state, "health": health, "display": display, "heavy_modules": heavy}))
 """
 
 
@@ -106,7 +107,8 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     tmp_path: Path, tiny_model: Path, sample_catalog: Any, sample_set: SampleSet
 ) -> None:
     frames = sample_set.catalog_dir / "P0003"  # reference views: every frame is recognisable
-    cfg = write_config(tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, frames, port=free_port())
+    cfg = write_config(tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, frames, port=free_port(),
+                       extra='currency = "EUR"\nlocale = "de-DE"\n')  # still inside [web]
     out = subprocess.run([sys.executable, "-c", KIOSK_PROCESS, str(cfg)], capture_output=True, text=True, timeout=180,
                          cwd=REPO, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,6 +116,7 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     assert report["state"]["decision"] == "product", out.stderr[-2000:]
     assert report["state"]["product"]["product_id"] == "P0003"
     assert report["health"]["model_fingerprint"] and report["health"]["frames_recognised"] >= 3
+    assert report["display"] == {"currency": "EUR", "locale": "de-DE"}  # the config reaches the page
 
 
 def test_kiosk_command_stops_cleanly_on_sigterm(
