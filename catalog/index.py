@@ -250,8 +250,8 @@ class SearchIndex:
         With 256 bits or more, a coarse pass over the first half of the words keeps a generous
         pool (about 16x the shortlist, at least 1/64 of the index) and only that pool gets the other
         half: it halves the pass over every reference at no measured cost in recall. Where the pool
-        would be more than ~1/8 of the index (tens of thousands of references), completing it costs
-        more than it saves, and one full pass is used.
+        would be more than 1/16 of the index (below ~33k references at the default shortlist),
+        completing it costs more than it saves, and one full pass is used.
         """
         assert self._bits is not None
         qbits = sign_codes(query[None])[:, 0]

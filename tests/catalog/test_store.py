@@ -163,6 +163,14 @@ def test_unusable_files(tmp_path: Path) -> None:
         Catalog(newer)
 
 
+def as_schema_1(path: Path) -> None:
+    """Turn a catalog file back into what a schema-1 release left behind (no covering indexes)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX reference_images_search")
+        conn.execute("DROP INDEX products_fields")
+        conn.execute("PRAGMA user_version = 1")
+
+
 def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
     tmp_path: Path, embedder: ProjectionEmbedder
 ) -> None:
@@ -170,10 +178,7 @@ def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
     with Catalog(path) as cat:
         cat.add_product("cola", "Cola", category="drinks")
         cat.add_reference("cola", product_photo(1), embedder)
-    with sqlite3.connect(path) as conn:  # what a schema-1 release left behind
-        conn.execute("DROP INDEX reference_images_search")
-        conn.execute("DROP INDEX products_fields")
-        conn.execute("PRAGMA user_version = 1")
+    as_schema_1(path)
     with Catalog(path) as cat:
         assert cat.stats()["schema_version"] == 2
         assert cat.export_snapshot()["schema_version"] == 1  # an index changes no record: older peers still sync
@@ -198,10 +203,7 @@ def test_upgrade_on_a_full_disk_opens_without_the_new_indexes_and_adds_them_late
         cat.add_product("cola", "Cola")
         for seed in range(40):  # enough rows that the covering index needs new pages
             cat.add_reference("cola", product_photo(seed), embedder)
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP INDEX reference_images_search")
-        conn.execute("DROP INDEX products_fields")
-        conn.execute("PRAGMA user_version = 1")
+    as_schema_1(path)
     sqlite3.connect(path, isolation_level=None).execute("VACUUM").connection.close()  # no free pages left
     full = sqlite3.connect(path, check_same_thread=False)
     pages = full.execute("PRAGMA page_count").fetchone()[0]
