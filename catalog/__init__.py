@@ -1,6 +1,6 @@
 """shelfsight catalog: the SQLite product catalog, its search index and HQ->store sync."""
 
-from catalog.index import SearchHit, SearchIndex
-from catalog.store import Catalog
+from shelfsight.catalog.index import SearchHit, SearchIndex
+from shelfsight.catalog.store import Catalog
 
 __all__ = ["Catalog", "SearchHit", "SearchIndex"]

@@ -9,21 +9,21 @@ from typing import Any, Iterator
 
 import click
 
-from edge_app.cli import domain_errors
-from edge_app.errors import InputError
+from shelfsight.edge_app.core.clitools import domain_errors
+from shelfsight.edge_app.core.errors import InputError
 
 MODEL_HELP = "A .tflite embedder with its .json sidecar (default: the bundled model)."
 
 
 def _default_model() -> str:
-    from edge_app.assets import default_model_path
+    from shelfsight.edge_app.assets import default_model_path
 
     return str(default_model_path())
 
 
 @contextlib.contextmanager
 def _open(db: str, create: bool = False) -> Iterator[Any]:
-    from catalog.store import Catalog
+    from shelfsight.catalog.store import Catalog
 
     with Catalog(db, create=create) as catalog:
         yield catalog
@@ -31,7 +31,7 @@ def _open(db: str, create: bool = False) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _embedder(model: str | None, threads: int) -> Iterator[Any]:
-    from edge_app.runtime import open_embedder
+    from shelfsight.edge_app.runtime.factory import open_embedder
 
     with open_embedder(model or _default_model(), threads=threads) as embedder:
         yield embedder
@@ -70,13 +70,45 @@ def catalog_group() -> None:
 
 @catalog_group.command("build")
 @model_option
-@click.option("--images", type=click.Path(exists=True, file_okay=False), help="ImageFolder: one subfolder of photos per product id.")
-@click.option("--products", type=click.Path(exists=True, dir_okay=False), help="CSV: sku,name[,description,category,price,images,...].")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    help="ImageFolder: one subfolder of photos per product id.",
+)
+@click.option(
+    "--products",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV: sku,name[,description,category,price,images,...].",
+)
 @db_option
-@click.option("--dedupe", type=click.IntRange(0, 64), default=4, show_default=True, help="Drop photos within this pHash distance of one already kept.")
-@click.option("--min-side", type=click.IntRange(1), default=64, show_default=True, help="Reject photos smaller than this (pixels).")
-@click.option("--min-sharpness", type=click.FloatRange(0), default=15.0, show_default=True, help="Reject blurrier photos (Laplacian variance).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Photos per embedding batch and transaction.")
+@click.option(
+    "--dedupe",
+    type=click.IntRange(0, 64),
+    default=4,
+    show_default=True,
+    help="Drop photos within this pHash distance of one already kept.",
+)
+@click.option(
+    "--min-side",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Reject photos smaller than this (pixels).",
+)
+@click.option(
+    "--min-sharpness",
+    type=click.FloatRange(0),
+    default=15.0,
+    show_default=True,
+    help="Reject blurrier photos (Laplacian variance).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Photos per embedding batch and transaction.",
+)
 @threads_option
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @domain_errors
@@ -87,8 +119,8 @@ def build_command(model, images, products, db, dedupe, min_side, min_sharpness, 
     Example:
       shelfsight catalog build --model model.tflite --images photos/ --db store.db
     """
-    from catalog.ingest import IngestOptions, build_catalog, collect_entries
-    from catalog.quality import QualityLimits
+    from shelfsight.catalog.ingest import IngestOptions, build_catalog, collect_entries
+    from shelfsight.catalog.quality import QualityLimits
 
     if not images and not products:
         raise click.UsageError("give --images, --products, or both")
@@ -108,7 +140,13 @@ def build_command(model, images, products, db, dedupe, min_side, min_sharpness, 
 @click.option("--category", help="Category.")
 @click.option("--price", type=float, help="Price.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="An extra attribute (repeatable).")
-@click.option("--image", "image_paths", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A reference photo (repeatable; needs the model).")
+@click.option(
+    "--image",
+    "image_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A reference photo (repeatable; needs the model).",
+)
 @model_option
 @threads_option
 @domain_errors
@@ -120,10 +158,12 @@ def add_command(db, product_id, name, description, category, price, attrs, image
       shelfsight catalog add --db store.db cola-330 --name "Cola 330ml" --category drinks \\
         --price 1.20 --attr brand=Fizz --image cola-front.jpg --image cola-side.jpg
     """
-    from edge_app.errors import CatalogError
-    from edge_app.images import load_rgb
+    from shelfsight.edge_app.core.errors import CatalogError
+    from shelfsight.edge_app.core.images import load_rgb
 
-    fields = {k: v for k, v in {"description": description, "category": category, "price": price}.items() if v is not None}
+    fields = {
+        k: v for k, v in {"description": description, "category": category, "price": price}.items() if v is not None
+    }
     fields.update(_pairs(attrs, "--attr"))
     with _open(db, create=True) as catalog:
         try:
@@ -170,7 +210,9 @@ def remove_command(db, product_id, reference_id) -> None:
 @catalog_group.command("list")
 @db_option
 @click.option("--category", help="Only this category.")
-@click.option("--where", "conditions", multiple=True, metavar="KEY=VALUE", help="Only products with this field/attribute value.")
+@click.option(
+    "--where", "conditions", multiple=True, metavar="KEY=VALUE", help="Only products with this field/attribute value."
+)
 @json_option
 @domain_errors
 def list_command(db, category, conditions, as_json) -> None:
@@ -190,7 +232,9 @@ def list_command(db, category, conditions, as_json) -> None:
         return
     for product in products:
         price = "" if product["price"] is None else f"  {product['price']:.2f}"
-        click.echo(f"{product['id']}\t{product['name']}\t{product['category']}{price}\t{len(product['references'])} refs")
+        click.echo(
+            f"{product['id']}\t{product['name']}\t{product['category']}{price}\t{len(product['references'])} refs"
+        )
 
 
 @catalog_group.command("show")
@@ -227,7 +271,9 @@ def show_command(db, product_id, as_json) -> None:
 @model_option
 @click.option("-k", "k", type=click.IntRange(1), default=5, show_default=True, help="How many products.")
 @click.option("--category", help="Only this category.")
-@click.option("--where", "conditions", multiple=True, metavar="KEY=VALUE", help="Only products with this field/attribute value.")
+@click.option(
+    "--where", "conditions", multiple=True, metavar="KEY=VALUE", help="Only products with this field/attribute value."
+)
 @threads_option
 @json_option
 @domain_errors
@@ -238,14 +284,24 @@ def search_command(db, image, model, k, category, conditions, threads, as_json) 
     Example:
       shelfsight catalog search --db store.db --model model.tflite photo.jpg -k 3
     """
-    from edge_app.images import load_rgb
+    from shelfsight.edge_app.core.images import load_rgb
 
     where = _pairs(conditions, "--where") or None
     with _open(db) as catalog, _embedder(model, threads) as embedder:
         hits = catalog.search_image(load_rgb(image), embedder, k, category=category, where=where)
         names = {h.product_id: catalog.product(h.product_id)["name"] for h in hits}
     if as_json:
-        _echo_json([{"product_id": h.product_id, "name": names[h.product_id], "score": h.score, "reference_id": h.reference_id} for h in hits])
+        _echo_json(
+            [
+                {
+                    "product_id": h.product_id,
+                    "name": names[h.product_id],
+                    "score": h.score,
+                    "reference_id": h.reference_id,
+                }
+                for h in hits
+            ]
+        )
         return
     if not hits:
         click.echo("no matching products")
@@ -289,7 +345,7 @@ def reembed_command(db, model, threads, batch_size, progress) -> None:
     Example:
       shelfsight catalog reembed --db store.db --model new-model.tflite
     """
-    from catalog.ingest import IngestOptions, reembed
+    from shelfsight.catalog.ingest import IngestOptions, reembed
 
     with _open(db) as catalog, _embedder(model, threads) as embedder:
         version = reembed(catalog, embedder, IngestOptions(batch_size=batch_size, progress=progress))

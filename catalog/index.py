@@ -27,7 +27,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from edge_app.errors import CatalogError, InputError
+from shelfsight.edge_app.core.errors import CatalogError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class SearchIndex:
         self._bits = None if exact else sign_codes(self.codes)
         # Fewer bits or more references -> more near-ties in Hamming distance -> longer shortlist.
         bits = 64 * (len(self._bits) if self._bits is not None else 1)
-        self._shortlist = int(self.shortlist * max(1.0, 256 / max(1, min(bits, self.dim))) * max(1.0, math.sqrt(n / 100_000)))
+        self._shortlist = int(
+            self.shortlist * max(1.0, 256 / max(1, min(bits, self.dim))) * max(1.0, math.sqrt(n / 100_000))
+        )
         self._filters: dict[tuple[Any, ...], _Filter] = {}
         self._filters_lock = threading.Lock()
         self._local = threading.local()
@@ -152,7 +154,9 @@ class SearchIndex:
             conditions["category"] = category
         if not conditions:
             return None
-        key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, set, frozenset)) else v) for k, v in conditions.items()))
+        key = tuple(
+            sorted((k, tuple(v) if isinstance(v, (list, tuple, set, frozenset)) else v) for k, v in conditions.items())
+        )
         with self._filters_lock:
             cached = self._filters.get(key)
         if cached is not None:

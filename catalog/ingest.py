@@ -26,13 +26,25 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from catalog.keypoints import compute_keypoints, serialise_keypoints
-from catalog.quality import QualityLimits, check_image, phash, phash_distance, stored_jpeg
-from catalog.records import check_product_id
-from catalog.store import Catalog, reference_id_for
-from edge_app.errors import CatalogError, InputError
-from edge_app.images import IMAGE_SUFFIXES, decode_rgb, fit_square, iter_image_files, load_rgb
-from edge_app.runtime.embedder import Embedder
+from shelfsight.catalog.quality import (
+    QualityLimits,
+    check_image,
+    phash,
+    phash_distance,
+    stored_jpeg,
+)
+from shelfsight.catalog.records import check_product_id
+from shelfsight.catalog.store import Catalog, reference_id_for
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
+from shelfsight.edge_app.core.images import (
+    IMAGE_SUFFIXES,
+    decode_rgb,
+    fit_square,
+    iter_image_files,
+    load_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +99,10 @@ class IngestReport:
         out += [f"dropped {path}: near-duplicate of {other} (pHash distance {d})" for path, other, d in self.duplicates]
         if self.unrecognisable:
             shown = ", ".join(self.unrecognisable[:10]) + (" ..." if len(self.unrecognisable) > 10 else "")
-            out.append(f"WARNING: {len(self.unrecognisable)} products have no usable reference photo and cannot be "
-                       f"recognised until one is added: {shown}")
+            out.append(
+                f"WARNING: {len(self.unrecognisable)} products have no usable reference photo and cannot be "
+                f"recognised until one is added: {shown}"
+            )
         out.append(f"catalog version {self.version}")
         return out
 
@@ -355,7 +369,9 @@ def _copy_catalog(source: Path, copy: Path) -> None:
             finally:
                 writer.close()
         except sqlite3.Error as exc:
-            raise CatalogError(f"{source}: could not copy the catalog to build on it ({exc}); it was not changed") from exc
+            raise CatalogError(
+                f"{source}: could not copy the catalog to build on it ({exc}); it was not changed"
+            ) from exc
     # Closing the last connection checkpoints and deletes the WAL; if it is still there, someone has the file open.
     if Path(str(source) + "-wal").exists():
         raise CatalogError(
@@ -399,7 +415,9 @@ def reembed(catalog: Catalog, embedder: Embedder, options: IngestOptions = Inges
     """
     refs = catalog.references()
     embeddings: dict[str, np.ndarray] = {}
-    for start in tqdm(range(0, len(refs), options.batch_size), unit="batch", desc="reembed", disable=not options.progress):
+    for start in tqdm(
+        range(0, len(refs), options.batch_size), unit="batch", desc="reembed", disable=not options.progress
+    ):
         chunk = refs[start : start + options.batch_size]
         batch = np.stack([fit_square(_reference_rgb(catalog, ref), embedder.input_size) for ref in chunk])
         embeddings.update(zip((ref["id"] for ref in chunk), embedder.embed_batch(batch)))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from edge_app.errors import ImageError
-from edge_app.images import fit_square
+from shelfsight.edge_app.core.errors import ImageError
+from shelfsight.edge_app.core.images import fit_square
 
 # The stored copy of each reference (used by `reembed` when the originals are gone).
 STORED_IMAGE_SIZE = 256
@@ -90,6 +90,6 @@ class ImageExtras:
 
 def describe_image(rgb: np.ndarray) -> ImageExtras:
     """pHash, stored JPEG copy and serialised ORB keypoints of a reference image."""
-    from catalog.keypoints import compute_keypoints, serialise_keypoints
+    from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
 
     return ImageExtras(phash(rgb), stored_jpeg(rgb), serialise_keypoints(*compute_keypoints(rgb)))

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_app.errors import CatalogError
-from catalog.keypoints import deserialise_keypoints
+from shelfsight.edge_app.core.errors import CatalogError
+from shelfsight.edge_app.core.features import deserialise_keypoints
 
 Op = Literal["upsert_product", "remove_product", "upsert_reference", "remove_reference"]
 PRODUCT_OPS = ("upsert_product", "remove_product")

@@ -21,7 +21,7 @@ from typing import Callable
 
 import sqlite_utils
 
-from edge_app.errors import CatalogError
+from shelfsight.edge_app.core.errors import CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,13 @@ def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
         except sqlite3.OperationalError as exc:
             if target not in INDEX_ONLY:
                 raise
-            log.warning("%s: cannot add the indexes of schema version %d (%s); the catalog works without them "
-                        "but loads slower; retried at the next open", source, target, exc)
+            log.warning(
+                "%s: cannot add the indexes of schema version %d (%s); the catalog works without them "
+                "but loads slower; retried at the next open",
+                source,
+                target,
+                exc,
+            )
             break
         log.info("%s: migrated catalog schema to version %d", source, target)
     return current

@@ -40,14 +40,14 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import sqlite_utils
 
-from catalog import records
-from catalog.index import SearchHit, SearchIndex
-from catalog.keypoints import deserialise_keypoints
-from catalog.quality import check_image, describe_image
-from catalog.schema import RECORD_SCHEMA, migrate, schema_version
-from edge_app.errors import CatalogError, InputError
-from edge_app.images import fit_square
-from edge_app.runtime.embedder import Embedder
+from shelfsight.catalog import records
+from shelfsight.catalog.index import SearchHit, SearchIndex
+from shelfsight.catalog.quality import check_image, describe_image
+from shelfsight.catalog.schema import RECORD_SCHEMA, migrate, schema_version
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.features import deserialise_keypoints
+from shelfsight.edge_app.core.images import fit_square
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ SNAPSHOT_FORMAT = "shelfsight-catalog-snapshot"
 RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor"})
 _KEYPOINT_CACHE_SIZE = 4096
 _PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
-_REFERENCE_COLUMNS = "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
+_REFERENCE_COLUMNS = (
+    "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
+)
 # What building the search index reads; both are answered from covering indexes (schema v2).
 INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes FROM products ORDER BY id"
 INDEX_REFERENCES_SQL = (
@@ -324,7 +326,9 @@ class Catalog:
         if thumbnail is not None and not isinstance(thumbnail, (bytes, bytearray)):
             raise InputError(f"product {product_id}: thumbnail must be image bytes")
         attributes = json.dumps(records.check_attributes(data.get("attributes", {})))
-        record = records.product_record({**data, "id": product_id, "attributes": attributes, "thumbnail": thumbnail, "version": 1})
+        record = records.product_record(
+            {**data, "id": product_id, "attributes": attributes, "thumbnail": thumbnail, "version": 1}
+        )
         try:
             row = records.decode_change(record, 0).row
         except CatalogError as exc:
@@ -499,7 +503,9 @@ class Catalog:
             ids = [r[0] for r in self.db.execute("SELECT id FROM reference_images").fetchall()]
             missing = set(ids) - set(embeddings)
             if missing:
-                raise CatalogError(f"reembed: no new embedding for {len(missing)} references (e.g. {sorted(missing)[0]})")
+                raise CatalogError(
+                    f"reembed: no new embedding for {len(missing)} references (e.g. {sorted(missing)[0]})"
+                )
             dims = {np.asarray(v).size for v in embeddings.values()}
             if len(dims) > 1:
                 raise CatalogError(f"reembed: embeddings of different sizes {sorted(dims)}")
@@ -538,7 +544,12 @@ class Catalog:
             row = self._product_row(product_id)
             if row is None:
                 raise CatalogError(f"no product {product_id!r} in {self.name}")
-            refs = [r[0] for r in self.db.execute("SELECT id FROM reference_images WHERE product_id = ? ORDER BY id", [product_id])]
+            refs = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT id FROM reference_images WHERE product_id = ? ORDER BY id", [product_id]
+                )
+            ]
             return self._product_dict(row, refs)
 
     def products(self, **filters: Any) -> list[dict[str, Any]]:
@@ -614,7 +625,11 @@ class Catalog:
         """Counts and metadata: version, model, products, references, categories, file size, ..."""
         with self._reading():
             count = lambda sql: int(self.db.execute(sql).fetchone()[0])  # noqa: E731
-            categories = dict(self.db.execute("SELECT category, COUNT(*) FROM products GROUP BY category ORDER BY category").fetchall())
+            categories = dict(
+                self.db.execute(
+                    "SELECT category, COUNT(*) FROM products GROUP BY category ORDER BY category"
+                ).fetchall()
+            )
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             result = {
                 "catalog": self.name,
@@ -698,7 +713,9 @@ class Catalog:
             fingerprint = fingerprint or change.row["fingerprint"]
             dim = dim or change.row["dim"]
             if change.row["fingerprint"] != fingerprint:
-                raise CatalogError(f"{where}: embedding from model {change.row['fingerprint'][:12]}…, catalog uses {fingerprint[:12]}…")
+                raise CatalogError(
+                    f"{where}: embedding from model {change.row['fingerprint'][:12]}…, catalog uses {fingerprint[:12]}…"
+                )
             if change.row["dim"] != dim:
                 raise CatalogError(f"{where}: embedding dim {change.row['dim']}, catalog uses {dim}")
         return fingerprint, dim
@@ -770,8 +787,12 @@ class Catalog:
          "records": [upsert_product records..., upsert_reference records...]}
         """
         with self._reading():
-            products = self._query_all(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE {_SYNCED_PRODUCTS} ORDER BY id")
-            references = self._query_all(f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id")
+            products = self._query_all(
+                f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE {_SYNCED_PRODUCTS} ORDER BY id"
+            )
+            references = self._query_all(
+                f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id"
+            )
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         return {
             "format": SNAPSHOT_FORMAT,
@@ -780,17 +801,24 @@ class Catalog:
             "model_fingerprint": json.loads(meta.get("model_fingerprint", "null")),
             "embedding_dim": json.loads(meta.get("embedding_dim", "null")),
             "meta": {k: json.loads(v) for k, v in meta.items() if k not in RESERVED_META},
-            "records": [records.product_record(r) for r in products] + [records.reference_record(r) for r in references],
+            "records": [records.product_record(r) for r in products]
+            + [records.reference_record(r) for r in references],
         }
 
-    def _decode_snapshot(self, snapshot: Any) -> tuple[int, str | None, int | None, dict[str, Any], list[records.Change]]:
+    def _decode_snapshot(
+        self, snapshot: Any
+    ) -> tuple[int, str | None, int | None, dict[str, Any], list[records.Change]]:
         expected = {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta", "records"}
         if not isinstance(snapshot, dict) or set(snapshot) != expected:
             got = sorted(snapshot) if isinstance(snapshot, dict) else type(snapshot).__name__
             raise CatalogError(f"snapshot: expected keys {sorted(expected)}, got {got}")
         if snapshot["format"] != SNAPSHOT_FORMAT or snapshot["schema_version"] != RECORD_SCHEMA:
-            raise CatalogError(f"snapshot: format {snapshot['format']!r} schema {snapshot['schema_version']!r} not supported")
-        version, fingerprint, dim, meta = (snapshot[k] for k in ("version", "model_fingerprint", "embedding_dim", "meta"))
+            raise CatalogError(
+                f"snapshot: format {snapshot['format']!r} schema {snapshot['schema_version']!r} not supported"
+            )
+        version, fingerprint, dim, meta = (
+            snapshot[k] for k in ("version", "model_fingerprint", "embedding_dim", "meta")
+        )
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise CatalogError(f"snapshot: bad version {version!r}")
         if not (fingerprint is None or isinstance(fingerprint, str)) or not (dim is None or isinstance(dim, int)):
@@ -803,7 +831,9 @@ class Catalog:
         product_ids = set()
         for change in decoded:
             if change.op not in ("upsert_product", "upsert_reference") or change.version > version:
-                raise CatalogError(f"snapshot: record {change.op} at version {change.version} does not belong in a snapshot at {version}")
+                raise CatalogError(
+                    f"snapshot: record {change.op} at version {change.version} does not belong in a snapshot at {version}"
+                )
             if change.op == "upsert_product":
                 product_ids.add(change.product_id)
         has_references = any(c.op == "upsert_reference" for c in decoded)
@@ -825,7 +855,9 @@ class Catalog:
         version, fingerprint, dim, meta, decoded = self._decode_snapshot(snapshot)
         product_ids = {c.product_id for c in decoded if c.op == "upsert_product"}
         with self.batch():
-            local_rows = self._query_all(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE NOT ({_SYNCED_PRODUCTS})")
+            local_rows = self._query_all(
+                f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE NOT ({_SYNCED_PRODUCTS})"
+            )
             local_products = [p for p in local_rows if p["id"] not in product_ids]
             taken_over = product_ids & {p["id"] for p in local_rows}
             kept = [

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ParityError
-from edge_app.evaluate import embed_paths, evaluate, scan_folder
-from edge_app.runtime.embedder import Embedder
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import ParityError
+from shelfsight.edge_app.core.labels import scan_folder
+from shelfsight.edge_app.evaluation.retrieval import embed_paths, evaluate
 
 log = logging.getLogger(__name__)
 

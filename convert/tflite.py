@@ -18,9 +18,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edge_app.errors import InputError, ModelError
-from edge_app.images import fit_square, iter_image_files, load_rgb
-from edge_app.runtime.spec import ModelSpec, sha256_file, sidecar_path, write_spec
+from shelfsight.edge_app.core.errors import InputError, ModelError
+from shelfsight.edge_app.core.images import fit_square, iter_image_files, load_rgb
+from shelfsight.edge_app.core.spec import (
+    ModelSpec,
+    sha256_file,
+    sidecar_path,
+    write_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def convert_keras(model, quantization: str, calibration: Sequence[np.ndarray] = 
 
 
 def _check_int8_input(path: Path) -> None:
-    from edge_app.runtime.litert import _open_interpreter
+    from shelfsight.edge_app.runtime.litert import _open_interpreter
 
     detail = _open_interpreter(path, 1).get_input_details()[0]
     scale, zero = detail["quantization"]
@@ -132,11 +137,11 @@ def convert_run(
     calibration_limit: int = 300,
 ) -> ModelSpec:
     """Convert a training run and gate it on parity; the model lands at `out` only if it passes."""
-    from convert.parity import ParityReport, check, measure
-    from edge_app.runtime.litert import LiteRTEmbedder
-    from train.keras_embedder import KerasEmbedder
-    from train.model import export_model
-    from train.trainer import load_manifest
+    from shelfsight.convert.parity import ParityReport, check, measure
+    from shelfsight.edge_app.runtime.litert import LiteRTEmbedder
+    from shelfsight.train.keras_embedder import KerasEmbedder
+    from shelfsight.train.model import export_model
+    from shelfsight.train.trainer import load_manifest
 
     manifest = load_manifest(run_dir)
     reference = KerasEmbedder(run_dir)
@@ -159,7 +164,9 @@ def convert_run(
                 log.warning("no parity folders given: checking embedding cosine only, not Recall@1")
                 batch = np.stack(calibration[:100])
                 cosine = np.sum(reference.embed_batch(batch) * converted.embed_batch(batch), axis=1)
-                report = ParityReport(float(cosine.mean()), float(cosine.min()), float("nan"), float("nan"), 0.0, len(batch))
+                report = ParityReport(
+                    float(cosine.mean()), float(cosine.min()), float("nan"), float("nan"), 0.0, len(batch)
+                )
             log.info("parity: %s", report.to_dict())
             check(report, min_cosine, max_drop_points)
     except Exception:

@@ -7,72 +7,24 @@ function, so `shelfsight --help` and every edge command work without it.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
 import logging
-import signal
-import threading
-from types import FrameType
-from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from edge_app.errors import ShelfsightError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from shelfsight.catalog import cli as catalog_cli
+from shelfsight.catalog.hq import cli as hq_cli
+from shelfsight.convert import cli as convert_cli
+from shelfsight.edge_app.core.clitools import setup_logging
+from shelfsight.edge_app.demo import cli as demo_cli
+from shelfsight.edge_app.evaluation import cli as evaluation_cli
+from shelfsight.edge_app.kiosk import cli as kiosk_cli
+from shelfsight.train import cli as train_cli
 
 log = logging.getLogger(__name__)
 
-# Each module exposes `COMMANDS`, a list of click commands or groups.
-COMMAND_MODULES = (
-    "train.cli",
-    "convert.cli",
-    "edge_app.eval_cli",
-    "catalog.cli",
-    "catalog.sync.cli",
-    "edge_app.demo",
-    "edge_app.kiosk_cli",
-)
-
-
-def domain_errors(func: F) -> F:
-    """Turn a ShelfsightError into a one-line message and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ShelfsightError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
-    """SIGINT and SIGTERM set `stop` instead of raising KeyboardInterrupt or killing the process.
-
-    A long-running command (kiosk, HQ server) polls `stop` and shuts down between steps. An
-    asynchronous KeyboardInterrupt can land inside a network library while it holds a lock, and
-    the shutdown that follows then waits on that lock for ever.
-    """
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# Each module exposes `COMMANDS`, a list of click commands or groups. The modules import only
+# click at load time; TensorFlow, LiteRT and OpenCV load inside the commands that need them.
+COMMAND_MODULES = (train_cli, convert_cli, evaluation_cli, catalog_cli, hq_cli, demo_cli, kiosk_cli)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,11 +42,31 @@ def cli(verbose: int) -> None:
 
 def build_cli() -> click.Group:
     """The root group with every subcommand attached (idempotent; used by tests too)."""
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
+    for module in COMMAND_MODULES:
         for command in module.COMMANDS:
             cli.add_command(command)
+    for old, command, new in DEPRECATED_ALIASES:
+        hq_cli.hq_group.add_command(_deprecated(command, old, new), old)
     return cli
+
+
+# Kiosk-local operations moved from `shelfsight hq` to `shelfsight kiosk` in 0.2; the old names
+# keep working, with a warning, for one release.
+DEPRECATED_ALIASES = (
+    ("seed-kiosk", kiosk_cli.seed_command, "shelfsight kiosk seed"),
+    ("rollback-kiosk", kiosk_cli.rollback_command, "shelfsight kiosk rollback"),
+)
+
+
+def _deprecated(command: click.Command, old: str, new: str) -> click.Command:
+    def callback(**kwargs: object) -> object:
+        click.echo(f"warning: `shelfsight hq {old}` is deprecated; use `{new}`", err=True)
+        assert command.callback is not None
+        return command.callback(**kwargs)
+
+    return click.Command(
+        old, params=command.params, callback=callback, help=f"Deprecated alias of `{new}`.", hidden=True
+    )
 
 
 def main() -> None:

@@ -48,13 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import host_reference, write_report  # noqa: E402
 
-from edge_app.camera import VideoFileSource  # noqa: E402
-from edge_app.camera.base import FrameSource  # noqa: E402
-from edge_app.camera.picamera import PiCameraSource  # noqa: E402
-from edge_app.config import RecognitionConfig, RoiConfig  # noqa: E402
-from edge_app.recognition import Recognizer  # noqa: E402
-from edge_app.runtime import open_embedder  # noqa: E402
-from edge_app.samples import generate_clip, generate_sample_set  # noqa: E402
+from shelfsight.edge_app.camera import VideoFileSource  # noqa: E402
+from shelfsight.edge_app.camera.base import FrameSource  # noqa: E402
+from shelfsight.edge_app.camera.picamera import PiCameraSource  # noqa: E402
+from shelfsight.edge_app.demo.samples import generate_clip, generate_sample_set  # noqa: E402
+from shelfsight.edge_app.recognition import Recognizer  # noqa: E402
+from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig  # noqa: E402
+from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 log = logging.getLogger("bench_kiosk")
 
@@ -64,8 +64,8 @@ FILLER_REFS_PER_PRODUCT = 3
 
 def build_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, seed: int = 0) -> None:
     """Sample products (real references) + filler products up to `n_refs` references."""
-    from catalog.store import Catalog
-    from edge_app.demo import build_catalog as build_sample
+    from shelfsight.catalog.store import Catalog
+    from shelfsight.edge_app.demo.run import build_catalog as build_sample
 
     tmp = path.with_name(path.name + ".tmp")
     for p in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
@@ -74,7 +74,9 @@ def build_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, see
     rng = np.random.default_rng(seed)
     with Catalog(tmp) as catalog:
         real = [r["id"] for r in catalog.references()]
-        blobs = [catalog.db.execute("SELECT keypoints FROM reference_images WHERE id = ?", [r]).fetchone()[0] for r in real]
+        blobs = [
+            catalog.db.execute("SELECT keypoints FROM reference_images WHERE id = ?", [r]).fetchone()[0] for r in real
+        ]
         missing = n_refs - len(real)
         with catalog.batch():
             for i in range(max(0, missing)):
@@ -83,8 +85,13 @@ def build_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, see
                     catalog.add_product(product, f"Filler {i // FILLER_REFS_PER_PRODUCT}", category="filler", price=1.0)
                 vector = rng.standard_normal(embedder.dim).astype(np.float32)
                 catalog.add_reference_vector(
-                    product, vector, fingerprint=embedder.fingerprint, phash="", source=f"filler/{i}",
-                    image_jpeg=None, keypoints=blobs[i % len(blobs)],
+                    product,
+                    vector,
+                    fingerprint=embedder.fingerprint,
+                    phash="",
+                    source=f"filler/{i}",
+                    image_jpeg=None,
+                    keypoints=blobs[i % len(blobs)],
                 )
     for suffix in ("-wal", "-shm"):
         tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
@@ -205,8 +212,8 @@ def verification_with_good_shortlist(recognizer: Recognizer, sample_root: Path, 
     The shortlist is the query's true product (its first reference) followed by
     shortlist-1 other sample products; timing covers feature extraction and matching.
     """
-    from catalog.index import SearchHit
-    from edge_app.images import iter_image_files, load_rgb
+    from shelfsight.catalog.index import SearchHit
+    from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 
     rng = np.random.default_rng(seed)
     products = sorted(p.name for p in (sample_root / "catalog").iterdir() if p.is_dir())
@@ -226,10 +233,10 @@ def verification_with_good_shortlist(recognizer: Recognizer, sample_root: Path, 
 COLD_START = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from edge_app.runtime import open_embedder
-from catalog.store import Catalog
-from edge_app.recognition import Recognizer
-from edge_app.config import RecognitionConfig
+from shelfsight.edge_app.runtime import open_embedder
+from shelfsight.catalog.store import Catalog
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
 import numpy as np
 embedder = open_embedder(sys.argv[1], threads=int(sys.argv[3]))
 catalog = Catalog(sys.argv[2], create=False)
@@ -252,7 +259,10 @@ def cold_start(model: Path, catalog: Path, threads: int, frame_path: Path) -> di
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", COLD_START, str(model), str(catalog), str(threads), str(frame_path)],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = round(time.perf_counter() - started, 3)
@@ -285,12 +295,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Plays of the clip per measurement")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench_kiosk"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kiosk.json"))
-    parser.add_argument("--no-after-boot", dest="after_boot", action="store_false",
-                        help="Skip the cold start after emptying the OS page cache (it slows down the whole machine briefly)")
+    parser.add_argument(
+        "--no-after-boot",
+        dest="after_boot",
+        action="store_false",
+        help="Skip the cold start after emptying the OS page cache (it slows down the whole machine briefly)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from edge_app.kiosk import resolve_model
+    from shelfsight.edge_app.kiosk.sources import resolve_model
 
     model = resolve_model(args.model)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +317,7 @@ def main() -> None:
     assert first is not None
     np.save(frame_path, first.rgb)
 
-    from catalog.store import Catalog
+    from shelfsight.catalog.store import Catalog
 
     # Two capture paths: the MJPG clip decoded frame by frame (a webcam in MJPG mode, a stream), and
     # the same frames from memory through the Pi camera source (a camera that delivers raw pixels).
@@ -316,7 +330,10 @@ def main() -> None:
         return ReplayedPiCamera(frames)
 
     results: dict[str, Any] = {
-        "model": str(model), "threads": args.threads, "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)), "sizes": {},
+        "model": str(model),
+        "threads": args.threads,
+        "clip_frames": int(round(clip.segments[-1].end_s * clip.fps)),
+        "sizes": {},
     }
     with open_embedder(model, threads=args.threads) as embedder:
         results["model_input"], results["embedding_dim"] = embedder.input_size, embedder.dim
@@ -334,7 +351,9 @@ def main() -> None:
                     "global_camera": play(global_only, from_camera, args.repeats),
                     "cold": cold_start(model, path, args.threads, frame_path),
                     # The same from an empty page cache: model, libraries and catalog all come from disk.
-                    "cold_after_boot": after_boot(args.after_boot, lambda: cold_start(model, path, args.threads, frame_path)),
+                    "cold_after_boot": after_boot(
+                        args.after_boot, lambda path=path: cold_start(model, path, args.threads, frame_path)
+                    ),
                     "verification_good_shortlist": verification_with_good_shortlist(verified, sample.root),
                 }
             results["sizes"][str(n)] = entry
@@ -348,15 +367,21 @@ def main() -> None:
                 f"cold start {c['cold_start_s']} s, RSS {c['rss_mb']} MB"
                 f" (page cache emptied first: {entry['cold_after_boot'].get('cold_start_s', 'not measured')} s)"
             )
-            print(f"          raw camera frames (no decode): global end-to-end p50 {gc['stages_ms']['end_to_end']['p50']:.2f} ms,"
-                  f" capture p50 {gc['stages_ms']['capture']['p50']:.3f} ms, non-invoke overhead {gc['non_invoke_overhead']}"
-                  f" (stage sum {gc['non_invoke_overhead_stage_sum']})")
+            print(
+                f"          raw camera frames (no decode): global end-to-end p50 {gc['stages_ms']['end_to_end']['p50']:.2f} ms,"
+                f" capture p50 {gc['stages_ms']['capture']['p50']:.3f} ms, non-invoke overhead {gc['non_invoke_overhead']}"
+                f" (stage sum {gc['non_invoke_overhead_stage_sum']})"
+            )
             good = entry["verification_good_shortlist"]
-            print(f"          verification with the right product first in the shortlist: p50 {good['ms']['p50']:.2f} ms"
-                  f" p95 {good['ms']['p95']:.2f} ms, verified {good['true_product_verified']:.0%}")
+            print(
+                f"          verification with the right product first in the shortlist: p50 {good['ms']['p50']:.2f} ms"
+                f" p95 {good['ms']['p95']:.2f} ms, verified {good['true_product_verified']:.0%}"
+            )
             for stage in (*STAGES, "total", "end_to_end"):
-                print(f"          {stage:<13} verified p50 {v['stages_ms'][stage]['p50']:7.2f} p95 {v['stages_ms'][stage]['p95']:7.2f}"
-                      f" | global p50 {g['stages_ms'][stage]['p50']:7.2f} p95 {g['stages_ms'][stage]['p95']:7.2f}")
+                print(
+                    f"          {stage:<13} verified p50 {v['stages_ms'][stage]['p50']:7.2f} p95 {v['stages_ms'][stage]['p95']:7.2f}"
+                    f" | global p50 {g['stages_ms'][stage]['p50']:7.2f} p95 {g['stages_ms'][stage]['p95']:7.2f}"
+                )
     results["host_reference"] = host_reference()
     print(f"host yardstick (issue 3's reference figure): {results['host_reference']}")
     write_report(args.out, results)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchinfo import write_report  # noqa: E402
 
-from edge_app.runtime.litert import LiteRTEmbedder  # noqa: E402
+from shelfsight.edge_app.runtime.litert import LiteRTEmbedder  # noqa: E402
 
 
 def measure(path: Path, threads: int, runs: int) -> dict:
@@ -31,8 +31,13 @@ def measure(path: Path, threads: int, runs: int) -> dict:
         started = time.perf_counter()
         embedder.embed_batch(image)
         times.append((time.perf_counter() - started) * 1000)
-    return {"threads": threads, "ms_p50": float(np.percentile(times, 50)), "ms_p95": float(np.percentile(times, 95)),
-            "ms_mean": float(np.mean(times)), "runs": runs}
+    return {
+        "threads": threads,
+        "ms_p50": float(np.percentile(times, 50)),
+        "ms_p95": float(np.percentile(times, 95)),
+        "ms_mean": float(np.mean(times)),
+        "runs": runs,
+    }
 
 
 def main() -> int:
@@ -43,11 +48,18 @@ def main() -> int:
     args = parser.parse_args()
     out = []
     for path in args.models:
-        row = {"model": str(path), "size_bytes": path.stat().st_size, "latency": [measure(path, t, args.runs) for t in (1, 2)]}
+        row = {
+            "model": str(path),
+            "size_bytes": path.stat().st_size,
+            "latency": [measure(path, t, args.runs) for t in (1, 2)],
+        }
         out.append(row)
         for lat in row["latency"]:
-            print(f"{path.name}: {row['size_bytes'] / 1e6:.2f} MB, {lat['threads']} thread(s): "
-                  f"p50 {lat['ms_p50']:.2f} ms, p95 {lat['ms_p95']:.2f} ms", flush=True)
+            print(
+                f"{path.name}: {row['size_bytes'] / 1e6:.2f} MB, {lat['threads']} thread(s): "
+                f"p50 {lat['ms_p50']:.2f} ms, p95 {lat['ms_p95']:.2f} ms",
+                flush=True,
+            )
     write_report(args.json, {"models": out})
     return 0
 

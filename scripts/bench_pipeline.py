@@ -35,10 +35,11 @@ from bench_retrieval import iconic_catalog  # noqa: E402
 from benchinfo import write_report  # noqa: E402
 from warped_queries import grozi_set, iconic_set  # noqa: E402
 
-from edge_app.eval_pipeline import PipelineRanker, calibrate  # noqa: E402
-from edge_app.evaluate import evaluate, scan_folder  # noqa: E402
-from edge_app.images import iter_image_files  # noqa: E402
-from edge_app.runtime import open_embedder  # noqa: E402
+from shelfsight.edge_app.core.images import iter_image_files  # noqa: E402
+from shelfsight.edge_app.core.labels import scan_folder  # noqa: E402
+from shelfsight.edge_app.evaluation.pipeline import PipelineRanker, calibrate  # noqa: E402
+from shelfsight.edge_app.evaluation.retrieval import evaluate  # noqa: E402
+from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 log = logging.getLogger("bench_pipeline")
 
@@ -63,9 +64,12 @@ def _label(ranker: PipelineRanker, product_id: str) -> str:
 
 
 def _print(label: str, f: dict[str, Any]) -> None:
-    print(f"  {label:15s} R@1 {f['recall_at_1']:.4f}  R@5 {f['recall_at_5']:.4f}  MAP@R {f['map_at_r']:.4f}  "
-          f"p50 {f['query_ms_p50']:.1f} ms  p95 {f['query_ms_p95']:.1f} ms  "
-          f"({f['queries']} queries, {f['products']} products, {f['seconds']} s)", flush=True)
+    print(
+        f"  {label:15s} R@1 {f['recall_at_1']:.4f}  R@5 {f['recall_at_5']:.4f}  MAP@R {f['map_at_r']:.4f}  "
+        f"p50 {f['query_ms_p50']:.1f} ms  p95 {f['query_ms_p95']:.1f} ms  "
+        f"({f['queries']} queries, {f['products']} products, {f['seconds']} s)",
+        flush=True,
+    )
 
 
 def _figures(result: Any, started: float) -> dict[str, Any]:
@@ -89,16 +93,25 @@ def run_setting(embedder: Any, catalog: Path, queries: Path, pipelines: list[str
         try:
             used = ranker.catalog.references()
             kept = {_label(ranker, r["product_id"]) for r in used}
-            row["full_catalog"] = {"build_s": round(time.perf_counter() - started, 1), "references_used": len(used),
-                                   "references": len(references.paths), "products_with_references": len(kept),
-                                   "products": len(set(references.products))}
-            print(f"  full catalog: {len(used)}/{len(references.paths)} references kept by screening, "
-                  f"{len(kept)}/{len(set(references.products))} products have one", flush=True)
+            row["full_catalog"] = {
+                "build_s": round(time.perf_counter() - started, 1),
+                "references_used": len(used),
+                "references": len(references.paths),
+                "products_with_references": len(kept),
+                "products": len(set(references.products)),
+            }
+            print(
+                f"  full catalog: {len(used)}/{len(references.paths)} references kept by screening, "
+                f"{len(kept)}/{len(set(references.products))} products have one",
+                flush=True,
+            )
             row["full"] = _figures(evaluate(embedder, catalog, queries, ranker=ranker), started)
             _print("full", row["full"])
             if len(kept) < len(set(references.products)):
                 started = time.perf_counter()
-                row["full_screened"] = _figures(evaluate(embedder, catalog, queries, ranker=ranker, products=kept), started)
+                row["full_screened"] = _figures(
+                    evaluate(embedder, catalog, queries, ranker=ranker, products=kept), started
+                )
                 _print("full_screened", row["full_screened"])
         finally:
             ranker.close()
@@ -120,14 +133,23 @@ def main() -> int:
     parser.add_argument("--grozi", type=Path, help="GroZi-120 root (product-NNN/*.jpg)")
     parser.add_argument("--settings", default="grocery_train,grocery_iconic,iconic_warped,grozi_warped")
     parser.add_argument("--pipelines", default="global,full")
-    parser.add_argument("--max-per-product", type=int, default=0,
-                        help="Use only the first N queries of each product (0: all) for the photo settings")
-    parser.add_argument("--calibrate", default="iconic_warped", help="Setting to calibrate with --pipeline full ('' to skip)")
+    parser.add_argument(
+        "--max-per-product",
+        type=int,
+        default=0,
+        help="Use only the first N queries of each product (0: all) for the photo settings",
+    )
+    parser.add_argument(
+        "--calibrate", default="iconic_warped", help="Setting to calibrate with --pipeline full ('' to skip)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pipeline.json"))
-    parser.add_argument("--workdir", type=Path, help="Keep the generated sets here (default: a temporary folder), "
-                                                      "e.g. to run `shelfsight eval` on them")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="Keep the generated sets here (default: a temporary folder), e.g. to run `shelfsight eval` on them",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -153,8 +175,12 @@ def main() -> int:
     if args.grozi and "grozi_warped" in wanted:
         settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
 
-    out: dict[str, Any] = {"model": str(args.model), "threads": args.threads,
-                           "load_average_start": load_average(), "settings": {}}
+    out: dict[str, Any] = {
+        "model": str(args.model),
+        "threads": args.threads,
+        "load_average_start": load_average(),
+        "settings": {},
+    }
     with open_embedder(args.model, threads=args.threads) as embedder:
         out["model_fingerprint"] = embedder.fingerprint
         for name in wanted:
@@ -166,10 +192,17 @@ def main() -> int:
         if args.calibrate in settings:
             started = time.perf_counter()
             cal = calibrate(embedder, *settings[args.calibrate], pipeline="full", seed=args.seed)
-            out["calibration"] = {"setting": args.calibrate, **cal.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
-            print(f"calibrate --pipeline full on {args.calibrate}: threshold {cal.threshold:.4f}  known answered right "
-                  f"{cal.known_accept_rate:.4f}  held-out refused {cal.unknown_reject_rate:.4f}  "
-                  f"({cal.known_queries} known / {cal.unknown_queries} unknown queries)", flush=True)
+            out["calibration"] = {
+                "setting": args.calibrate,
+                **cal.to_dict(),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            print(
+                f"calibrate --pipeline full on {args.calibrate}: threshold {cal.threshold:.4f}  known answered right "
+                f"{cal.known_accept_rate:.4f}  held-out refused {cal.unknown_reject_rate:.4f}  "
+                f"({cal.known_queries} known / {cal.unknown_queries} unknown queries)",
+                flush=True,
+            )
     out["load_average_end"] = load_average()
 
     print(f"\n{'setting':15s} {'pipeline':15s} {'R@1':>7s} {'R@5':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'queries':>8s}")
@@ -177,8 +210,10 @@ def main() -> int:
         for pipeline in ("global", "full", "global_screened", "full_screened"):
             if pipeline in row:
                 f = row[pipeline]
-                print(f"{name:15s} {pipeline:15s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
-                      f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}")
+                print(
+                    f"{name:15s} {pipeline:15s} {f['recall_at_1']:7.4f} {f['recall_at_5']:7.4f} "
+                    f"{f['query_ms_p50']:8.1f} {f['query_ms_p95']:8.1f} {f['queries']:8d}"
+                )
     write_report(args.out, out)
     return 0
 

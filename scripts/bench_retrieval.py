@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import write_report  # noqa: E402
 
-from edge_app.evaluate import evaluate  # noqa: E402
-from edge_app.runtime import open_embedder  # noqa: E402
+from shelfsight.edge_app.evaluation.retrieval import evaluate  # noqa: E402
+from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 
 def iconic_catalog(data: Path, out: Path) -> Path:
     """The iconic images as an ImageFolder keyed like the photos (the dataset files one under another folder)."""
-    from train.data import grocery_iconic
+    from shelfsight.train.data import grocery_iconic
 
     for sample in grocery_iconic(data / "classes.csv"):
         folder = out / sample.product
@@ -54,7 +54,9 @@ def main() -> int:
     parser.add_argument("--data", required=True, type=Path, help="Grocery Store dataset root")
     parser.add_argument("--run", type=Path, help="fine-tuned training run directory (float model)")
     parser.add_argument("--int8", type=Path, help="int8 .tflite export of that run")
-    parser.add_argument("--baseline/--no-baseline", dest="baseline", default=True, action=argparse.BooleanOptionalAction)
+    parser.add_argument(
+        "--baseline/--no-baseline", dest="baseline", default=True, action=argparse.BooleanOptionalAction
+    )
     parser.add_argument("--disjoint-run", type=Path, help="run trained without the held-out products")
     parser.add_argument("--disjoint-products", type=Path, help="file listing the held-out product ids")
     parser.add_argument("--json", type=Path, required=True)
@@ -66,8 +68,8 @@ def main() -> int:
     queries = args.data / "val"
     models = {}
     if args.baseline:
-        from train.keras_embedder import KerasEmbedder
-        from train.model import imagenet_embedding_model
+        from shelfsight.train.keras_embedder import KerasEmbedder
+        from shelfsight.train.model import imagenet_embedding_model
 
         models["imagenet_backbone"] = lambda: KerasEmbedder(model=imagenet_embedding_model(224))
     if args.run:
@@ -83,8 +85,11 @@ def main() -> int:
                 result = evaluate(embedder, catalog, queries)
                 row = figures(result) | {"seconds": round(time.time() - started, 1)}
                 out["results"][f"{name}/{catalog_name}"] = row
-                print(f"{name:18s} {catalog_name:13s} R@1 {row['recall_at_1']:.4f}  R@5 {row['recall_at_5']:.4f}  "
-                      f"MAP@R {row['map_at_r']:.4f}  ({row['queries']} queries, {row['products']} products)", flush=True)
+                print(
+                    f"{name:18s} {catalog_name:13s} R@1 {row['recall_at_1']:.4f}  R@5 {row['recall_at_5']:.4f}  "
+                    f"MAP@R {row['map_at_r']:.4f}  ({row['queries']} queries, {row['products']} products)",
+                    flush=True,
+                )
 
     if args.disjoint_run and args.disjoint_products:
         held_out = [line.strip() for line in args.disjoint_products.read_text().splitlines() if line.strip()]
@@ -98,8 +103,11 @@ def main() -> int:
                     result = evaluate(embedder, catalog, queries, products=held_out)
                     row = figures(result)
                     out["results"][f"held_out/{name}/{catalog_name}"] = row
-                    print(f"held-out {name:26s} {catalog_name:13s} R@1 {row['recall_at_1']:.4f}  "
-                          f"R@5 {row['recall_at_5']:.4f}  ({row['queries']} queries, {row['products']} products)", flush=True)
+                    print(
+                        f"held-out {name:26s} {catalog_name:13s} R@1 {row['recall_at_1']:.4f}  "
+                        f"R@5 {row['recall_at_5']:.4f}  ({row['queries']} queries, {row['products']} products)",
+                        flush=True,
+                    )
     write_report(args.json, out)
     return 0
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import host_reference, write_report  # noqa: E402
 
-from catalog.index import SearchIndex  # noqa: E402
-from catalog.records import quantize_many  # noqa: E402
+from shelfsight.catalog.index import SearchIndex  # noqa: E402
+from shelfsight.catalog.records import quantize_many  # noqa: E402
 
 log = logging.getLogger("bench_search")
 
@@ -116,7 +116,10 @@ def bench(n: int, dim: int, n_queries: int, seed: int) -> dict[str, float | int]
         "recall_at_5": round(found / (5 * n_queries), 4),
         "exact_float_p50_ms": round(float(np.median(exact_ms)), 4),
         "index_build_s": round(build_s, 2),
-        "index_mb": round((index.codes.nbytes + index.scales.nbytes + (index._bits.nbytes if index._bits is not None else 0)) / 2**20, 1),
+        "index_mb": round(
+            (index.codes.nbytes + index.scales.nbytes + (index._bits.nbytes if index._bits is not None else 0)) / 2**20,
+            1,
+        ),
     }
 
 
@@ -142,8 +145,10 @@ def main() -> None:
                 flush=True,
             )
     reference = host_reference()
-    print(f"host yardstick: {reference['operation']}: p50 {reference['p50_ms']} ms "
-          f"(issue's machine {reference['issue_machine_ms']} ms; this host {reference['slowdown_vs_issue_machine']}x)")
+    print(
+        f"host yardstick: {reference['operation']}: p50 {reference['p50_ms']} ms "
+        f"(issue's machine {reference['issue_machine_ms']} ms; this host {reference['slowdown_vs_issue_machine']}x)"
+    )
     if args.json:
         report = {
             "numpy": np.__version__,

@@ -33,14 +33,24 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "sync"))  # the test harness: HQ, kiosks, taps, kill trials
 
 from benchinfo import write_report  # noqa: E402
-from sync_helpers import Hq, RunningServer, Searcher, Tap, check_kiosk_catalog, kill_trials, kiosk_config, run_fleet, seed_kiosk  # noqa: E402
 
-from catalog.store import Catalog  # noqa: E402
-from catalog.sync.codec import encode_delta  # noqa: E402
-from catalog.sync.envelope import EnvelopeHeader, generate_keys, load_signer  # noqa: E402
-from catalog.sync.kiosk import KioskSync  # noqa: E402
-from catalog.sync.localbroker import Broker  # noqa: E402
-from catalog.sync.releases import seed_release  # noqa: E402
+from shelfsight.catalog.store import Catalog  # noqa: E402
+from shelfsight.catalog.sync.codec import encode_delta  # noqa: E402
+from shelfsight.catalog.sync.envelope import EnvelopeHeader, generate_keys, load_signer  # noqa: E402
+from shelfsight.edge_app.kiosk.updates.releases import seed_release  # noqa: E402
+from shelfsight.edge_app.kiosk.updates.worker import KioskSync  # noqa: E402
+from tests.support.broker import Broker  # noqa: E402
+from tests.support.sync import (  # noqa: E402
+    Hq,
+    RunningServer,
+    Searcher,
+    Tap,
+    check_kiosk_catalog,
+    kill_trials,
+    kiosk_config,
+    run_fleet,
+    seed_kiosk,
+)
 
 DIM = 128  # a realistic embedding size for the benchmark (tests use 16)
 WAIT = 600.0
@@ -213,7 +223,10 @@ def scenario_forgeries(b: Bench) -> dict[str, Any]:
     changes = hq.catalog.changes_since(base - 2)
     changes = [{**c, "version": base + 1 + i} for i, c in enumerate(changes)]
     other = load_signer(generate_keys(b.work / "attacker-keys")[0])
-    genuine = b.signer.seal(EnvelopeHeader(kind="delta", fleet="other", seq=1, base=base, target=changes[-1]["version"]), encode_delta(changes))
+    genuine = b.signer.seal(
+        EnvelopeHeader(kind="delta", fleet="other", seq=1, base=base, target=changes[-1]["version"]),
+        encode_delta(changes),
+    )
     rng = np.random.default_rng(2)
     attempts = 200 if b.quick else 2000
     tap = Tap(b.broker, client_id="forger")

@@ -25,7 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from edge_app.images import iter_image_files, load_rgb
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def clutter(rng: np.random.Generator, pool: Sequence[np.ndarray], size: int) -> 
     return cv2.GaussianBlur(canvas, (0, 0), 2.0)
 
 
-def warp_onto(rng: np.random.Generator, rgb: np.ndarray, background: np.ndarray, p: WarpParams,
-              relight: bool) -> np.ndarray:
+def warp_onto(
+    rng: np.random.Generator, rgb: np.ndarray, background: np.ndarray, p: WarpParams, relight: bool
+) -> np.ndarray:
     """`rgb` rotated by any angle, tilted, scaled and placed on `background` (same size as the output)."""
     h, w = rgb.shape[:2]
     size = background.shape[0]
@@ -101,8 +102,9 @@ def _largest_first(path: Path) -> tuple[int, int, str]:
     return -min(w, h), -w * h, path.name
 
 
-def grozi_set(root: Path, out: Path, *, n_catalog: int = 3, max_queries: int = 4, seed: int = 0,
-              params: WarpParams = WarpParams()) -> tuple[Path, Path]:
+def grozi_set(
+    root: Path, out: Path, *, n_catalog: int = 3, max_queries: int = 4, seed: int = 0, params: WarpParams = WarpParams()
+) -> tuple[Path, Path]:
     """GroZi-120: largest crops as catalog, other crops warped onto clutter as queries."""
     rng = np.random.default_rng(seed)
     products = sorted(p for p in root.iterdir() if p.is_dir())
@@ -115,13 +117,16 @@ def grozi_set(root: Path, out: Path, *, n_catalog: int = 3, max_queries: int = 4
             _link(path, out / "catalog" / name / path.name)
         for path in [p for p in paths if p not in catalog][:max_queries]:
             background = clutter(rng, pool, params.out_size)
-            _save(warp_onto(rng, load_rgb(path), background, params, relight=False),
-                  out / "queries" / name / f"{path.stem}.jpg")
+            _save(
+                warp_onto(rng, load_rgb(path), background, params, relight=False),
+                out / "queries" / name / f"{path.stem}.jpg",
+            )
     return out / "catalog", out / "queries"
 
 
-def iconic_set(catalog: Path, out: Path, *, per_product: int = 3, seed: int = 0,
-               params: WarpParams = WarpParams()) -> Path:
+def iconic_set(
+    catalog: Path, out: Path, *, per_product: int = 3, seed: int = 0, params: WarpParams = WarpParams()
+) -> Path:
     """Warped and relit renderings of each iconic image (ImageFolder `catalog`) as queries."""
     rng = np.random.default_rng(seed)
     images = sorted(p for p in iter_image_files(catalog) if p.parent != catalog)

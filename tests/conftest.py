@@ -61,13 +61,21 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished training run directory of the tiny backbone (real training, a few steps)."""
-    from train.config import TrainConfig
-    from train.trainer import train
+    from shelfsight.train.config import TrainConfig
+    from shelfsight.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("tiny-run")
     cfg = TrainConfig(
-        sources=[str(tiny_dataset["train"])], backbone="tiny", pretrained=False, input_size=TINY_SIZE,
-        embedding_dim=TINY_DIM, epochs=3, steps_per_epoch=8, batch_size=8, learning_rate=3e-3, train_from_block=0,
+        sources=[str(tiny_dataset["train"])],
+        backbone="tiny",
+        pretrained=False,
+        input_size=TINY_SIZE,
+        embedding_dim=TINY_DIM,
+        epochs=3,
+        steps_per_epoch=8,
+        batch_size=8,
+        learning_rate=3e-3,
+        train_from_block=0,
     )
     train(cfg, run_dir, verbose=0)
     return run_dir
@@ -76,12 +84,16 @@ def tiny_run(tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run: Path, tiny_dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a real int8 `.tflite` embedder (64 px in, 32-d out) with its verified sidecar."""
-    from convert.tflite import convert_run
+    from shelfsight.convert.tflite import convert_run
 
     out = tmp_path_factory.mktemp("tiny-model") / "tiny.tflite"
     convert_run(
-        tiny_run, out, quantization="int8", calibration_dir=tiny_dataset["train"],
-        parity_catalog=tiny_dataset["catalog"], parity_queries=tiny_dataset["queries"],
+        tiny_run,
+        out,
+        quantization="int8",
+        calibration_dir=tiny_dataset["train"],
+        parity_catalog=tiny_dataset["catalog"],
+        parity_queries=tiny_dataset["queries"],
         # a few-step model is not yet smooth enough for the production tolerance on Recall@1
         max_drop_points=100.0,
     )

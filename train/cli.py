@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edge_app.cli import domain_errors
+from shelfsight.edge_app.core.clitools import domain_errors
 
 
 def quiet_tensorflow() -> None:
@@ -39,12 +39,25 @@ def _augment_arg(items: tuple[str, ...]) -> dict[str, object]:
 
 
 @click.command("train")
-@click.option("--data", "sources", multiple=True, type=click.Path(exists=True),
-              help="Image folder, Grocery Store list (.txt) or classes.csv (iconic images). Repeatable.")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
-              help="Where the model, config, log, checkpoints and manifest go. Re-run to resume.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="A JSON training config; command-line options override it.")
+@click.option(
+    "--data",
+    "sources",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Image folder, Grocery Store list (.txt) or classes.csv (iconic images). Repeatable.",
+)
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the model, config, log, checkpoints and manifest go. Re-run to resume.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A JSON training config; command-line options override it.",
+)
 @click.option("--epochs", type=int, help="Passes over the data (default 12).")
 @click.option("--batch-size", type=int, help="Images per step (default 32).")
 @click.option("--steps-per-epoch", type=int, help="Steps per epoch (default: one pass).")
@@ -53,12 +66,22 @@ def _augment_arg(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--backbone", type=click.Choice(["efficientnet-lite0", "tiny"]), help="Backbone network.")
 @click.option("--train-from-block", type=int, help="Freeze backbone blocks below this one (default 4).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (default 4e-4).")
-@click.option("--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training.")
-@click.option("--init-from", type=click.Path(exists=True),
-              help="Start from this finished run's model (a second training stage), or from an exported "
-                   ".tflite with its sidecar (its weights are read back) when the run is gone.")
-@click.option("--augment", "augment_items", multiple=True, metavar="KEY=JSON",
-              help="Override an augmentation setting, e.g. rotate_prob=0.5 or 'zoom_out=[0.7,1.0]'. Repeatable.")
+@click.option(
+    "--exclude-products", help="Comma-separated product ids, or a file with one per line, left out of training."
+)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True),
+    help="Start from this finished run's model (a second training stage), or from an exported "
+    ".tflite with its sidecar (its weights are read back) when the run is gone.",
+)
+@click.option(
+    "--augment",
+    "augment_items",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Override an augmentation setting, e.g. rotate_prob=0.5 or 'zoom_out=[0.7,1.0]'. Repeatable.",
+)
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @domain_errors
@@ -83,8 +106,8 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, augmen
         --data ../shared/datasets/grocery-store/train.txt --learning-rate 1e-4
     """
     quiet_tensorflow()
-    from train.config import TrainConfig
-    from train.trainer import train
+    from shelfsight.train.config import TrainConfig
+    from shelfsight.train.trainer import train
 
     cfg = TrainConfig.load(config_file) if config_file else TrainConfig()
     if sources:

@@ -6,15 +6,18 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_app.errors import ConfigError
-from train.model import BACKBONES
+from shelfsight.edge_app.core.errors import ConfigError
+from shelfsight.train.model import BACKBONES
+
+if TYPE_CHECKING:
+    from shelfsight.train.augment import AugmentConfig
 
 
 def augment_problems(augment: dict[str, Any]) -> list[str]:
     """Names the augmentation overrides that AugmentConfig does not have or that have the wrong shape."""
-    from train.augment import AugmentConfig
+    from shelfsight.train.augment import AugmentConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
     problems = []
@@ -68,10 +71,10 @@ class TrainConfig:
             raise ConfigError("invalid training config: " + "; ".join(problems))
         return self
 
-    def augment_config(self):  # -> train.augment.AugmentConfig
-        from train.augment import AugmentConfig
+    def augment_config(self) -> AugmentConfig:
+        from shelfsight.train.augment import AugmentConfig
 
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
         return AugmentConfig(**values)
 
     def to_dict(self) -> dict[str, Any]:

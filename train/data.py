@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
-from edge_app.errors import InputError
-from edge_app.images import IMAGE_SUFFIXES
+from shelfsight.edge_app.core.errors import InputError
+from shelfsight.edge_app.core.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _grocery_product(relative: str) -> str:
 
 def image_folder(root: Path) -> list[Sample]:
     """Labelled exactly as `shelfsight eval` labels folders, so training and evaluation ids agree."""
-    from edge_app.evaluate import scan_folder
+    from shelfsight.edge_app.core.labels import scan_folder
 
     labelled = scan_folder(root, "training")
     return [Sample(p, product) for p, product in zip(labelled.paths, labelled.products)]
@@ -80,7 +80,7 @@ def grocery_iconic(classes_csv: Path) -> list[Sample]:
     the class id in `classes.csv` is what ties them together.
     """
     base = classes_csv.parent
-    list_file = base / "train.txt"
+    list_file = base / "shelfsight.train.txt"
     by_id = _products_by_fine_id(list_file) if list_file.is_file() else {}
     samples: list[Sample] = []
     with open(classes_csv, newline="") as handle:
@@ -135,7 +135,7 @@ def check_images(samples: Sequence[Sample]) -> None:
     """Decode every image once (cheaply, JPEG draft mode) so a corrupt file fails here, by name."""
     from PIL import Image
 
-    from edge_app.errors import ImageError
+    from shelfsight.edge_app.core.errors import ImageError
 
     for sample in samples:
         try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ModelError
-from edge_app.runtime.embedder import Embedder, l2_normalise
-from edge_app.runtime.spec import ModelSpec, sha256_file
+from shelfsight.edge_app.core.embedder import Embedder, l2_normalise
+from shelfsight.edge_app.core.errors import ModelError
+from shelfsight.edge_app.core.spec import ModelSpec, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class KerasEmbedder(Embedder):
         import keras
         import tensorflow as tf
 
-        from train.trainer import MODEL_FILE, load_manifest
+        from shelfsight.train.trainer import MODEL_FILE, load_manifest
 
         if model is None:
             if run_dir is None:
@@ -47,7 +47,9 @@ class KerasEmbedder(Embedder):
             )
         if spec is None:
             size, dim = int(model.input_shape[1]), int(model.output_shape[-1])
-            spec = ModelSpec(fingerprint="keras-in-memory", input_size=size, embedding_dim=dim, quantization="float32-keras")
+            spec = ModelSpec(
+                fingerprint="keras-in-memory", input_size=size, embedding_dim=dim, quantization="float32-keras"
+            )
         self.spec = spec
         self.model = model
         self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)

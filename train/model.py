@@ -46,7 +46,7 @@ def build_embedding_model(
     from keras import layers
 
     if backbone == "efficientnet-lite0":
-        from train.backbone import build_backbone, load_pretrained_backbone
+        from shelfsight.train.backbone import build_backbone, load_pretrained_backbone
 
         net = load_pretrained_backbone(input_size, weights) if pretrained else build_backbone(input_size)
     elif backbone == "tiny":
@@ -112,7 +112,7 @@ def imagenet_embedding_model(input_size: int = 224, weights: str | Path | None =
     import keras
     from keras import layers
 
-    from train.backbone import load_pretrained_backbone
+    from shelfsight.train.backbone import load_pretrained_backbone
 
     pixels = keras.Input((input_size, input_size, 3), name="pixels")
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalise")(pixels)

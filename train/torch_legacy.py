@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from edge_app.errors import ModelError
+from shelfsight.edge_app.core.errors import ModelError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -49,7 +49,9 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage: tuple[str, str], offset: int, shape: tuple[int, ...], stride: tuple[int, ...], *_: Any) -> _TensorRef:
+def _rebuild_tensor_v2(
+    storage: tuple[str, str], offset: int, shape: tuple[int, ...], stride: tuple[int, ...], *_: Any
+) -> _TensorRef:
     return _TensorRef(storage[0], int(offset), tuple(shape), tuple(stride))
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from edge_app.errors import ConfigError
-from edge_app.runtime.spec import PREPROCESSING
-from train.config import TrainConfig
-from train.data import Sample, check_images, fingerprint, load_sources
+from shelfsight.edge_app.core.errors import ConfigError
+from shelfsight.edge_app.core.spec import PREPROCESSING
+from shelfsight.train.config import TrainConfig
+from shelfsight.train.data import Sample, check_images, fingerprint, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _strategy():
 def _dataset(samples: list[Sample], classes: list[str], cfg: TrainConfig):
     import tensorflow as tf
 
-    from train.augment import augment, decode, fit_square
+    from shelfsight.train.augment import augment, decode, fit_square
 
     index = {name: i for i, name in enumerate(classes)}
     paths = tf.constant([str(s.path) for s in samples])
@@ -87,11 +87,11 @@ def _initialise_from(embedder, cfg: TrainConfig) -> str:
     input size may differ). Returns the SHA-256 of the file the weights came from, for the manifest."""
     import keras
 
-    from edge_app.runtime.spec import load_spec, sha256_file
+    from shelfsight.edge_app.core.spec import load_spec, sha256_file
 
     source = Path(cfg.init_from)
     if source.suffix == ".tflite":
-        from train.warm_start import load_tflite_weights
+        from shelfsight.train.warm_start import load_tflite_weights
 
         spec = load_spec(source)  # refuses a model that does not match its sidecar
         if spec.embedding_dim != cfg.embedding_dim or spec.backbone != cfg.backbone:
@@ -122,7 +122,7 @@ def _class_means(embedder, samples: list[Sample], classes: list[str], cfg: Train
     import numpy as np
     import tensorflow as tf
 
-    from train.augment import decode, fit_square
+    from shelfsight.train.augment import decode, fit_square
 
     paths = tf.data.Dataset.from_tensor_slices([str(s.path) for s in samples])
     images = paths.map(lambda p: fit_square(decode(p), cfg.input_size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, verbose: int = 1, callbacks: Se
     import keras
     import tensorflow as tf
 
-    from train.model import build_embedding_model, set_trainable
+    from shelfsight.train.model import build_embedding_model, set_trainable
 
     cfg.validate()
     run_dir = Path(run_dir)

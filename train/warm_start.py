@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.errors import ModelError
+from shelfsight.edge_app.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _weighted_layers(embedder: Any) -> list[tuple[Any, Any]]:
     """(conv / depthwise / dense layer, the batch norm that follows it or None), in graph order."""
     from keras import layers
 
-    from train.model import EMBEDDING_LAYER, backbone_of
+    from shelfsight.train.model import EMBEDDING_LAYER, backbone_of
 
     pairs: list[tuple[Any, Any]] = []
     for layer in backbone_of(embedder).layers:
@@ -59,12 +59,14 @@ def load_tflite_weights(embedder: Any, path: str | Path) -> None:
     Raises ModelError when the file is not a readable TFLite model (int8, fp16 or
     fp32) or its layers do not match the embedder's one for one.
     """
-    from edge_app.runtime.litert import read_layer_weights
+    from shelfsight.edge_app.runtime.litert import read_layer_weights
 
     tflite = read_layer_weights(path)
     pairs = _weighted_layers(embedder)
     if len(tflite) != len(pairs):
-        raise ModelError(f"{path}: {len(tflite)} weighted layers, this embedder has {len(pairs)}; another architecture?")
+        raise ModelError(
+            f"{path}: {len(tflite)} weighted layers, this embedder has {len(pairs)}; another architecture?"
+        )
     for (layer, bn), weights in zip(pairs, tflite):
         kernel = _keras_kernel(weights.op, weights.kernel)
         channels = kernel.shape[-2] if weights.op == "DEPTHWISE_CONV_2D" else kernel.shape[-1]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_app.errors import SyncError
+from shelfsight.edge_app.core.errors import SyncError
 
 # Topic name + MQTT fixed/variable header + properties, rounded up generously.
 PACKET_OVERHEAD = 512

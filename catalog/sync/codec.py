@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from catalog.sync.chunks import BlobManifest
-from edge_app.errors import SyncError
+from shelfsight.catalog.sync.chunks import BlobManifest
+from shelfsight.edge_app.core.errors import SyncError
 
 # Protects against zip bombs: a payload may not inflate beyond this many times its size.
 MAX_INFLATION = 64

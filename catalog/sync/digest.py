@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from catalog.store import LOCAL_VERSION, Catalog
+from shelfsight.catalog.store import LOCAL_VERSION, Catalog
 
 _QUERY = (
     f"SELECT 'P', id, version FROM products WHERE version > {LOCAL_VERSION} "

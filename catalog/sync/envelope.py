@@ -22,10 +22,13 @@ from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_app.errors import ConfigError, SyncError
+from shelfsight.edge_app.core.errors import ConfigError, SyncError
 
 MAGIC = b"SSE1"
 SIGNATURE_BYTES = 64

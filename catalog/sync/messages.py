@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from catalog.sync.codec import validation_problems
-from catalog.sync.topics import check_name
-from edge_app.errors import ConfigError, SyncError
+from shelfsight.catalog.sync.codec import validation_problems
+from shelfsight.catalog.sync.topics import check_name
+from shelfsight.edge_app.core.errors import ConfigError, SyncError
 
 MAX_STATUS_BYTES = 8 * 1024
 MAX_ENROLL_BYTES = 2 * 1024 * 1024
@@ -109,8 +109,9 @@ def parse_upstream(model: type[BaseModel], payload: bytes, *, topic: str, max_by
     except ValidationError as exc:
         raise SyncError(f"{topic}: malformed {model.__name__} ({validation_problems(exc)})") from exc
     sender = topic.rsplit("/", 1)[-1]
-    if getattr(parsed, "kiosk_id", sender) != sender:
-        raise SyncError(f"{topic}: payload claims kiosk {getattr(parsed, 'kiosk_id')!r}, topic says {sender!r}")
+    claimed = getattr(parsed, "kiosk_id", sender)
+    if claimed != sender:
+        raise SyncError(f"{topic}: payload claims kiosk {claimed!r}, topic says {sender!r}")
     return parsed
 
 

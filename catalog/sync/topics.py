@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edge_app.errors import ConfigError
+from shelfsight.edge_app.core.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

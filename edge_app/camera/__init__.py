@@ -5,16 +5,29 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from edge_app.camera.base import Frame, FrameSource
-from edge_app.camera.folder import FolderSource
-from edge_app.camera.opencv import OpenCVSource, VideoFileSource
-from edge_app.camera.picamera import PiCameraSource
-from edge_app.camera.reconnect import ReconnectingSource
-from edge_app.config import CameraConfig, FolderConfig, OpenCVCameraConfig, PiCameraConfig, VideoConfig
+from shelfsight.edge_app.camera.base import Frame, FrameSource
+from shelfsight.edge_app.camera.config import (
+    CameraConfig,
+    FolderConfig,
+    OpenCVCameraConfig,
+    PiCameraConfig,
+    VideoConfig,
+)
+from shelfsight.edge_app.camera.folder import FolderSource
+from shelfsight.edge_app.camera.opencv import OpenCVSource, VideoFileSource
+from shelfsight.edge_app.camera.picamera import PiCameraSource
+from shelfsight.edge_app.camera.reconnect import ReconnectingSource
 
 __all__ = [
-    "FolderSource", "Frame", "FrameSource", "OpenCVSource", "PiCameraSource", "ReconnectingSource",
-    "VideoFileSource", "open_source", "source_factory",
+    "FolderSource",
+    "Frame",
+    "FrameSource",
+    "OpenCVSource",
+    "PiCameraSource",
+    "ReconnectingSource",
+    "VideoFileSource",
+    "open_source",
+    "source_factory",
 ]
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.camera.base import FrameSource
-from edge_app.errors import CameraError, ImageError, InputError
-from edge_app.images import iter_image_files, load_rgb
+from shelfsight.edge_app.camera.base import FrameSource
+from shelfsight.edge_app.core.errors import CameraError, ImageError, InputError
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 
 log = logging.getLogger(__name__)
 

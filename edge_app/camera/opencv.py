@@ -11,8 +11,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_app.camera.base import FrameSource
-from edge_app.errors import CameraError
+from shelfsight.edge_app.camera.base import FrameSource
+from shelfsight.edge_app.core.errors import CameraError
 
 log = logging.getLogger(__name__)
 

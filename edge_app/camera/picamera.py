@@ -8,8 +8,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_app.camera.base import FrameSource
-from edge_app.errors import CameraError
+from shelfsight.edge_app.camera.base import FrameSource
+from shelfsight.edge_app.core.errors import CameraError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ class PiCameraSource(FrameSource):
         try:
             from picamera2 import Picamera2  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise CameraError("picamera2 is not installed; on a Raspberry Pi: sudo apt install python3-picamera2") from exc
+            raise CameraError(
+                "picamera2 is not installed; on a Raspberry Pi: sudo apt install python3-picamera2"
+            ) from exc
         camera = None
         try:
             camera = Picamera2()

@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from edge_app.camera.base import Frame, FrameSource
-from edge_app.errors import CameraError
+from shelfsight.edge_app.camera.base import Frame, FrameSource
+from shelfsight.edge_app.core.errors import CameraError
 
 log = logging.getLogger(__name__)
 

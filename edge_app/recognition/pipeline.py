@@ -28,11 +28,17 @@ from typing import Any, Generic, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from edge_app.config import RecognitionConfig, RoiConfig
-from edge_app.errors import CatalogError, ImageError
-from edge_app.images import fit_square
-from edge_app.recognition.verify import MIN_MATCHES, Features, count_inliers, extract, match_references
-from edge_app.runtime.embedder import Embedder
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import CatalogError, ImageError
+from shelfsight.edge_app.core.images import fit_square
+from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
+from shelfsight.edge_app.recognition.verify import (
+    MIN_MATCHES,
+    Features,
+    count_inliers,
+    extract,
+    match_references,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,12 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "product_id": self.product_id, "name": self.name, "score": round(self.score, 4),
-            "similarity": round(self.similarity, 4), "inliers": self.inliers, "verified": self.verified,
+            "product_id": self.product_id,
+            "name": self.name,
+            "score": round(self.score, 4),
+            "similarity": round(self.similarity, 4),
+            "inliers": self.inliers,
+            "verified": self.verified,
             "confidence": round(self.confidence, 4),
         }
 
@@ -128,9 +138,7 @@ def texture(rgb: np.ndarray) -> float:
 
 def public_product(data: dict[str, Any]) -> dict[str, Any]:
     """Product data for display: no binary fields, no internal reference list."""
-    return {
-        k: v for k, v in data.items() if k != "references" and not isinstance(v, (bytes, bytearray, memoryview))
-    }
+    return {k: v for k, v in data.items() if k != "references" and not isinstance(v, (bytes, bytearray, memoryview))}
 
 
 CatalogT = TypeVar("CatalogT", bound=CatalogLike)
@@ -227,7 +235,9 @@ class Recognizer(Generic[CatalogT]):
             return None
         return Features(points, descriptors)
 
-    def verify_shortlist(self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]) -> tuple[dict[str, int], int]:
+    def verify_shortlist(
+        self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]
+    ) -> tuple[dict[str, int], int]:
         """Inliers per shortlisted product.
 
         Fast path: the top hit's best view alone; a match with `fast_inliers`
@@ -253,8 +263,12 @@ class Recognizer(Generic[CatalogT]):
             for j in range(cfg.max_references):
                 if j > 0 and any(n >= cfg.min_inliers for n in inliers.values()):
                     break
-                loaded = [(pid, f) for pid, refs in views.items() if len(refs) > j
-                          if (f := self._reference_features(pid, refs[j])) is not None]
+                loaded = [
+                    (pid, f)
+                    for pid, refs in views.items()
+                    if len(refs) > j
+                    if (f := self._reference_features(pid, refs[j])) is not None
+                ]
                 if not loaded:
                     break
                 counts = match_references(query, [f for _, f in loaded], cfg.ratio, cfg.ransac_px, cfg.min_coverage)
@@ -281,8 +295,12 @@ class Recognizer(Generic[CatalogT]):
                 score -= 1.0  # looked at and not confirmed: below every verified or near-certain candidate
             candidates.append(
                 Candidate(
-                    product_id=str(hit.product_id), similarity=similarity, inliers=n, score=score,
-                    confidence=combined_confidence(similarity, bonus), verified=bonus > 0,
+                    product_id=str(hit.product_id),
+                    similarity=similarity,
+                    inliers=n,
+                    score=score,
+                    confidence=combined_confidence(similarity, bonus),
+                    verified=bonus > 0,
                     reference_id=str(hit.reference_id),
                     name=str(self._product_data(str(hit.product_id)).get("name", "")),
                 )

@@ -16,7 +16,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from catalog.keypoints import WORK_SIZE, compute_keypoints
+from shelfsight.edge_app.core.features import WORK_SIZE, compute_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def _plausible(h: np.ndarray) -> bool:
 
 
 def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float) -> int:
-    homography, mask = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px,
-                                          maxIters=500, confidence=0.99)
+    homography, mask = cv2.findHomography(
+        src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px, maxIters=500, confidence=0.99
+    )
     if homography is None or mask is None or not _plausible(homography):
         return 0
     inlier_points = src[mask.ravel().astype(bool)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from edge_app.recognition.pipeline import Recognition
+from shelfsight.edge_app.recognition.pipeline import Recognition
 
 # What a frame votes for: ("product", id), ("unknown", None) or ("empty", None).
 Vote = tuple[str, str | None]
@@ -49,7 +49,10 @@ class TemporalVoter:
         elif self._current.decision != "starting":
             current_vote: Vote = (self._current.decision, self._current.product_id)
             self._current = Announcement(
-                self._current.decision, self._current.product_id, counts.get(current_vote, 0), self.window,
+                self._current.decision,
+                self._current.product_id,
+                counts.get(current_vote, 0),
+                self.window,
                 self._current.recognition,
             )
         # Forget recognitions that no longer have a vote in the window.

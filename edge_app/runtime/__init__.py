@@ -1,6 +1,5 @@
-"""Model runtime: the embedder interface, its adapters and the model's spec sidecar."""
+"""Model runtime: the LiteRT adapter of the `Embedder` interface and the factory that opens a model path."""
 
-from edge_app.runtime.embedder import Embedder, open_embedder
-from edge_app.runtime.spec import ModelSpec, load_spec, sha256_file
+from shelfsight.edge_app.runtime.factory import open_embedder
 
-__all__ = ["Embedder", "ModelSpec", "load_spec", "open_embedder", "sha256_file"]
+__all__ = ["open_embedder"]

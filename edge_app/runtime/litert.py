@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_app.errors import ModelError
-from edge_app.runtime.embedder import Embedder, l2_normalise
-from edge_app.runtime.spec import ModelSpec, load_spec
+from shelfsight.edge_app.core.embedder import Embedder, l2_normalise
+from shelfsight.edge_app.core.errors import ModelError
+from shelfsight.edge_app.core.spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ def read_layer_weights(path: str | Path) -> list[LayerWeights]:
             layers.append(LayerWeights(op["op_name"], kernel, bias))
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot read the model's weights ({exc})") from exc
-    if not layers or not all(np.isfinite(l.kernel).all() and (l.bias is None or np.isfinite(l.bias).all()) for l in layers):
+    if not layers or not all(
+        np.isfinite(layer.kernel).all() and (layer.bias is None or np.isfinite(layer.bias).all()) for layer in layers
+    ):
         raise ModelError(f"{path}: no readable weights (or some are not finite)")
     return layers
 
@@ -139,7 +141,9 @@ class LiteRTEmbedder(Embedder):
             raise ModelError(f"{self.path}: input shape {tuple(inp['shape'])} does not match spec size {size}")
         if int(out["shape"][-1]) != self.dim:
             raise ModelError(f"{self.path}: output dim {out['shape'][-1]} does not match spec dim {self.dim}")
-        log.info("loaded %s (%s, %dpx -> %dd, %d threads)", self.path.name, self.spec.quantization, size, self.dim, threads)
+        log.info(
+            "loaded %s (%s, %dpx -> %dd, %d threads)", self.path.name, self.spec.quantization, size, self.dim, threads
+        )
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         if self._in_dtype == np.uint8:

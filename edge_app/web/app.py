@@ -26,9 +26,10 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from edge_app.errors import ImageError, InputError, ShelfsightError
-from edge_app.images import decode_rgb
-from edge_app.kiosk import Kiosk, KioskState
+from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
+from shelfsight.edge_app.core.images import decode_rgb
+from shelfsight.edge_app.recognition.state import KioskState
+from shelfsight.edge_app.web.service import KioskService
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _error(status: int, reason: str) -> tuple[Response, int]:
     return jsonify({"error": reason}), status
 
 
-def _candidate_rows(kiosk: Kiosk, candidates: Any, k: int) -> list[dict[str, Any]]:
+def _candidate_rows(kiosk: KioskService, candidates: Any, k: int) -> list[dict[str, Any]]:
     rows = []
     for c in list(candidates)[:k]:
         data = kiosk.product_info(c.product_id)
@@ -55,7 +56,7 @@ def _candidate_rows(kiosk: Kiosk, candidates: Any, k: int) -> list[dict[str, Any
     return rows
 
 
-def state_payload(kiosk: Kiosk, state: KioskState) -> dict[str, Any]:
+def state_payload(kiosk: KioskService, state: KioskState) -> dict[str, Any]:
     ann = state.announcement
     rec = ann.recognition
     payload: dict[str, Any] = {
@@ -114,7 +115,11 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
 
 
 def create_app(
-    kiosk: Kiosk, max_upload_bytes: int = 8 * 1024 * 1024, *, currency: str | None = None, locale: str | None = None
+    kiosk: KioskService,
+    max_upload_bytes: int = 8 * 1024 * 1024,
+    *,
+    currency: str | None = None,
+    locale: str | None = None,
 ) -> Flask:
     """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices."""
     app = Flask(__name__, static_folder=None)

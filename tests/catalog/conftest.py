@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog.store import Catalog
-from catalog_fakes import ProjectionEmbedder, product_photo
+from shelfsight.catalog.store import Catalog
+from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def embedder() -> ProjectionEmbedder:
 
 @pytest.fixture
 def catalog(tmp_path: Path):
-    with Catalog(tmp_path / "catalog.db") as cat:
+    with Catalog(tmp_path / "shelfsight.catalog.db") as cat:
         yield cat
 
 

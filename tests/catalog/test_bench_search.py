@@ -13,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_search_writes_figures_and_host(tmp_path: Path) -> None:
     out = tmp_path / "search.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_search.py"), "--sizes", "2000", "--dims", "64",
-         "--queries", "20", "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_search.py"),
+            "--sizes",
+            "2000",
+            "--dims",
+            "64",
+            "--queries",
+            "20",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     report = json.loads(out.read_text())
     assert report["host"]["cpus"] >= 1 and report["host"]["machine"]

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from catalog.ingest import build_catalog, collect_entries
-from catalog.store import Catalog
-from edge_app.cli import build_cli
-from edge_app.runtime import load_spec
-
-from catalog_fakes import ProjectionEmbedder
+from shelfsight.catalog.ingest import build_catalog, collect_entries
+from shelfsight.catalog.store import Catalog
+from shelfsight.edge_app.cli import build_cli
+from shelfsight.edge_app.core.spec import load_spec
+from tests.support.fakes import ProjectionEmbedder
 
 
 def run(*args: str) -> Result:
@@ -25,7 +24,9 @@ def run(*args: str) -> Result:
 def test_build_inspect_search(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
     db = str(tmp_path / "store.db")
     photos = tiny_dataset["catalog"]
-    result = run("build", "--model", str(tiny_model), "--images", str(photos), "--db", db, "--no-progress", "--dedupe", "0")
+    result = run(
+        "build", "--model", str(tiny_model), "--images", str(photos), "--db", db, "--no-progress", "--dedupe", "0"
+    )
     assert result.exit_code == 0, result.output
     assert "products: 6 added" in result.output and "references: 12 added" in result.output
 
@@ -53,10 +54,29 @@ def test_build_inspect_search(tmp_path: Path, tiny_model: Path, tiny_dataset: di
 def test_add_remove_and_errors(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
     db = str(tmp_path / "store.db")
     photo = str(next((tiny_dataset["catalog"] / "product-01").iterdir()))
-    result = run("add", "--db", db, "cola", "--name", "Cola", "--category", "drinks", "--price", "1.5",
-                 "--attr", "brand=Fizz", "--image", photo, "--model", str(tiny_model))
+    result = run(
+        "add",
+        "--db",
+        db,
+        "cola",
+        "--name",
+        "Cola",
+        "--category",
+        "drinks",
+        "--price",
+        "1.5",
+        "--attr",
+        "brand=Fizz",
+        "--image",
+        photo,
+        "--model",
+        str(tiny_model),
+    )
     assert result.exit_code == 0 and "added product cola" in result.output and "catalog version 2" in result.output
-    assert run("add", "--db", db, "cola", "--price", "2").output.splitlines() == ["updated product cola", "catalog version 3"]
+    assert run("add", "--db", db, "cola", "--price", "2").output.splitlines() == [
+        "updated product cola",
+        "catalog version 3",
+    ]
     product = json.loads(run("show", "--db", db, "cola", "--json").output)
     assert product["attributes"] == {"brand": "Fizz"} and product["price"] == 2.0
     reference = product["references"][0]["id"]
@@ -98,7 +118,8 @@ def test_every_command_has_an_example(command: str) -> None:
 
 def test_catalog_never_imports_tensorflow() -> None:
     code = (
-        "import sys, catalog, catalog.cli, catalog.ingest, catalog.store, catalog.index, catalog.keypoints; "
+        "import sys, shelfsight.catalog, shelfsight.catalog.cli, shelfsight.catalog.ingest, shelfsight.catalog.store, "
+        "shelfsight.catalog.index, shelfsight.edge_app.core.features; "
         "sys.exit('tensorflow' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.index import EXACT_LIMIT, SearchIndex, sign_codes
-from catalog.records import quantize
+from shelfsight.catalog.index import EXACT_LIMIT, SearchIndex, sign_codes
+from shelfsight.catalog.records import quantize
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +41,9 @@ def test_sign_codes_pad_to_words() -> None:
 
 # A short shortlist makes the coarse half-words pass worth it at test sizes (it needs an index
 # 16x the size of its pool); the kiosk's default engages it from ~33k references.
-@pytest.mark.parametrize("dim, fast, shortlist", [(32, False, 256), (128, True, 256), (256, True, 256), (256, True, 32)])
+@pytest.mark.parametrize(
+    "dim, fast, shortlist", [(32, False, 256), (128, True, 256), (256, True, 256), (256, True, 32)]
+)
 def test_two_stage_matches_exact(dim: int, fast: bool, shortlist: int) -> None:
     n = EXACT_LIMIT + 4000
     vectors = clustered(n, dim)
@@ -60,7 +62,7 @@ def test_two_stage_matches_exact(dim: int, fast: bool, shortlist: int) -> None:
 
 
 def test_threaded_pass_finds_what_the_single_thread_finds(monkeypatch: pytest.MonkeyPatch) -> None:
-    import catalog.index as index_module
+    import shelfsight.catalog.index as index_module
 
     n = EXACT_LIMIT + 3001  # odd, so the halves differ in size
     vectors = clustered(n, 256, seed=5)
@@ -98,7 +100,9 @@ def test_exact_path_and_empty() -> None:
     assert SearchIndex.empty(32).search(vectors[0]) == []
 
 
-def best_per_product(index: SearchIndex, query: np.ndarray, k: int, allowed: set[int] | None = None) -> list[tuple[str, str]]:
+def best_per_product(
+    index: SearchIndex, query: np.ndarray, k: int, allowed: set[int] | None = None
+) -> list[tuple[str, str]]:
     """Reference answer: every reference scored, each product by its best one."""
     scores = (index.codes.astype(np.float32) * index.scales[:, None]) @ (query / np.linalg.norm(query))
     best: dict[int, int] = {}
@@ -125,4 +129,5 @@ def test_exact_path_when_one_product_crowds_the_head() -> None:
         assert [(h.product_id, h.reference_id) for h in hits] == best_per_product(index, vectors[0], k)
     odd = index.search(vectors[0], k=5, category="odd")
     assert [(h.product_id, h.reference_id) for h in odd] == best_per_product(
-        index, vectors[0], 5, {p for p in range(40) if p % 2 == 1})
+        index, vectors[0], 5, {p for p in range(40) if p % 2 == 1}
+    )

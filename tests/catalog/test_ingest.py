@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import catalog.ingest as ingest_module
-from catalog.ingest import IngestOptions, build_catalog, collect_entries, read_products_csv, reembed
-from catalog.store import Catalog
-from edge_app.errors import CatalogError, InputError
-
-from catalog_fakes import ProjectionEmbedder, product_photo
+import shelfsight.catalog.ingest as ingest_module
+from shelfsight.catalog.ingest import (
+    IngestOptions,
+    build_catalog,
+    collect_entries,
+    read_products_csv,
+    reembed,
+)
+from shelfsight.catalog.store import Catalog
+from shelfsight.edge_app.core.errors import CatalogError, InputError
+from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
 def save(path: Path, rgb: np.ndarray) -> Path:
@@ -67,7 +72,7 @@ def test_csv_with_folder(tmp_path: Path, photos: Path, embedder: ProjectionEmbed
     extra = save(tmp_path / "extra" / "soap-back.jpg", product_photo(77))
     csv_path.write_text(
         "sku,name,category,price,brand,images\n"
-        'cola,Cola 330ml,drinks,1.20,Fizz,\n'
+        "cola,Cola 330ml,drinks,1.20,Fizz,\n"
         f"soap,Hand soap,care,3,,{extra.relative_to(tmp_path)}\n"
     )
     db = tmp_path / "store.db"
@@ -125,7 +130,9 @@ def test_interrupted_build_leaves_previous_catalog(tmp_path: Path, photos: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "store.db"]
 
 
-def test_full_disk_is_a_clear_error(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_a_clear_error(
+    tmp_path: Path, photos: Path, embedder: ProjectionEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "store.db"
     build_catalog(db, embedder, only_cola(photos))
     before = digest(db)
@@ -192,7 +199,10 @@ def test_exif_orientation_is_applied(tmp_path: Path, embedder: ProjectionEmbedde
     with Catalog(db) as cat:
         (reference_id,) = cat.product("cola")["references"]
         image = np.asarray(Image.open(io.BytesIO(cat.reference_image(reference_id))))
-    top, bottom = image[: len(image) // 4].reshape(-1, 3).mean(axis=0), image[-len(image) // 4 :].reshape(-1, 3).mean(axis=0)
+    top, bottom = (
+        image[: len(image) // 4].reshape(-1, 3).mean(axis=0),
+        image[-len(image) // 4 :].reshape(-1, 3).mean(axis=0),
+    )
     assert top[0] > 200 and top[1] < 60 and not (bottom[0] > 200 and bottom[1] < 60)
 
 
@@ -200,7 +210,7 @@ def test_small_sharp_crops_pass_and_blur_is_judged_without_enlarging():
     """In-store crops are often under 100 px; judging them after enlargement called every one blurry."""
     import cv2
 
-    from catalog.quality import QualityLimits, check_image, sharpness
+    from shelfsight.catalog.quality import QualityLimits, check_image, sharpness
 
     rng = np.random.default_rng(3)
     # a shelf-crop-sized packaging print: fine text-like detail
@@ -218,5 +228,7 @@ def test_a_product_whose_every_photo_is_rejected_is_named(tmp_path: Path, embedd
     save(root / "gum" / "tiny.jpg", product_photo(2, size=(30, 30)))
     report = build_catalog(tmp_path / "store.db", embedder, collect_entries(root))
     assert report.unrecognisable == ["gum"]
-    assert any(line.startswith("WARNING: 1 products have no usable reference photo") and "gum" in line
-               for line in report.lines())
+    assert any(
+        line.startswith("WARNING: 1 products have no usable reference photo") and "gum" in line
+        for line in report.lines()
+    )

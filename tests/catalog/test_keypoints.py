@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.keypoints import WORK_SIZE, compute_keypoints, deserialise_keypoints, serialise_keypoints
-from edge_app.errors import CatalogError
-
-from catalog_fakes import product_photo
+from shelfsight.edge_app.core.errors import CatalogError
+from shelfsight.edge_app.core.features import (
+    WORK_SIZE,
+    compute_keypoints,
+    deserialise_keypoints,
+    serialise_keypoints,
+)
+from tests.support.fakes import product_photo
 
 
 def test_compute_and_round_trip() -> None:

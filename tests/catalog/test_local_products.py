@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.store import Catalog
-from catalog.sync.digest import content_digest
-from edge_app.errors import CatalogError
-
-from catalog_fakes import ProjectionEmbedder, product_photo
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.edge_app.core.errors import CatalogError
+from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
 @pytest.fixture
@@ -36,7 +35,9 @@ def sync(hq: Catalog, edge: Catalog) -> None:
     edge.apply_changes(base, changes, changes[-1]["version"] if changes else base)
 
 
-def test_local_product_is_searchable_but_not_versioned_or_synced(filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder) -> None:
+def test_local_product_is_searchable_but_not_versioned_or_synced(
+    filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder
+) -> None:
     version, digest = content_digest(edge)
     assert content_digest(filled) == (version, digest)
     teach(edge, embedder)
@@ -61,7 +62,9 @@ def test_a_local_product_takes_only_local_references(edge: Catalog, embedder: Pr
     assert len(edge.product("tea")["references"]) == 1
 
 
-def test_local_product_survives_deltas_and_snapshots(filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder) -> None:
+def test_local_product_survives_deltas_and_snapshots(
+    filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder
+) -> None:
     reference = teach(edge, embedder)
     filled.update_product("cola", price=9.0)
     filled.add_product("water", "Still water")

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog.store import INDEX_PRODUCTS_SQL, INDEX_REFERENCES_SQL, Catalog
-from edge_app.errors import CatalogError, ImageError, InputError
-
-from catalog_fakes import ProjectionEmbedder, product_photo
+from shelfsight.catalog.store import INDEX_PRODUCTS_SQL, INDEX_REFERENCES_SQL, Catalog
+from shelfsight.edge_app.core.errors import CatalogError, ImageError, InputError
+from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
 def test_products_crud_bumps_version(catalog: Catalog) -> None:
@@ -185,7 +184,9 @@ def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
         assert cat.search_image(product_photo(1), embedder, k=1)[0].product_id == "cola"
         fingerprint = cat.stats()["model_fingerprint"]
         plans = {
-            "references": cat.db.execute("EXPLAIN QUERY PLAN " + INDEX_REFERENCES_SQL, [fingerprint, embedder.dim]).fetchall(),
+            "references": cat.db.execute(
+                "EXPLAIN QUERY PLAN " + INDEX_REFERENCES_SQL, [fingerprint, embedder.dim]
+            ).fetchall(),
             "products": cat.db.execute("EXPLAIN QUERY PLAN " + INDEX_PRODUCTS_SQL).fetchall(),
         }
         # One step each, answered from the index alone: no table row (and none of its blobs) is read.
@@ -208,7 +209,7 @@ def test_upgrade_on_a_full_disk_opens_without_the_new_indexes_and_adds_them_late
     full = sqlite3.connect(path, check_same_thread=False)
     pages = full.execute("PRAGMA page_count").fetchone()[0]
     full.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: a full disk, as SQLite sees it
-    with caplog.at_level("WARNING", logger="catalog.schema"), Catalog(full) as cat:
+    with caplog.at_level("WARNING", logger="shelfsight.catalog.schema"), Catalog(full) as cat:
         assert cat.stats()["schema_version"] == 1
         assert cat.search_image(product_photo(3), embedder, k=1)[0].product_id == "cola"  # still serves
     assert "cannot add the indexes of schema version 2" in caplog.text and "full" in caplog.text

@@ -11,10 +11,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from catalog.store import Catalog
-from edge_app.errors import CatalogError
-
-from catalog_fakes import ProjectionEmbedder, product_photo
+from shelfsight.catalog.store import Catalog
+from shelfsight.edge_app.core.errors import CatalogError
+from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
 def contents(cat: Catalog) -> tuple[Any, ...]:
@@ -129,7 +128,9 @@ def test_wrong_base_or_target(filled: Catalog, edge: Catalog) -> None:
     assert edge.version == 0 and edge.products() == []
 
 
-def test_snapshot_round_trip_keeps_local_references(filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder) -> None:
+def test_snapshot_round_trip_keeps_local_references(
+    filled: Catalog, edge: Catalog, embedder: ProjectionEmbedder
+) -> None:
     snapshot = json.loads(json.dumps(filled.export_snapshot()))
     filled.set_meta("unknown_threshold", 0.5)
     snapshot = json.loads(json.dumps(filled.export_snapshot()))
@@ -154,13 +155,20 @@ def test_snapshot_round_trip_keeps_local_references(filled: Catalog, edge: Catal
     [
         (lambda s: s.update(format="zip"), "not supported"),
         (lambda s: s.update(extra=1), "expected keys"),
-        (lambda s: s["records"].append({"version": 999, "op": "upsert_product", "product_id": "x", "reference_id": None, "data": {"name": "x"}}), "does not belong"),
+        (
+            lambda s: s["records"].append(
+                {"version": 999, "op": "upsert_product", "product_id": "x", "reference_id": None, "data": {"name": "x"}}
+            ),
+            "does not belong",
+        ),
         (lambda s: s["records"].pop(0), "missing product"),
         (lambda s: s.update(model_fingerprint="e" * 64), "catalog uses eeeeeeeeeeee"),
         (lambda s: s["meta"].update(version=5), "reserved"),
     ],
 )
-def test_bad_snapshots_change_nothing(filled: Catalog, edge: Catalog, mutate: Callable[[dict], None], message: str) -> None:
+def test_bad_snapshots_change_nothing(
+    filled: Catalog, edge: Catalog, mutate: Callable[[dict], None], message: str
+) -> None:
     edge.add_product("mine", "Mine")
     before = contents(edge)
     snapshot = filled.export_snapshot()

@@ -13,14 +13,17 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import pytest
 
-from edge_app.config import RecognitionConfig
-from edge_app.runtime.embedder import Embedder, l2_normalise
-from edge_app.runtime.spec import ModelSpec
-from edge_app.samples import Clip, SampleSet, generate_clip, generate_sample_set
-
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.demo.samples import (
+    Clip,
+    SampleSet,
+    generate_clip,
+    generate_sample_set,
+)
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+from tests.support.fakes import ProjectionEmbedder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -34,32 +37,34 @@ def rendered_page(tmp_path: Path) -> Callable[[str], str]:
 
     def render(url: str) -> str:
         return subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=3000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         ).stdout
 
     return render
 
 
-class ProjectionEmbedder(Embedder):
-    def __init__(self, input_size: int = 32, dim: int = 48, seed: int = 0) -> None:
-        self.spec = ModelSpec(fingerprint=f"projection-{input_size}-{dim}-{seed}", input_size=input_size, embedding_dim=dim)
-        self._matrix = np.random.default_rng(seed).normal(size=(16 * 16 * 3, dim)).astype(np.float32)
-
-    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = self._check_batch(batch).astype(np.float32)
-        n, s = batch.shape[:2]
-        f = s // 16
-        small = batch[:, : f * 16, : f * 16].reshape(n, 16, f, 16, f, 3).mean(axis=(2, 4)).reshape(n, -1)
-        small -= small.mean(axis=1, keepdims=True)
-        return l2_normalise(small @ self._matrix)
-
-
 @pytest.fixture(scope="session")
 def sample_set(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
-    return generate_sample_set(tmp_path_factory.mktemp("samples"), n_products=8, refs_per_product=2, queries_per_product=3)
+    return generate_sample_set(
+        tmp_path_factory.mktemp("samples"), n_products=8, refs_per_product=2, queries_per_product=3
+    )
 
 
 @pytest.fixture(scope="session")
@@ -73,18 +78,25 @@ def embedder(request: pytest.FixtureRequest) -> Embedder:
     try:
         model_path: Path = request.getfixturevalue("tiny_model")
     except pytest.FixtureLookupError:
-        return ProjectionEmbedder()
-    from edge_app.runtime import open_embedder
+        return ProjectionEmbedder(dim=48, grid=16)
+    from shelfsight.edge_app.runtime.factory import open_embedder
 
     return open_embedder(model_path, threads=1)
 
 
 @pytest.fixture(scope="session")
-def sample_catalog(sample_set: SampleSet, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def sample_catalog(
+    sample_set: SampleSet, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A real SQLite catalog of the rendered sample products (references, thumbnails, ORB keypoints)."""
-    from edge_app.demo import build_catalog
+    from shelfsight.edge_app.demo.run import build_catalog
 
-    catalog = build_catalog(tmp_path_factory.mktemp("catalog") / "catalog.db", sample_set.catalog_dir, sample_set.products_csv, embedder)
+    catalog = build_catalog(
+        tmp_path_factory.mktemp("catalog") / "shelfsight.catalog.db",
+        sample_set.catalog_dir,
+        sample_set.products_csv,
+        embedder,
+    )
     yield catalog
     catalog.close()
 

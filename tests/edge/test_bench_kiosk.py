@@ -14,9 +14,21 @@ STAGES = ("capture", "preprocess", "invoke", "search", "verification", "decision
 def test_bench_kiosk_reports_stages_cold_start_and_host(tmp_path: Path) -> None:
     out = tmp_path / "kiosk.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_kiosk.py"), "--sizes", "100", "--workdir", str(tmp_path / "work"),
-         "--out", str(out), "--no-after-boot"],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_kiosk.py"),
+            "--sizes",
+            "100",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--no-after-boot",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     report = json.loads(out.read_text())
     assert report["host"]["cpus"] >= 1 and report["host_reference"]["p50_ms"] > 0

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_app.camera import FolderSource, ReconnectingSource, VideoFileSource, open_source
-from edge_app.camera.picamera import PiCameraSource
-from edge_app.config import FolderConfig, PiCameraConfig, VideoConfig
-from edge_app.errors import CameraError
-from edge_app.samples import Clip
+from shelfsight.edge_app.camera import (
+    FolderSource,
+    ReconnectingSource,
+    VideoFileSource,
+    open_source,
+)
+from shelfsight.edge_app.camera.config import FolderConfig, PiCameraConfig, VideoConfig
+from shelfsight.edge_app.camera.picamera import PiCameraSource
+from shelfsight.edge_app.core.errors import CameraError
+from shelfsight.edge_app.demo.samples import Clip
 
 
 def write_frames(folder: Path, n: int) -> None:

@@ -14,15 +14,20 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edge_app.demo import demo_command
-from edge_app.kiosk_cli import kiosk_command
-from edge_app.samples import SampleSet, generate_clip, generate_sample_set
+from shelfsight.edge_app.demo.cli import demo_command
+from shelfsight.edge_app.demo.samples import (
+    SampleSet,
+    generate_clip,
+    generate_sample_set,
+)
+from shelfsight.edge_app.kiosk.cli import kiosk_command
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, model: Path, catalog: Path, frames: Path, port: int = 0, extra: str = "") -> Path:
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [model]
         path = "{model}"
         threads = 1
@@ -49,7 +54,9 @@ def write_config(path: Path, model: Path, catalog: Path, frames: Path, port: int
 
         [web]
         port = {port}
-    """) + extra)
+    """)
+        + extra
+    )
     return path
 
 
@@ -71,8 +78,8 @@ def test_kiosk_with_a_missing_catalog_is_a_clean_error(tmp_path: Path, tiny_mode
 
 KIOSK_PROCESS = r"""
 import json, sys, threading, time, urllib.request
-from edge_app.config import load_config
-from edge_app.kiosk_cli import run_kiosk
+from shelfsight.edge_app.kiosk.config import load_config
+from shelfsight.edge_app.kiosk.cli import run_kiosk
 
 config = load_config(sys.argv[1])
 stop = threading.Event()
@@ -107,10 +114,22 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     tmp_path: Path, tiny_model: Path, sample_catalog: Any, sample_set: SampleSet
 ) -> None:
     frames = sample_set.catalog_dir / "P0003"  # reference views: every frame is recognisable
-    cfg = write_config(tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, frames, port=free_port(),
-                       extra='currency = "EUR"\nlocale = "de-DE"\n')  # still inside [web]
-    out = subprocess.run([sys.executable, "-c", KIOSK_PROCESS, str(cfg)], capture_output=True, text=True, timeout=180,
-                         cwd=REPO, check=True)
+    cfg = write_config(
+        tmp_path / "kiosk.toml",
+        tiny_model,
+        sample_catalog.path,
+        frames,
+        port=free_port(),
+        extra='currency = "EUR"\nlocale = "de-DE"\n',
+    )  # still inside [web]
+    out = subprocess.run(
+        [sys.executable, "-c", KIOSK_PROCESS, str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        check=True,
+    )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["heavy_modules"] == []
     assert report["state"]["decision"] == "product", out.stderr[-2000:]
@@ -124,9 +143,15 @@ def test_kiosk_command_stops_cleanly_on_sigterm(
 ) -> None:
     """systemd stops the service with SIGTERM: the kiosk shuts its threads down and exits 0."""
     port = free_port()
-    cfg = write_config(tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, sample_set.catalog_dir / "P0001", port=port)
-    kiosk = subprocess.Popen([sys.executable, "-c", "from edge_app.cli import main; main()", "kiosk", "--config", str(cfg)],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cfg = write_config(
+        tmp_path / "kiosk.toml", tiny_model, sample_catalog.path, sample_set.catalog_dir / "P0001", port=port
+    )
+    kiosk = subprocess.Popen(
+        [sys.executable, "-c", "from shelfsight.edge_app.cli import main; main()", "kiosk", "--config", str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, health = time.monotonic() + 90, None
         while health is None and time.monotonic() < deadline and kiosk.poll() is None:
@@ -153,21 +178,26 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_runs_end_to_end(demo_workdir: Path, tiny_model: Path) -> None:
     tmp_path = demo_workdir
-    result = CliRunner().invoke(demo_command, ["--workdir", str(tmp_path), "--model", str(tiny_model), "--threads", "1"])
+    result = CliRunner().invoke(
+        demo_command, ["--workdir", str(tmp_path), "--model", str(tiny_model), "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any(line.startswith("catalog: 12 products") for line in lines)
     table = [line for line in lines if line.strip()[:1].isdigit() and ("empty" in line or "P00" in line)]
     assert len(table) == 12  # one line per second of the 12 s clip
-    assert "fps" in result.output and (tmp_path / "catalog.db").is_file()
+    assert "fps" in result.output and (tmp_path / "shelfsight.catalog.db").is_file()
 
 
 def test_demo_live_mode_on_a_camera_stream(demo_workdir: Path, tiny_model: Path) -> None:
     """`--camera` runs the kiosk threads; a recording stands in for the camera (the sample set is reused)."""
     clip = demo_workdir / "samples" / "clip.avi"
     result = CliRunner().invoke(
-        demo_command, ["--workdir", str(demo_workdir), "--model", str(tiny_model), "--camera", str(clip), "--seconds", "3"]
+        demo_command,
+        ["--workdir", str(demo_workdir), "--model", str(tiny_model), "--camera", str(clip), "--seconds", "3"],
     )
     assert result.exit_code == 0, result.output
-    live = [line for line in result.output.splitlines() if line.strip().endswith(("empty", "starting")) or " P00" in line]
+    live = [
+        line for line in result.output.splitlines() if line.strip().endswith(("empty", "starting")) or " P00" in line
+    ]
     assert len(live) >= 2 and "second" not in result.output  # live lines, not the clip report

@@ -3,13 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from edge_app.config import FolderConfig, KioskConfig, OpenCVCameraConfig, load_config, parse_config
-from edge_app.errors import ConfigError
+from shelfsight.edge_app.camera.config import FolderConfig, OpenCVCameraConfig
+from shelfsight.edge_app.core.errors import ConfigError
+from shelfsight.edge_app.kiosk.config import KioskConfig, load_config, parse_config
 
 MINIMAL = """
 [catalog]
-path = "catalog.db"
+path = "shelfsight.catalog.db"
 
 [camera]
 type = "folder"
@@ -21,7 +23,7 @@ def test_minimal_toml_resolves_paths_relative_to_the_file(tmp_path: Path) -> Non
     cfg_file = tmp_path / "kiosk.toml"
     cfg_file.write_text(MINIMAL)
     config = load_config(cfg_file)
-    assert config.catalog.path == tmp_path / "catalog.db"
+    assert config.catalog.path == tmp_path / "shelfsight.catalog.db"
     assert isinstance(config.camera, FolderConfig) and config.camera.path == tmp_path / "frames"
     assert config.model.path is None and config.web.port == 8080
     assert (config.roi.x, config.roi.width) == (0.15, 0.7)  # the central area by default
@@ -71,7 +73,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_config_is_immutable() -> None:
     config = parse_config({"catalog": {"path": "c.db"}, "camera": {"type": "opencv"}})
     assert isinstance(config, KioskConfig)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.web.port = 1  # type: ignore[misc]
 
 

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_app.errors import ImageError
-from edge_app.images import fit_square
+from shelfsight.edge_app.core.errors import ImageError
+from shelfsight.edge_app.core.images import fit_square
 
 
 @pytest.mark.parametrize("shape", [(360, 480), (480, 640), (720, 1280), (1080, 1920), (100, 80), (224, 300)])

@@ -6,14 +6,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_app.config import RecognitionConfig, RoiConfig
-from edge_app.errors import CatalogError, ImageError
-from edge_app.images import iter_image_files, load_rgb
-from edge_app.recognition import Recognizer
-from edge_app.runtime import Embedder
-from edge_app.samples import SampleSet, make_designs, plain_background, render_query
-
-from .conftest import ProjectionEmbedder
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import CatalogError, ImageError
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import (
+    SampleSet,
+    make_designs,
+    plain_background,
+    render_query,
+)
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
+from tests.support.fakes import ProjectionEmbedder
 
 
 def queries(sample_set: SampleSet) -> list[tuple[str, Path]]:
@@ -51,7 +55,9 @@ def test_verification_beats_global_ranking(
     assert top1["full"] >= 0.75 * len(queries(sample_set))
 
 
-def test_empty_view_and_unknown_product(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig) -> None:
+def test_empty_view_and_unknown_product(
+    sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig
+) -> None:
     recognizer = Recognizer(embedder, sample_catalog, full_config)
     empty = recognizer.recognize(plain_background(np.random.default_rng(1), 320, 240))
     assert empty.decision == "empty" and empty.product is None
@@ -62,8 +68,9 @@ def test_empty_view_and_unknown_product(sample_catalog: Any, embedder: Embedder,
     assert unknown.alternatives  # the closest products are still reported
 
 
-def test_region_of_interest_crops_the_frame(sample_set: SampleSet, sample_catalog: Any, embedder: Embedder,
-                                            full_config: RecognitionConfig) -> None:
+def test_region_of_interest_crops_the_frame(
+    sample_set: SampleSet, sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig
+) -> None:
     rgb = load_rgb(next(iter_image_files(sample_set.queries_dir)))
     corner = RoiConfig(x=0.0, y=0.0, width=0.1, height=0.1)
     recognizer = Recognizer(embedder, sample_catalog, full_config, RoiConfig.full_frame())
@@ -92,11 +99,13 @@ def test_calibrated_threshold_is_read_from_the_catalog(sample_catalog: Any, embe
 def test_numpy_matcher_agrees_with_opencv(sample_set: SampleSet) -> None:
     import cv2
 
-    from catalog.keypoints import compute_keypoints
-    from edge_app.recognition.verify import ratio_matches
+    from shelfsight.edge_app.core.features import compute_keypoints
+    from shelfsight.edge_app.recognition.verify import ratio_matches
 
     query = compute_keypoints(load_rgb(next(iter_image_files(sample_set.queries_dir))))[1]
-    train = np.concatenate([compute_keypoints(load_rgb(p))[1] for p in list(iter_image_files(sample_set.catalog_dir))[:4]])
+    train = np.concatenate(
+        [compute_keypoints(load_rgb(p))[1] for p in list(iter_image_files(sample_set.catalog_dir))[:4]]
+    )
     ours = {tuple(pair) for pair in ratio_matches(query, train, 0.8).tolist()}
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query, train, k=2)
     theirs = {(p[0].queryIdx, p[0].trainIdx) for p in pairs if p[0].distance < 0.8 * p[1].distance}

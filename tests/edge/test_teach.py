@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from catalog.store import Catalog
-from catalog.sync.digest import content_digest
-from edge_app.camera import Frame
-from edge_app.config import RecognitionConfig
-from edge_app.images import iter_image_files, load_rgb
-from edge_app.kiosk import Kiosk
-from edge_app.recognition import Recognizer
-from edge_app.runtime import Embedder
-from edge_app.samples import SampleSet
-from edge_app.web import WebServer, create_app
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.edge_app.camera import Frame
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import SampleSet
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+from shelfsight.edge_app.web.app import WebServer, create_app
 
 TAUGHT = "new-product"
 
@@ -115,8 +115,13 @@ def test_a_form_post_works_too(client: FlaskClient, kiosk: Kiosk, sample_set: Sa
     ],
 )
 def test_bad_teach_requests_get_400_and_change_nothing(
-    client: FlaskClient, kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str,
-    form: dict[str, str], reason: str,
+    client: FlaskClient,
+    kiosk: Kiosk,
+    store_catalog: Catalog,
+    sample_set: SampleSet,
+    unknown_id: str,
+    form: dict[str, str],
+    reason: str,
 ) -> None:
     show(kiosk, views_of(sample_set, unknown_id)[:1])
     before = store_catalog.products()

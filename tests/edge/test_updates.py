@@ -8,24 +8,28 @@ from typing import Any
 
 import pytest
 
-from catalog.store import Catalog
-from edge_app.config import KioskConfig, RecognitionConfig, parse_config
-from edge_app.images import iter_image_files, load_rgb
-from edge_app.kiosk import Kiosk, open_recognizer
-from edge_app.samples import SampleSet
+from shelfsight.catalog.store import Catalog
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import SampleSet
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.kiosk.config import KioskConfig, parse_config
+from shelfsight.edge_app.kiosk.sources import open_recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
 
 
 @pytest.fixture()
 def kiosk_config(tmp_path: Path, sample_catalog: Any, tiny_model: Path) -> KioskConfig:
-    copy = tmp_path / "catalog.db"
+    copy = tmp_path / "shelfsight.catalog.db"
     with Catalog(copy) as fresh:  # a private copy through the catalog's own snapshot, not a file copy of a live WAL db
         fresh.replace_with_snapshot(sample_catalog.export_snapshot())
-    return parse_config({
-        "model": {"path": str(tiny_model), "threads": 1},
-        "catalog": {"path": str(copy)},
-        "camera": {"type": "folder", "path": str(tmp_path)},
-        "recognition": RecognitionConfig(shortlist=8, unknown_threshold=0.5, accept_similarity=1.01).model_dump(),
-    })
+    return parse_config(
+        {
+            "model": {"path": str(tiny_model), "threads": 1},
+            "catalog": {"path": str(copy)},
+            "camera": {"type": "folder", "path": str(tmp_path)},
+            "recognition": RecognitionConfig(shortlist=8, unknown_threshold=0.5, accept_similarity=1.01).model_dump(),
+        }
+    )
 
 
 def test_catalog_update_is_picked_up_without_restart(kiosk_config: KioskConfig, sample_set: SampleSet) -> None:
@@ -40,7 +44,9 @@ def test_catalog_update_is_picked_up_without_restart(kiosk_config: KioskConfig, 
     assert kiosk.health()["catalog_version"] == kiosk.recognizer.catalog.version
 
 
-def test_broken_release_keeps_the_current_model(kiosk_config: KioskConfig, sample_set: SampleSet, tmp_path: Path) -> None:
+def test_broken_release_keeps_the_current_model(
+    kiosk_config: KioskConfig, sample_set: SampleSet, tmp_path: Path
+) -> None:
     kiosk = Kiosk(open_recognizer(kiosk_config.model.path, kiosk_config.catalog.path, kiosk_config))  # type: ignore[arg-type]
     before = kiosk.recognizer
     bogus = tmp_path / "release" / "model.tflite"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_app.recognition.pipeline import Recognition
-from edge_app.recognition.voting import TemporalVoter
+from shelfsight.edge_app.recognition.pipeline import Recognition
+from shelfsight.edge_app.recognition.voting import TemporalVoter
 
 
 def rec(decision: str, pid: str | None = None) -> Recognition:

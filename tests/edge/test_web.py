@@ -7,19 +7,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import numpy as np
+import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from edge_app.camera import FolderSource
-from edge_app.config import RecognitionConfig
-from edge_app.images import iter_image_files, load_rgb
-from edge_app.kiosk import Kiosk, KioskState
-from edge_app.recognition import Recognizer
-from edge_app.runtime import Embedder
-from edge_app.samples import SampleSet
-from edge_app.web import WebServer, create_app
+from shelfsight.edge_app.camera import FolderSource
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import SampleSet
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+from shelfsight.edge_app.recognition.state import KioskState
+from shelfsight.edge_app.web.app import WebServer, create_app
+
 
 @pytest.fixture()
 def kiosk(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig) -> Kiosk:
@@ -38,7 +40,9 @@ def first_query(sample_set: SampleSet) -> tuple[str, bytes]:
 
 def test_search_returns_top_k_with_product_data(client: FlaskClient, sample_set: SampleSet) -> None:
     truth, data = first_query(sample_set)
-    response = client.post("/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}, content_type="multipart/form-data")
+    response = client.post(
+        "/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 200, response.json
     body = response.json
     assert body["decision"] == "product" and len(body["results"]) == 3
@@ -59,7 +63,9 @@ def test_search_returns_top_k_with_product_data(client: FlaskClient, sample_set:
     ],
 )
 def test_bad_uploads_get_4xx_with_a_reason(client: FlaskClient, payload: bytes, status: int, reason: str) -> None:
-    response = client.post("/search", data={"image": (io.BytesIO(payload), "bad.jpg")}, content_type="multipart/form-data")
+    response = client.post(
+        "/search", data={"image": (io.BytesIO(payload), "bad.jpg")}, content_type="multipart/form-data"
+    )
     assert response.status_code == status
     assert reason in response.json["error"]
     assert client.get("/health").status_code == 200  # and the service keeps serving
@@ -139,10 +145,17 @@ def test_page_in_headless_chromium_shows_the_recognised_product(
     assert 'class="card"' in dom or 'class="card "' in dom
 
 
-def test_kiosk_learns_a_textured_empty_view(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig,
-                                            sample_set: SampleSet) -> None:
-    from edge_app.camera import Frame
-    from edge_app.samples import Pose, cluttered_background, compose, photometric, render_package
+def test_kiosk_learns_a_textured_empty_view(
+    sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig, sample_set: SampleSet
+) -> None:
+    from shelfsight.edge_app.camera import Frame
+    from shelfsight.edge_app.demo.samples import (
+        Pose,
+        cluttered_background,
+        compose,
+        photometric,
+        render_package,
+    )
 
     config = full_config.model_copy(update={"background_frames": 5})
     kiosk = Kiosk(Recognizer(embedder, sample_catalog, config))
@@ -160,11 +173,13 @@ def test_kiosk_learns_a_textured_empty_view(sample_catalog: Any, embedder: Embed
 def test_missing_camera_is_reported_while_the_page_keeps_serving(
     kiosk: Kiosk, product_frames: tuple[str, Path], tmp_path: Path
 ) -> None:
-    from edge_app.camera import ReconnectingSource
+    from shelfsight.edge_app.camera import ReconnectingSource
 
     product, frames = product_frames
     camera = tmp_path / "camera"
-    kiosk.source = ReconnectingSource(lambda: FolderSource(camera, interval_s=0.02, loop=True), initial_s=0.05, max_s=0.1)
+    kiosk.source = ReconnectingSource(
+        lambda: FolderSource(camera, interval_s=0.02, loop=True), initial_s=0.05, max_s=0.1
+    )
     client = create_app(kiosk).test_client()
     with kiosk:  # starting does not wait for the camera
         deadline = time.monotonic() + 30
@@ -175,11 +190,15 @@ def test_missing_camera_is_reported_while_the_page_keeps_serving(
         assert client.get("/health").json["camera"]["connected"] is False
         shutil.copytree(frames, camera)  # plugged in
         wait_for(kiosk, lambda s: s.announcement.product_id == product)
-        assert client.get("/api/state").json["camera"] == {"name": f"reconnecting:folder:{camera}", "connected": True, "error": None}
+        assert client.get("/api/state").json["camera"] == {
+            "name": f"reconnecting:folder:{camera}",
+            "connected": True,
+            "error": None,
+        }
 
 
 def test_a_bad_frame_is_counted_and_the_kiosk_carries_on(kiosk: Kiosk, sample_set: SampleSet) -> None:
-    from edge_app.camera import Frame
+    from shelfsight.edge_app.camera import Frame
 
     before = kiosk.state()
     assert kiosk.process(Frame(np.zeros((8, 8), np.uint8), 0.0, 1)) is before  # not an RGB frame

@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from sync_helpers import Hq, kiosk_config, seed_kiosk
 
-from catalog.sync.envelope import Signer, Verifier, generate_keys, load_signer, load_verifier
-from catalog.sync.kiosk import KioskSync
-from catalog.sync.localbroker import Broker, mosquitto_binary
-
+from shelfsight.catalog.sync.envelope import (
+    Signer,
+    Verifier,
+    generate_keys,
+    load_signer,
+    load_verifier,
+)
+from shelfsight.edge_app.kiosk.updates.worker import KioskSync
+from tests.support.broker import Broker, mosquitto_binary
+from tests.support.sync import Hq, kiosk_config, seed_kiosk
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,21 +12,21 @@ from typing import Any, Callable
 
 import pytest
 from click.testing import CliRunner
-from sync_helpers import WAIT, Hq, RunningServer
 
-from catalog.store import Catalog
-from catalog.sync.digest import content_digest
-from catalog.sync.envelope import Signer, Verifier
-from catalog.sync.inbox import EnrollmentInbox
-from catalog.sync.localbroker import Broker
-from catalog.sync.releases import current_release
-from edge_app.cli import build_cli
-from edge_app.config import RecognitionConfig
-from edge_app.images import iter_image_files, load_rgb
-from edge_app.kiosk import Kiosk
-from edge_app.recognition import Recognizer
-from edge_app.runtime import open_embedder
-from edge_app.samples import generate_sample_set
+from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.catalog.sync.envelope import Signer, Verifier
+from shelfsight.edge_app.cli import build_cli
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import generate_sample_set
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.kiosk.updates.releases import current_release
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+from shelfsight.edge_app.runtime.factory import open_embedder
+from tests.support.broker import Broker
+from tests.support.sync import WAIT, Hq, RunningServer
 
 NEW_ID = "new-sku"
 
@@ -90,7 +90,9 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         cli = build_cli()
         listed = CliRunner().invoke(cli, ["hq", "enrollments", "--inbox", str(inbox.path)])
         assert listed.exit_code == 0 and NEW_ID in listed.output, listed.output
-        approved = CliRunner().invoke(cli, ["hq", "approve", str(entry.id), "--inbox", str(inbox.path), "--db", str(hq.master)])
+        approved = CliRunner().invoke(
+            cli, ["hq", "approve", str(entry.id), "--inbox", str(inbox.path), "--db", str(hq.master)]
+        )
         assert approved.exit_code == 0, approved.output
 
         hq.catalog.reload()

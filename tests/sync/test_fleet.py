@@ -14,16 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sync_helpers import DIM, WAIT, Hq, RunningServer, Tap, make_model
 
-from catalog.store import Catalog
-from catalog.sync.codec import encode_delta
-from catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
-from catalog.sync.inbox import EnrollmentInbox
-from catalog.sync.localbroker import Broker
-from catalog.sync.messages import EnrolledFrame, Enrollment
-from catalog.sync.releases import current_fingerprint, current_release, rollback
-from edge_app.cli import build_cli
+from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.codec import encode_delta
+from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
+from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment
+from shelfsight.edge_app.cli import build_cli
+from shelfsight.edge_app.kiosk.updates.releases import (
+    current_fingerprint,
+    current_release,
+    rollback,
+)
+from tests.support.broker import Broker
+from tests.support.sync import DIM, WAIT, Hq, RunningServer, Tap, make_model
 
 
 def reembed(hq: Hq, model: Path) -> str:
@@ -45,7 +49,9 @@ def test_model_rollout_switches_model_and_catalog_together_and_rolls_back(hq: Hq
     new = reembed(hq, new_model)
     hq.publisher.model = new_model
     hq.publisher.publish()
-    assert kiosk.wait_for(lambda k: k.model_fingerprint == new and k.version == hq.catalog.version, WAIT), kiosk.last_error
+    assert kiosk.wait_for(lambda k: k.model_fingerprint == new and k.version == hq.catalog.version, WAIT), (
+        kiosk.last_error
+    )
     model_path, catalog_path = current_release(kiosk.data_dir)
     assert switched == [(model_path, catalog_path)]
     assert model_path.read_bytes() == new_model.read_bytes()
@@ -69,11 +75,24 @@ def test_delta_with_another_models_embeddings_is_refused(
         other.replace_with_snapshot(hq.catalog.export_snapshot())
         other.add_product("x1", "Other")
         changes = other.changes_since(base)
-    changes.append({
-        "version": base + 2, "op": "upsert_reference", "product_id": "x1", "reference_id": "x1/abc",
-        "data": {"embedding": "AAAAAAAAAAAAAAAAAAAAAA==", "scale": 0.01, "dim": DIM, "fingerprint": "f" * 64,
-                 "phash": "", "source": "", "keypoints": None, "image_jpeg": None},
-    })
+    changes.append(
+        {
+            "version": base + 2,
+            "op": "upsert_reference",
+            "product_id": "x1",
+            "reference_id": "x1/abc",
+            "data": {
+                "embedding": "AAAAAAAAAAAAAAAAAAAAAA==",
+                "scale": 0.01,
+                "dim": DIM,
+                "fingerprint": "f" * 64,
+                "phash": "",
+                "source": "",
+                "keypoints": None,
+                "image_jpeg": None,
+            },
+        }
+    )
     envelope = hq_keys[0].seal(
         EnvelopeHeader(kind="delta", fleet=hq.topics.fleet, seq=1, base=base, target=base + 2), encode_delta(changes)
     )
@@ -127,7 +146,9 @@ def test_hq_commands_end_to_end(hq: Hq, broker: Broker, kiosk_factory, tmp_path:
 
     hq.add(range(3))
     common = ["--host", "127.0.0.1", "--port", str(broker.port), "--fleet", hq.topics.fleet]
-    result = runner.invoke(cli, ["hq", "publish", "--db", str(hq.master), "--key", str(keys / "hq_signing.key"), *common])
+    result = runner.invoke(
+        cli, ["hq", "publish", "--db", str(hq.master), "--key", str(keys / "hq_signing.key"), *common]
+    )
     assert result.exit_code == 0, result.output
     assert f"published v{hq.catalog.version}" in result.output
 
@@ -136,7 +157,9 @@ def test_hq_commands_end_to_end(hq: Hq, broker: Broker, kiosk_factory, tmp_path:
     kiosk_factory("k2", hq=hq, public_key=keys / "hq_signing.pub").stop()  # leaves an "offline" status
     k2_version = hq.catalog.version
     hq.add(range(3, 5))
-    result = runner.invoke(cli, ["hq", "publish", "--db", str(hq.master), "--key", str(keys / "hq_signing.key"), *common])
+    result = runner.invoke(
+        cli, ["hq", "publish", "--db", str(hq.master), "--key", str(keys / "hq_signing.key"), *common]
+    )
     assert result.exit_code == 0, result.output
     assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT)
 
@@ -173,9 +196,27 @@ def test_hq_serve_command_publishes_new_versions(
     CliRunner().invoke(build_cli(), ["hq", "keygen", "--out", str(keys)])
     hq.add(range(3))
     command = [
-        sys.executable, "-c", "from edge_app.cli import main; main()", "hq", "serve", "--db", str(hq.master),
-        "--key", str(keys / "hq_signing.key"), "--model", str(hq.model), "--inbox", str(tmp_path / "inbox.db"),
-        "--poll", "0.2", "--host", "127.0.0.1", "--port", str(broker.port), "--fleet", hq.topics.fleet,
+        sys.executable,
+        "-c",
+        "from shelfsight.edge_app.cli import main; main()",
+        "hq",
+        "serve",
+        "--db",
+        str(hq.master),
+        "--key",
+        str(keys / "hq_signing.key"),
+        "--model",
+        str(hq.model),
+        "--inbox",
+        str(tmp_path / "inbox.db"),
+        "--poll",
+        "0.2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(broker.port),
+        "--fleet",
+        hq.topics.fleet,
     ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sync_helpers import WAIT, Hq, RunningServer, Tap
 
-from catalog.store import Catalog
-from catalog.sync.codec import LatestManifest, encode_delta
-from catalog.sync.envelope import EnvelopeHeader, Signer, Verifier, generate_keys, load_signer
-from catalog.sync.kiosk import KioskSync
-from catalog.sync.localbroker import Broker
-from catalog.sync.releases import current_release
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
+from shelfsight.catalog.sync.envelope import (
+    EnvelopeHeader,
+    Signer,
+    Verifier,
+    generate_keys,
+    load_signer,
+)
+from shelfsight.edge_app.kiosk.updates.releases import current_release
+from shelfsight.edge_app.kiosk.updates.worker import KioskSync
+from tests.support.broker import Broker
+from tests.support.sync import WAIT, Hq, RunningServer, Tap
 
 
 def at_version(version: int):
@@ -38,7 +44,7 @@ def capture_deltas(hq: Hq, broker: Broker, steps: list[range]) -> list[bytes]:
         for i, ids in enumerate(steps):
             hq.add(ids, seed=i + 1)
             hq.publisher.publish()
-            assert tap.wait(lambda m: len(m) >= i + 1)
+            assert tap.wait(lambda m, i=i: len(m) >= i + 1)
         return tap.payloads(hq.topics.delta)
     finally:
         tap.close()
@@ -204,15 +210,18 @@ def test_chunks_over_the_broker_limit_are_reported(
         hq.publisher.publish()
         good = hq.publisher.load_state()
         assert good is not None and good.snapshot is not None
-        big = good.snapshot.model_copy(update={"chunk_size": 32 * 1024, "chunks": good.snapshot.chunks[:1], "size": 100})
+        big = good.snapshot.model_copy(
+            update={"chunk_size": 32 * 1024, "chunks": good.snapshot.chunks[:1], "size": 100}
+        )
         manifest = LatestManifest(
             version=good.version + 5, model_fingerprint=hq.fingerprint, snapshot=big, delta_floor=good.version + 5
         )
         payload = hq_keys[0].seal(
-            EnvelopeHeader(kind="manifest", fleet=hq.topics.fleet, seq=good.seq + 1), manifest.model_dump_json().encode()
+            EnvelopeHeader(kind="manifest", fleet=hq.topics.fleet, seq=good.seq + 1),
+            manifest.model_dump_json().encode(),
         )
         data_dir = tmp_path / "k-small"
-        from sync_helpers import kiosk_config, seed_kiosk
+        from tests.support.sync import kiosk_config, seed_kiosk
 
         seed_kiosk(data_dir, hq)
         kiosk = KioskSync(kiosk_config(small, hq_keys[2], "k-small"), data_dir)

@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sync_helpers import WAIT, Hq, Tap, check_kiosk_catalog, kill_trials, kiosk_config, seed_kiosk
+from shelfsight.catalog.sync.envelope import Signer, Verifier
+from tests.support.broker import Broker
+from tests.support.sync import (
+    WAIT,
+    Hq,
+    Tap,
+    check_kiosk_catalog,
+    kill_trials,
+    kiosk_config,
+    seed_kiosk,
+)
 
-from catalog.sync.envelope import Signer, Verifier
-from catalog.sync.localbroker import Broker
 
-
-def test_kill_nine_during_apply_never_corrupts(hq: Hq, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path) -> None:
+def test_kill_nine_during_apply_never_corrupts(
+    hq: Hq, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
+) -> None:
     hq.add(range(20))
     hq.publisher.publish()
     hq.publisher.max_message_bytes = 64 * 1024  # the big steps go by snapshot
@@ -27,7 +36,7 @@ def test_kill_nine_during_apply_never_corrupts(hq: Hq, broker: Broker, hq_keys: 
     assert json.loads(status.messages[-1].payload)["state"] == "offline"
     status.close()
     # And a restarted kiosk converges on HQ's latest version.
-    from catalog.sync.kiosk import KioskSync
+    from shelfsight.edge_app.kiosk.updates.worker import KioskSync
 
     with KioskSync(config, data_dir) as kiosk:
         assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error

@@ -6,12 +6,11 @@ import json
 import sqlite3
 from pathlib import Path
 
-from sync_helpers import WAIT, Hq, RunningServer, Searcher, Tap
-
-from catalog.store import Catalog
-from catalog.sync.envelope import Signer, Verifier
-from catalog.sync.localbroker import Broker
-from catalog.sync.releases import current_release
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.envelope import Signer, Verifier
+from shelfsight.edge_app.kiosk.updates.releases import current_release
+from tests.support.broker import Broker
+from tests.support.sync import WAIT, Hq, RunningServer, Searcher, Tap
 
 
 def test_broker_killed_mid_transfer_kiosk_converges_and_keeps_searching(
@@ -27,7 +26,9 @@ def test_broker_killed_mid_transfer_kiosk_converges_and_keeps_searching(
     hq.add(range(3, 200))
     server = RunningServer(hq, hq_keys[0], poll_s=0.2)
     try:
-        assert kiosk.wait_for(lambda k: k.fetching is not None and k.fetching[1] > 0 or k.version == hq.catalog.version, WAIT)
+        assert kiosk.wait_for(
+            lambda k: k.fetching is not None and k.fetching[1] > 0 or k.version == hq.catalog.version, WAIT
+        )
         broker.restart(hard=True)  # kill -9: retained chunks since the last autosave may be gone
         assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, 3 * WAIT), kiosk.last_error
     finally:
@@ -39,7 +40,9 @@ def test_broker_killed_mid_transfer_kiosk_converges_and_keeps_searching(
         assert catalog.export_snapshot()["records"] == hq.catalog.export_snapshot()["records"]
 
 
-def test_offline_kiosk_converges_after_broker_dropped_its_queue(broker_factory, tmp_path: Path, hq_keys, kiosk_factory) -> None:
+def test_offline_kiosk_converges_after_broker_dropped_its_queue(
+    broker_factory, tmp_path: Path, hq_keys, kiosk_factory
+) -> None:
     small_queue = broker_factory(max_queued_messages=3)
     hq = Hq(tmp_path / "hq-q", small_queue, hq_keys[0])
     try:

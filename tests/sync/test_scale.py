@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync_helpers import WAIT, Hq, RunningServer, run_fleet
+from shelfsight.catalog.sync.envelope import Signer, Verifier
+from tests.support.broker import Broker
+from tests.support.sync import WAIT, Hq, RunningServer, run_fleet
 
-from catalog.sync.envelope import Signer, Verifier
-from catalog.sync.localbroker import Broker
 
-
-def test_fifty_kiosks_converge_on_one_update(hq: Hq, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path) -> None:
+def test_fifty_kiosks_converge_on_one_update(
+    hq: Hq, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
+) -> None:
     hq.add(range(10))
     hq.publisher.publish()
     server = RunningServer(hq, hq_keys[0], poll_s=0.2)

@@ -14,15 +14,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sync_helpers import WAIT, Hq, Tap
 
-from catalog.sync.bus import open_bus
-from catalog.sync.chunks import BlobManifest
-from catalog.sync.codec import LatestManifest, encode_delta
-from catalog.sync.config import BrokerConfig
-from catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
-from catalog.sync.localbroker import Broker, add_password
-from edge_app.errors import SyncError
+from shelfsight.catalog.sync.chunks import BlobManifest
+from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
+from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
+from shelfsight.catalog.sync.transport.config import BrokerConfig
+from shelfsight.catalog.sync.transport.factory import open_bus
+from shelfsight.edge_app.core.errors import SyncError
+from tests.support.broker import Broker, add_password
+from tests.support.sync import WAIT, Hq, Tap
 
 ACL = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "shelfsight.acl"
 
@@ -92,9 +92,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "server.crt", folder / "server.key"
@@ -141,20 +139,36 @@ def test_hostile_payloads_are_refused_and_the_kiosk_keeps_working(
 
     fleet = hq.topics.fleet
     hostile = [
-        _delta(signer, fleet, base, base + 1, encode_delta(variant(dim=8, embedding="AAAAAAAAAAA="))),  # wrong dimension
+        _delta(
+            signer, fleet, base, base + 1, encode_delta(variant(dim=8, embedding="AAAAAAAAAAA="))
+        ),  # wrong dimension
         _delta(signer, fleet, base, base + 1, encode_delta(variant(scale=math.nan))),  # NaN
         _delta(signer, fleet, base, base + 1, zlib.compress(b"{not json")),  # invalid JSON
         _delta(signer, fleet, base, base + 1, zlib.compress(b"\0" * 30_000_000)),  # zip bomb
-        _delta(signer, fleet, base, base + 1, encode_delta([{**c, "product_id": "../../etc/passwd"} for c in good[:1]])),
+        _delta(
+            signer, fleet, base, base + 1, encode_delta([{**c, "product_id": "../../etc/passwd"} for c in good[:1]])
+        ),
         _delta(signer, fleet, base, base + 1, b"\x00" * (kiosk.config.max_message_bytes + 1)),  # oversized
     ]
     huge = BlobManifest.model_construct(
-        kind="snapshot", version=base + 9, model_fingerprint=hq.fingerprint, size=10**12, sha256="0" * 64,
-        chunk_size=10**6, chunks=("0" * 64,) * 3,
+        kind="snapshot",
+        version=base + 9,
+        model_fingerprint=hq.fingerprint,
+        size=10**12,
+        sha256="0" * 64,
+        chunk_size=10**6,
+        chunks=("0" * 64,) * 3,
     )
-    manifest = {"version": base + 9, "model_fingerprint": hq.fingerprint, "snapshot": huge.model_dump(), "delta_floor": base + 9}
+    manifest = {
+        "version": base + 9,
+        "model_fingerprint": hq.fingerprint,
+        "snapshot": huge.model_dump(),
+        "delta_floor": base + 9,
+    }
     hostile_manifests = [
-        signer.seal(EnvelopeHeader(kind="manifest", fleet=fleet, seq=10**13), json.dumps(manifest).encode()),  # huge counts
+        signer.seal(
+            EnvelopeHeader(kind="manifest", fleet=fleet, seq=10**13), json.dumps(manifest).encode()
+        ),  # huge counts
         signer.seal(EnvelopeHeader(kind="manifest", fleet=fleet, seq=10**13), b"[]"),
     ]
     attacker = Tap(broker, client_id="attacker")

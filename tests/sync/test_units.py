@@ -10,16 +10,34 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sync_helpers import make_model
 
-from catalog.sync.chunks import Assembler, split
-from catalog.sync.codec import decode_delta, decode_release, encode_release, inflate_json
-from catalog.sync.config import SyncConfig
-from catalog.sync.envelope import MAGIC, EnvelopeHeader, Signer, Verifier, generate_keys, load_signer, load_verifier
-from catalog.sync.messages import MAX_STATUS_BYTES, Enrollment, KioskStatus, parse_upstream
-from catalog.sync.releases import current_release, rollback
-from catalog.sync.topics import Topics
-from edge_app.errors import CatalogError, ConfigError, SyncError
+from shelfsight.catalog.sync.chunks import Assembler, split
+from shelfsight.catalog.sync.codec import (
+    decode_delta,
+    decode_release,
+    encode_release,
+    inflate_json,
+)
+from shelfsight.catalog.sync.envelope import (
+    MAGIC,
+    EnvelopeHeader,
+    Signer,
+    Verifier,
+    generate_keys,
+    load_signer,
+    load_verifier,
+)
+from shelfsight.catalog.sync.messages import (
+    MAX_STATUS_BYTES,
+    Enrollment,
+    KioskStatus,
+    parse_upstream,
+)
+from shelfsight.catalog.sync.topics import Topics
+from shelfsight.edge_app.core.errors import CatalogError, ConfigError, SyncError
+from shelfsight.edge_app.kiosk.updates.config import SyncConfig
+from shelfsight.edge_app.kiosk.updates.releases import current_release, rollback
+from tests.support.sync import make_model
 
 
 def header(**kw: object) -> EnvelopeHeader:

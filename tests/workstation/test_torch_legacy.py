@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+
 import numpy as np
 import pytest
 
-from edge_app.errors import ModelError
-from train.torch_legacy import LEGACY_MAGIC, load_legacy_state_dict
+from shelfsight.edge_app.core.errors import ModelError
+from shelfsight.train.torch_legacy import LEGACY_MAGIC, load_legacy_state_dict
 
 
 def test_reads_the_shipped_checkpoint():

@@ -11,15 +11,24 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from edge_app.errors import ConfigError, InputError  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.data import fingerprint, load_source, load_sources  # noqa: E402
-from train.trainer import train  # noqa: E402
+from shelfsight.edge_app.core.errors import ConfigError, InputError  # noqa: E402
+from shelfsight.train.config import TrainConfig  # noqa: E402
+from shelfsight.train.data import fingerprint, load_source, load_sources  # noqa: E402
+from shelfsight.train.trainer import train  # noqa: E402
 
 
 def tiny_config(source: Path, **overrides) -> TrainConfig:
-    base = dict(sources=[str(source)], backbone="tiny", pretrained=False, input_size=48, embedding_dim=16,
-                epochs=3, steps_per_epoch=2, batch_size=4, train_from_block=0)
+    base = dict(
+        sources=[str(source)],
+        backbone="tiny",
+        pretrained=False,
+        input_size=48,
+        embedding_dim=16,
+        epochs=3,
+        steps_per_epoch=2,
+        batch_size=4,
+        train_from_block=0,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -36,8 +45,9 @@ def test_run_directory_has_model_config_log_and_manifest(tiny_run: Path, tiny_da
 
 def test_tiny_model_tells_products_apart(tiny_model: Path, tiny_dataset):
     """The shared test model must be discriminative, or every test built on it checks plumbing only."""
-    from edge_app.evaluate import embed_paths, evaluate, scan_folder
-    from edge_app.runtime import open_embedder
+    from shelfsight.edge_app.core.labels import scan_folder
+    from shelfsight.edge_app.evaluation.retrieval import embed_paths, evaluate
+    from shelfsight.edge_app.runtime.factory import open_embedder
 
     with open_embedder(tiny_model) as embedder:
         vectors = embed_paths(embedder, scan_folder(tiny_dataset["queries"], "q").paths)
@@ -49,7 +59,9 @@ def test_tiny_model_tells_products_apart(tiny_model: Path, tiny_dataset):
 
 
 def test_training_reduces_the_loss(tiny_dataset, tmp_path):
-    run = train(tiny_config(tiny_dataset["train"], epochs=4, steps_per_epoch=6, learning_rate=5e-3), tmp_path / "r", verbose=0)
+    run = train(
+        tiny_config(tiny_dataset["train"], epochs=4, steps_per_epoch=6, learning_rate=5e-3), tmp_path / "r", verbose=0
+    )
     losses = [float(row["loss"]) for row in csv.DictReader(open(run.run_dir / "train_log.csv"))]
     assert len(losses) == 4
     assert losses[-1] < losses[0]
@@ -97,7 +109,7 @@ def _grocery_tree(root: Path) -> None:
             folder.mkdir(parents=True)
             for i in range(2):
                 Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(folder / f"{i}.jpg")
-    (root / "train.txt").write_text(
+    (root / "shelfsight.train.txt").write_text(
         "train/Fruit/Apple/Granny-Smith/0.jpg, 1, 0\ntrain/Fruit/Apple/Granny-Smith/1.jpg, 1, 0\n"
         "train/Packages/Milk/Arla-Milk/0.jpg, 40, 9\n"
     )
@@ -117,22 +129,28 @@ def _grocery_tree(root: Path) -> None:
 
 def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
     _grocery_tree(tmp_path)
-    from_list = load_source(tmp_path / "train.txt")
+    from_list = load_source(tmp_path / "shelfsight.train.txt")
     from_folder = load_source(tmp_path / "val")
     from_csv = load_source(tmp_path / "classes.csv")
-    assert {s.product for s in from_list} == {s.product for s in from_folder} == {"Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"}
+    assert (
+        {s.product for s in from_list}
+        == {s.product for s in from_folder}
+        == {"Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"}
+    )
     assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"]
-    combined = load_sources([tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"])
+    combined = load_sources(
+        [tmp_path / "shelfsight.train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"]
+    )
     assert {s.product for s in combined} == {"Fruit/Apple/Granny-Smith"} and len(combined) == 3
     # Arla-Milk has one listed photo: a clear error naming its folder
     with pytest.raises(InputError, match="Arla-Milk"):
-        load_sources([tmp_path / "train.txt"])
+        load_sources([tmp_path / "shelfsight.train.txt"])
 
 
 def test_corrupt_training_image_is_named_before_training(tiny_dataset, tmp_path):
     import shutil
 
-    from edge_app.errors import ImageError
+    from shelfsight.edge_app.core.errors import ImageError
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset["train"], data)
@@ -156,8 +174,8 @@ def test_bad_sources_name_the_file(tmp_path):
 def test_second_stage_starts_from_the_first_runs_weights(tiny_run: Path, tiny_dataset, tmp_path):
     import keras
 
-    from train.trainer import _class_means, _initialise_from
-    from train.model import build_embedding_model
+    from shelfsight.train.model import build_embedding_model
+    from shelfsight.train.trainer import _class_means, _initialise_from
 
     # the first run's dimension; its input size may differ (48 here, 64 there)
     cfg = tiny_config(tiny_dataset["train"], init_from=str(tiny_run), embedding_dim=32, augment={"rotate_prob": 0.2})
@@ -201,12 +219,12 @@ def test_warm_start_from_an_exported_tflite_computes_what_it_computes(
 ):
     """With the Keras run gone, the .tflite's weights rebuild the same network (fp16 keeps its
     weights as float16 constants expanded at run time, a different path from int8's)."""
-    from convert.tflite import convert_run
-    from edge_app.evaluate import scan_folder
-    from edge_app.images import fit_square, load_rgb
-    from edge_app.runtime import open_embedder
-    from train.model import build_embedding_model
-    from train.warm_start import load_tflite_weights
+    from shelfsight.convert.tflite import convert_run
+    from shelfsight.edge_app.core.images import fit_square, load_rgb
+    from shelfsight.edge_app.core.labels import scan_folder
+    from shelfsight.edge_app.runtime.factory import open_embedder
+    from shelfsight.train.model import build_embedding_model
+    from shelfsight.train.warm_start import load_tflite_weights
 
     model = tiny_model
     if quantization != "int8":
@@ -224,7 +242,7 @@ def test_warm_start_from_an_exported_tflite_computes_what_it_computes(
 
 
 def test_training_continues_from_an_exported_tflite(tiny_model: Path, tiny_dataset, tmp_path):
-    from edge_app.runtime.spec import load_spec
+    from shelfsight.edge_app.core.spec import load_spec
 
     cfg = tiny_config(tiny_dataset["train"], init_from=str(tiny_model), embedding_dim=32, epochs=1)
     run = train(cfg, tmp_path / "more", verbose=0)
@@ -233,7 +251,7 @@ def test_training_continues_from_an_exported_tflite(tiny_model: Path, tiny_datas
 
 
 def test_warm_start_from_a_mismatched_or_tampered_tflite_is_refused(tiny_model: Path, tiny_dataset, tmp_path):
-    from edge_app.errors import ModelError
+    from shelfsight.edge_app.core.errors import ModelError
 
     with pytest.raises(ConfigError, match="dimension 32"):
         train(tiny_config(tiny_dataset["train"], init_from=str(tiny_model)), tmp_path / "a", verbose=0)

@@ -1,0 +1,283 @@
+"""`shelfsight hq ...`: signing keys, publishing the master catalog, the fleet's status, enrollments."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import click
+from pydantic import ValidationError
+
+from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
+from shelfsight.edge_app.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def broker_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that talks to the broker shares."""
+    options = [
+        click.option("--host", default="localhost", show_default=True, help="Broker host."),
+        click.option("--port", type=int, default=8883, show_default=True, help="Broker port."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate (enables TLS)."),
+        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate."),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate key."),
+        click.option("--username", default="hq", show_default=True, help="Broker username."),
+        click.option("--password-env", default=None, help="Environment variable holding the broker password."),
+        click.option(
+            "--password-file", type=click.Path(exists=True, dir_okay=False), help="File holding the password."
+        ),
+        click.option("--prefix", default="shelfsight", show_default=True, help="Topic prefix."),
+        click.option("--fleet", default="default", show_default=True, help="Fleet (store group) name."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _broker(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Pop the broker options from `kwargs` -> (BrokerConfig, Topics)."""
+    from shelfsight.catalog.sync.topics import Topics
+    from shelfsight.catalog.sync.transport.config import BrokerConfig
+
+    names = ("host", "port", "tls_ca", "tls_cert", "tls_key", "username", "password_env", "password_file")
+    values = {name: kwargs.pop(name) for name in names}
+    prefix, fleet = kwargs.pop("prefix"), kwargs.pop("fleet")
+    try:
+        config = BrokerConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"broker options: {exc.errors()[0]['msg']}") from exc
+    return config, Topics(prefix, fleet)
+
+
+@click.group("hq")
+def hq_group() -> None:
+    """Headquarters: publish the master catalog and models to every kiosk over MQTT.
+
+    \b
+    Example:
+      shelfsight hq keygen --out keys/
+      shelfsight hq serve --db master.db --key keys/hq_signing.key --host broker.example --fleet north
+    """
+
+
+@hq_group.command("keygen")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the key pair.")
+@click.option("--force", is_flag=True, help="Overwrite an existing key pair (kiosks must get the new public key).")
+@domain_errors
+def keygen_command(out_dir: str, force: bool) -> None:
+    """Create HQ's Ed25519 signing key pair. The .key file never leaves HQ; kiosks get the .pub file.
+
+    \b
+    Example:
+      shelfsight hq keygen --out /etc/shelfsight/keys
+    """
+    from shelfsight.catalog.sync.envelope import generate_keys
+
+    private, public = generate_keys(out_dir, overwrite=force)
+    click.echo(f"private key: {private} (keep it at HQ, mode 0600)")
+    click.echo(f"public key:  {public} (copy to every kiosk: sync.public_key)")
+
+
+def _publisher(db: str, key: str, model: str | None, chunk_kb: int, bus: Any, topics: Any) -> Any:
+    from shelfsight.catalog.hq.publisher import HqPublisher
+    from shelfsight.catalog.sync.envelope import load_signer
+
+    return HqPublisher(db, load_signer(key), bus, topics, model=model, chunk_bytes=chunk_kb * 1024)
+
+
+publish_options = [
+    click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The master catalog."),
+    click.option(
+        "--key", required=True, type=click.Path(exists=True, dir_okay=False), help="HQ's private signing key."
+    ),
+    click.option(
+        "--model",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Roll out this .tflite (with sidecar) with the catalog.",
+    ),
+    click.option(
+        "--chunk-kb", type=click.IntRange(1, 65536), default=192, show_default=True, help="Snapshot chunk size."
+    ),
+]
+
+
+def _with_publish_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(publish_options):
+        func = option(func)
+    return func
+
+
+@hq_group.command("publish")
+@_with_publish_options
+@broker_options
+@domain_errors
+def publish_command(db: str, key: str, model: str | None, chunk_kb: int, **kwargs: Any) -> None:
+    """Publish the master catalog's current version once (delta, snapshot, release, manifest).
+
+    \b
+    Example:
+      shelfsight hq publish --db master.db --key keys/hq_signing.key --port 1883 --fleet north
+    """
+    from shelfsight.catalog.sync.transport.factory import open_bus
+
+    config, topics = _broker(kwargs)
+    with open_bus(config, client_id="hq-publish", on_message=lambda m: None, persistent=False) as bus:
+        bus.connect()
+        manifest = _publisher(db, key, model, chunk_kb, bus, topics).publish(force=True)
+    assert manifest is not None
+    click.echo(
+        f"published v{manifest.version} to {topics.root}: snapshot {manifest.snapshot.size} bytes in "
+        f"{len(manifest.snapshot.chunks)} chunks"
+        + (f", release {manifest.release.size} bytes" if manifest.release else "")
+    )
+
+
+@hq_group.command("serve")
+@_with_publish_options
+@click.option("--inbox", type=click.Path(dir_okay=False), help="Store kiosks' enrollments in this SQLite file.")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between checks of the master.")
+@click.option("--share-group", default=None, help="Use a shared subscription group (several HQ workers).")
+@click.option("--client-id", default=None, help="MQTT client id; unique per worker (default hq-serve-FLEET).")
+@broker_options
+@domain_errors
+def serve_command(
+    db: str,
+    key: str,
+    model: str | None,
+    chunk_kb: int,
+    inbox: str | None,
+    poll: float,
+    share_group: str | None,
+    client_id: str | None,
+    **kwargs: Any,
+) -> None:
+    """Keep publishing: every new master version, answers to kiosks' resync requests, enrollments into an inbox.
+
+    \b
+    Example:
+      shelfsight hq serve --db master.db --key keys/hq_signing.key --inbox enroll.db --fleet north
+    """
+    from shelfsight.catalog.hq.inbox import EnrollmentInbox
+    from shelfsight.catalog.hq.publisher import HqServer
+    from shelfsight.catalog.sync.transport.factory import open_bus
+
+    config, topics = _broker(kwargs)
+    box = EnrollmentInbox(inbox) if inbox else None
+    server = HqServer(on_enrollment=box.add if box else None, poll_s=poll, share_group=share_group)
+    bus = open_bus(
+        config,
+        client_id=client_id or f"hq-serve-{topics.fleet}",
+        on_message=server.on_message,
+        on_connect=server.on_connect,
+    )
+    try:
+        with stop_on_signals(server.stop_event):
+            bus.connect()
+            click.echo(f"serving {topics.root} (Ctrl-C to stop)")
+            server.run(_publisher(db, key, model, chunk_kb, bus, topics), bus)
+    finally:
+        bus.close()
+        if box is not None:
+            box.close()
+
+
+@hq_group.command("status")
+@click.option("--wait", "wait_s", type=float, default=2.0, show_default=True, help="Seconds to collect statuses.")
+@click.option("--db", type=click.Path(exists=True, dir_okay=False), help="Master catalog, to show who is behind.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@broker_options
+@domain_errors
+def status_command(wait_s: float, db: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Show every kiosk of the fleet: version, how far behind, model, fps, last error.
+
+    \b
+    Example:
+      shelfsight hq status --db master.db --host broker.example --fleet north
+    """
+    from shelfsight.catalog.hq.fleet import collect_status, format_table, status_rows
+
+    config, topics = _broker(kwargs)
+    statuses, problems = collect_status(config, topics, wait_s=wait_s)
+    target = None
+    if db is not None:
+        from shelfsight.catalog.store import Catalog
+
+        with Catalog(db, create=False) as master:
+            target = master.version
+    if as_json:
+        click.echo(json.dumps([s.model_dump() for s in statuses], indent=2))
+    else:
+        header = ["kiosk", "state", "version", "behind", "model", "fps", "uptime", "seen", "last error"]
+        click.echo(format_table(header, status_rows(statuses, target)))
+        click.echo(f"{len(statuses)} kiosks" + (f", master at v{target}" if target is not None else ""))
+    for problem in problems:
+        click.echo(f"unreadable status: {problem}", err=True)
+
+
+inbox_option = click.option(
+    "--inbox", required=True, type=click.Path(dir_okay=False), help="The enrollment inbox file."
+)
+
+
+@hq_group.command("enrollments")
+@inbox_option
+@click.option("--all", "show_all", is_flag=True, help="Include approved and rejected ones.")
+@domain_errors
+def enrollments_command(inbox: str, show_all: bool) -> None:
+    """List products taught at stores that wait for approval.
+
+    \b
+    Example:
+      shelfsight hq enrollments --inbox enroll.db
+    """
+    from shelfsight.catalog.hq.fleet import format_table
+    from shelfsight.catalog.hq.inbox import EnrollmentInbox
+
+    with EnrollmentInbox(inbox) as box:
+        entries = box.entries(None if show_all else "pending")
+    rows = [[str(e.id), e.kiosk_id, e.product_id, e.name, str(e.frames), e.status, e.note] for e in entries]
+    click.echo(format_table(["id", "kiosk", "product", "name", "frames", "status", "note"], rows))
+
+
+@hq_group.command("approve")
+@click.argument("entry_id", type=int)
+@inbox_option
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The master catalog.")
+@domain_errors
+def approve_command(entry_id: int, inbox: str, db: str) -> None:
+    """Fold enrollment ENTRY_ID into the master catalog; `hq serve` then sends it to every store.
+
+    \b
+    Example:
+      shelfsight hq approve 3 --inbox enroll.db --db master.db
+    """
+    from shelfsight.catalog.hq.inbox import EnrollmentInbox
+    from shelfsight.catalog.store import Catalog
+
+    with EnrollmentInbox(inbox) as box, Catalog(db, create=False) as master:
+        version = box.approve(entry_id, master)
+    click.echo(f"enrollment #{entry_id} approved; master catalog now at v{version}")
+
+
+@hq_group.command("reject")
+@click.argument("entry_id", type=int)
+@inbox_option
+@click.option("--note", default="", help="Why (kept in the inbox).")
+@domain_errors
+def reject_command(entry_id: int, inbox: str, note: str) -> None:
+    """Reject enrollment ENTRY_ID (it stays local at its store).
+
+    \b
+    Example:
+      shelfsight hq reject 4 --inbox enroll.db --note "duplicate of SKU 1234"
+    """
+    from shelfsight.catalog.hq.inbox import EnrollmentInbox
+
+    with EnrollmentInbox(inbox) as box:
+        box.reject(entry_id, note)
+    click.echo(f"enrollment #{entry_id} rejected")
+
+
+COMMANDS: list[click.Command] = [hq_group]

@@ -1,0 +1,142 @@
+"""HQ's inbox of products taught at stores, waiting for a person to approve them into the master."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.messages import Enrollment
+from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
+from shelfsight.edge_app.core.images import decode_rgb
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enrollments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kiosk_id TEXT NOT NULL, product_id TEXT NOT NULL,
+    name TEXT NOT NULL, frames INTEGER NOT NULL, payload TEXT NOT NULL, received REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', note TEXT NOT NULL DEFAULT '')
+"""
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    id: int
+    kiosk_id: str
+    product_id: str
+    name: str
+    frames: int
+    received: float
+    status: str
+    note: str
+
+
+class EnrollmentInbox:
+    """A small SQLite file. `hq serve` adds to it; `hq enrollments` / `hq approve` read it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise InputError(f"{self.path}: cannot open enrollment inbox ({exc})") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "EnrollmentInbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, enrollment: Enrollment) -> int:
+        with self._lock, closing(self._db.cursor()) as cursor:
+            cursor.execute(
+                "INSERT INTO enrollments (kiosk_id, product_id, name, frames, payload, received) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    enrollment.kiosk_id,
+                    enrollment.product_id,
+                    enrollment.name,
+                    len(enrollment.frames),
+                    enrollment.model_dump_json(),
+                    time.time(),
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def entries(self, status: str | None = None) -> list[InboxEntry]:
+        sql = "SELECT id, kiosk_id, product_id, name, frames, received, status, note FROM enrollments"
+        params: tuple[str, ...] = ()
+        if status is not None:
+            sql, params = sql + " WHERE status = ?", (status,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
+        return [InboxEntry(*row) for row in rows]
+
+    def _load(self, entry_id: int) -> tuple[Enrollment, str]:
+        with self._lock:
+            row = self._db.execute("SELECT payload, status FROM enrollments WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise InputError(f"{self.path}: no enrollment #{entry_id}")
+        return Enrollment.model_validate_json(row[0]), str(row[1])
+
+    def _mark(self, entry_id: int, status: str, note: str = "") -> None:
+        with self._lock:
+            self._db.execute("UPDATE enrollments SET status = ?, note = ? WHERE id = ?", (status, note, entry_id))
+
+    def approve(self, entry_id: int, master: Catalog) -> int:
+        """Fold an enrollment into the master catalog (one transaction); returns the new master version."""
+        enrollment, status = self._load(entry_id)
+        if status != "pending":
+            raise InputError(f"enrollment #{entry_id} is already {status}")
+        master.check_model(enrollment.frames[0].fingerprint)
+        try:
+            with master.batch():
+                try:
+                    master.product(enrollment.product_id)
+                except (CatalogError, InputError):
+                    master.add_product(enrollment.product_id, enrollment.name, category=enrollment.category)
+                for frame in enrollment.frames:
+                    image_jpeg = base64.b64decode(frame.image_jpeg) if frame.image_jpeg else None
+                    master.add_reference_vector(
+                        enrollment.product_id,
+                        np.asarray(frame.embedding, dtype=np.float32),
+                        fingerprint=frame.fingerprint,
+                        phash=frame.phash,
+                        source=f"enrolled at {enrollment.kiosk_id}",
+                        image_jpeg=image_jpeg,
+                        keypoints=_keypoints(image_jpeg, entry_id),
+                    )
+        except (CatalogError, InputError) as exc:
+            self._mark(entry_id, "pending", f"approve failed: {exc}")
+            raise
+        self._mark(entry_id, "approved", f"master v{master.version}")
+        return master.version
+
+    def reject(self, entry_id: int, note: str = "") -> None:
+        _, status = self._load(entry_id)
+        if status != "pending":
+            raise InputError(f"enrollment #{entry_id} is already {status}")
+        self._mark(entry_id, "rejected", note)
+
+
+def _keypoints(image_jpeg: bytes | None, entry_id: int) -> bytes | None:
+    """Local features of an enrolled frame, so stores can verify the product geometrically."""
+    if image_jpeg is None:
+        return None
+    try:
+        rgb = decode_rgb(image_jpeg, name=f"enrollment #{entry_id}")
+    except InputError as exc:
+        raise InputError(f"enrollment #{entry_id} carries an unreadable frame ({exc})") from exc
+    return serialise_keypoints(*compute_keypoints(rgb))

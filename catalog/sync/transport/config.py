@@ -1,0 +1,45 @@
+"""How a client reaches the MQTT broker: shared by HQ and the kiosks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shelfsight.edge_app.core.errors import ConfigError
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class BrokerConfig(BaseModel):
+    """How to reach the MQTT broker (paho adapter in `catalog/sync/mqtt.py`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "localhost"
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # The broker keeps a disconnected kiosk's subscriptions and queued messages this long.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    # Largest packet we accept from the broker; the broker drops bigger ones instead of sending them.
+    max_packet_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES + 4096, ge=1024)
+
+    def password(self) -> str | None:
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"sync: environment variable {self.password_env} (broker password) is not set")
+            return value
+        if self.password_file:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{self.password_file}: cannot read broker password ({exc.strerror})") from exc
+        return None

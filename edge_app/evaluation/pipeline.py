@@ -1,0 +1,172 @@
+"""`shelfsight eval --pipeline full` and `--calibrate`: evaluation through the kiosk's own pipeline.
+
+The reference folder is ingested into a temporary catalog exactly as
+`shelfsight catalog build` would (screening, dedup, ORB keypoints), and
+queries go through the kiosk's `Recognizer` (shortlist, geometric
+verification, scoring). Eval labels are folder paths, which may contain `/`;
+catalog ids may not, so each label gets an opaque id and is mapped back.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Collection
+
+import numpy as np
+
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import InputError
+from shelfsight.edge_app.core.images import load_rgb
+from shelfsight.edge_app.core.labels import LabelledImages, scan_folder
+from shelfsight.edge_app.evaluation.retrieval import GlobalRanker, Ranker, embed_paths
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("global", "full")
+
+
+class PipelineRanker:
+    """The kiosk's recognition pipeline over a temporary catalog built from labelled reference images."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        references: LabelledImages,
+        config: RecognitionConfig | None = None,
+        progress: bool = False,
+    ) -> None:
+        from shelfsight.catalog.ingest import IngestOptions, ProductEntry, build_catalog
+        from shelfsight.catalog.store import Catalog
+        from shelfsight.edge_app.recognition import Recognizer
+
+        labels = sorted(set(references.products))
+        ids = {label: f"p{i:05d}" for i, label in enumerate(labels)}
+        self._labels = {v: k for k, v in ids.items()}
+        images: dict[str, list[Path]] = {label: [] for label in labels}
+        for path, label in zip(references.paths, references.products):
+            images[label].append(path)
+        entries = [ProductEntry(ids[label], {"name": label}, tuple(images[label])) for label in labels]
+        self._tmp = tempfile.TemporaryDirectory(prefix="shelfsight-eval-")
+        db = Path(self._tmp.name) / "eval-catalog.db"
+        report = build_catalog(db, embedder, entries, IngestOptions(progress=progress))
+        for rejected, reason in report.rejected:
+            log.warning("reference not used by the pipeline: %s (%s)", rejected, reason)
+        self.catalog = Catalog(db)
+        self.recognizer = Recognizer(embedder, self.catalog, config)
+
+    def label(self, product_id: str) -> str:
+        """The eval label (folder path) of a catalog product id."""
+        return self._labels[product_id]
+
+    def rank(self, rgb: np.ndarray, k: int) -> list[tuple[str, float]]:
+        return [(self.label(pid), score) for pid, score in self.recognizer.rank(rgb, k)]
+
+    def close(self) -> None:
+        self.catalog.close()
+        self._tmp.cleanup()
+
+
+def make_ranker(
+    pipeline: str,
+    embedder: Embedder,
+    references: LabelledImages,
+    config: RecognitionConfig | None = None,
+    progress: bool = False,
+) -> Ranker:
+    if pipeline == "full":
+        return PipelineRanker(embedder, references, config, progress)
+    if pipeline == "global":
+        return GlobalRanker(embedder, embed_paths(embedder, references.paths, progress=progress), references.products)
+    raise InputError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    known_accept_rate: float  # known products' queries answered with the right product
+    unknown_reject_rate: float  # held-out products' queries answered "not in catalog"
+    known_queries: int
+    unknown_queries: int
+    held_out_products: list[str]
+    pipeline: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_threshold(correct_scores: np.ndarray, reject_scores: np.ndarray) -> tuple[float, float, float]:
+    """Threshold maximising (right answers accepted) - (answers that should be refused but were accepted).
+
+    `correct_scores`: top scores of known-product queries whose first answer was right.
+    `reject_scores`: top scores that should be refused (held-out products and wrong first answers).
+    """
+    candidates = np.unique(np.concatenate([correct_scores, reject_scores, [np.inf]]))
+    best = (-np.inf, float(candidates[-1]), 0.0, 1.0)
+    for t in candidates:
+        accept = float(np.mean(correct_scores >= t)) if len(correct_scores) else 0.0
+        false_accept = float(np.mean(reject_scores >= t)) if len(reject_scores) else 0.0
+        if accept - false_accept > best[0]:
+            best = (accept - false_accept, float(t), accept, false_accept)
+    return best[1], best[2], best[3]
+
+
+def calibrate(
+    embedder: Embedder,
+    catalog_dir: str | Path,
+    queries_dir: str | Path,
+    *,
+    pipeline: str = "full",
+    holdout: float = 0.25,
+    seed: int = 0,
+    config: RecognitionConfig | None = None,
+    progress: bool = False,
+) -> Calibration:
+    """Hold some products out of the catalog and find the score that separates them from known ones."""
+    if not 0 < holdout < 1:
+        raise InputError("--holdout must be between 0 and 1")
+    references = scan_folder(catalog_dir, "catalog")
+    queries = scan_folder(queries_dir, "queries")
+    products = sorted(set(references.products))
+    rng = np.random.default_rng(seed)
+    n_out = max(1, int(round(holdout * len(products))))
+    if n_out >= len(products):
+        raise InputError("calibration needs at least two catalog products")
+    held_out: Collection[str] = set(rng.choice(products, size=n_out, replace=False).tolist())
+    known = LabelledImages(
+        [p for p, label in zip(references.paths, references.products) if label not in held_out],
+        [label for label in references.products if label not in held_out],
+    )
+    ranker = make_ranker(pipeline, embedder, known, config, progress)
+    correct: list[float] = []  # known product, right first answer
+    wrong: list[float] = []  # known product, wrong first answer
+    unknown: list[float] = []  # held-out product
+    try:
+        for path, label in zip(queries.paths, queries.products):
+            ranked = ranker.rank(load_rgb(path), 1)
+            score = ranked[0][1] if ranked else -np.inf
+            if label in held_out:
+                unknown.append(score)
+            elif ranked and ranked[0][0] == label:
+                correct.append(score)
+            else:
+                wrong.append(score)
+    finally:
+        if isinstance(ranker, PipelineRanker):
+            ranker.close()
+    known_queries = len(correct) + len(wrong)
+    if not unknown or not known_queries:
+        raise InputError("calibration needs queries of both held-out and catalog products")
+    threshold, _, _ = choose_threshold(np.asarray(correct), np.asarray(wrong + unknown))
+    return Calibration(
+        threshold=threshold,
+        known_accept_rate=sum(s >= threshold for s in correct) / known_queries,
+        unknown_reject_rate=sum(s < threshold for s in unknown) / len(unknown),
+        known_queries=known_queries,
+        unknown_queries=len(unknown),
+        held_out_products=sorted(held_out),
+        pipeline=pipeline,
+    )

@@ -1,0 +1,385 @@
+"""The kiosk application: capture thread, recognition worker, and the state the web page reads.
+
+Capture and recognition run in separate threads joined by a latest-frame slot:
+the camera never waits for the model, and the model always works on the newest
+frame (older ones are dropped, not queued, so the answer never lags behind the
+shopper). The web server only reads the latest frame and the latest result.
+
+Teaching: the recognition worker keeps the ROI crops of the last few frames
+that showed something (a small ring buffer, the only per-frame copy), so a
+clerk can teach an unknown product from what the camera just saw: `teach`
+stores it as a local product with local references (one transaction), swaps the
+search index, and, when sync is connected, sends it to HQ as an enrollment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from shelfsight.edge_app.camera import (
+    Frame,
+    FrameSource,
+    ReconnectingSource,
+)
+from shelfsight.edge_app.core.errors import (
+    CatalogError,
+    ImageError,
+    InputError,
+    ShelfsightError,
+)
+from shelfsight.edge_app.kiosk.config import KioskConfig
+from shelfsight.edge_app.kiosk.slots import LatestSlot, RateMeter
+from shelfsight.edge_app.kiosk.sources import open_recognizer
+from shelfsight.edge_app.kiosk.teaching import Taught, encode_jpeg
+from shelfsight.edge_app.recognition import (
+    Recognition,
+    Recognizer,
+    TemporalVoter,
+)
+from shelfsight.edge_app.recognition.background import BackgroundModel
+from shelfsight.edge_app.recognition.config import RoiConfig
+from shelfsight.edge_app.recognition.pipeline import crop_roi
+from shelfsight.edge_app.recognition.state import KioskState
+
+if TYPE_CHECKING:
+    from shelfsight.catalog.store import Catalog
+    from shelfsight.edge_app.kiosk.updates.worker import KioskSync
+
+log = logging.getLogger(__name__)
+
+TEACH_FRAMES = 5  # recent ROI crops kept for teaching: a second or two of camera at kiosk rates
+
+
+@dataclass
+class KioskStats:
+    started: float = field(default_factory=time.monotonic)
+    frames_captured: int = 0
+    frames_recognised: int = 0
+    errors: int = 0
+
+
+def draw_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
+    """A copy of the frame with the region of interest outlined, for the live view."""
+    h, w = rgb.shape[:2]
+    out = rgb.copy()
+    p0 = (int(roi.x * w), int(roi.y * h))
+    p1 = (int((roi.x + roi.width) * w) - 1, int((roi.y + roi.height) * h) - 1)
+    cv2.rectangle(out, p0, p1, (255, 255, 255), 2)
+    return out
+
+
+class Kiosk:
+    """Ties a frame source, the recognizer and the temporal voter together. `source` may be None (API only)."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer[Catalog],
+        source: FrameSource | None = None,
+        voter: TemporalVoter | None = None,
+        *,
+        jpeg_quality: int = 80,
+        on_update: Callable[[KioskState], None] | None = None,
+    ) -> None:
+        self.recognizer = recognizer
+        self.source = source
+        cfg = recognizer.config
+        self.voter = voter or TemporalVoter(cfg.vote_window, cfg.vote_min)
+        self.background = BackgroundModel(cfg.background_frames, cfg.background_diff)
+        self.jpeg_quality = jpeg_quality
+        self.on_update = on_update
+        self.stats = KioskStats()
+        self.capture_rate, self.recognition_rate = RateMeter(), RateMeter()
+        self._frames: LatestSlot[Frame] = LatestSlot()
+        self._state = KioskState(self.voter.current, None, 0, time.monotonic())
+        self._state_lock = threading.Lock()
+        # One pipeline user at a time: the camera worker and HTTP /search share the interpreter and caches.
+        self._pipeline_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.source_ended = threading.Event()
+        self._last_error = ""
+        self._recent: deque[np.ndarray] = deque(maxlen=TEACH_FRAMES)
+        self._recent_lock = threading.Lock()
+        self._send_enrollment: Callable[[Taught], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Kiosk":
+        if self.source is None:
+            return self
+        self._stop.clear()
+        self.source.open()
+        self._threads = [
+            threading.Thread(target=self._capture_loop, name="kiosk-capture", daemon=True),
+            threading.Thread(target=self._recognition_loop, name="kiosk-recognition", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._frames.wake()
+        if self.source is not None:
+            self.source.interrupt()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
+        if self.source is not None:
+            self.source.close()  # only now: the capture thread is out of read()
+
+    def __enter__(self) -> "Kiosk":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ threads
+
+    def _capture_loop(self) -> None:
+        assert self.source is not None
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+            except Exception:  # a camera fault must not kill the kiosk; the source logs what happened
+                log.exception("frame source failed")
+                self.stats.errors += 1
+                if self._stop.wait(0.5):
+                    break
+                continue
+            if frame is None:
+                log.info("%s: end of stream", self.source.name)
+                self.source_ended.set()
+                break
+            self.stats.frames_captured += 1
+            self.capture_rate.tick()
+            self._frames.put(frame)
+        self._frames.wake()
+
+    def _recognition_loop(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            frame, seq = self._frames.wait_newer(seen, timeout=0.5)
+            if frame is None or seq == seen:
+                if self.source_ended.is_set():
+                    break
+                continue
+            seen = seq
+            self.process(frame)
+
+    def process(self, frame: Frame) -> KioskState:
+        """Recognise one frame, vote, publish the new state (used by the worker and by `shelfsight demo`)."""
+        try:
+            with self._pipeline_lock:
+                result = self._recognize_frame(frame.rgb)
+        except Exception as exc:  # one bad frame (or a catalog being swapped) must not stop the kiosk
+            self.stats.errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:  # a persistent fault is logged once, not at the frame rate
+                log.exception("recognition failed on frame %d", frame.index)
+            self._last_error = message
+            return self.state()
+        self._last_error = ""
+        result.timings["capture"] = frame.capture_ms
+        announcement = self.voter.push(result)
+        state = KioskState(announcement, result, frame.index, time.monotonic())
+        with self._state_lock:
+            self._state = state
+        self.stats.frames_recognised += 1
+        self.recognition_rate.tick()
+        if self.on_update is not None:
+            self.on_update(state)
+        return state
+
+    def _recognize_frame(self, rgb: np.ndarray) -> Recognition:
+        """The pipeline, unless the region of interest shows the learned empty background."""
+        start = time.perf_counter()
+        crop = crop_roi(rgb, self.recognizer.roi)
+        is_background, thumb = self.background.matches(crop)
+        if is_background:
+            result = Recognition("empty", None, 0.0, (), {"preprocess": (time.perf_counter() - start) * 1000})
+        else:
+            result = self.recognizer.recognize(rgb)
+        self.background.observe(thumb, recognised=result.decision == "product")
+        if result.decision != "empty":
+            with self._recent_lock:
+                self._recent.append(crop.copy())  # the frame buffer may be reused by the camera
+        return result
+
+    def recent_crops(self) -> list[np.ndarray]:
+        """The ROI crops of the last few frames that showed something, oldest first."""
+        with self._recent_lock:
+            return list(self._recent)
+
+    # ------------------------------------------------------------------ teaching (local enrollment)
+
+    def connect_sync(self, sync: "KioskSync") -> None:
+        """Send what is taught here to HQ through `sync` (queued; delivered when the broker is reachable)."""
+        kiosk_id = sync.config.kiosk_id
+        self._send_enrollment = lambda taught: sync.send_enrollment(taught.enrollment(kiosk_id))
+
+    def teach(self, product_id: str, name: str, frames: Sequence[np.ndarray] | None = None, **fields: Any) -> Taught:
+        """Teach the kiosk a product from `frames` (default: the recent ROI crops); recognised at once.
+
+        A new id becomes a local product (fields: description, category, price, attributes);
+        for an id the catalog has, the frames become extra local views of it. Frames that fail
+        the reference quality check are skipped; InputError if none is usable or the id is invalid.
+        """
+        from shelfsight.catalog import records
+        from shelfsight.catalog.store import prepare_reference
+
+        try:
+            records.check_product_id(product_id)
+        except CatalogError as exc:
+            raise InputError(str(exc)) from exc
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"product {product_id}: a name is required")
+        images = list(frames) if frames is not None else self.recent_crops()
+        if not images:
+            raise InputError("no frames to teach from: show the product to the camera first")
+        with self._pipeline_lock:
+            recognizer = self.recognizer
+            catalog = recognizer.catalog
+            prepared, skipped = [], []
+            for i, rgb in enumerate(images, 1):
+                try:
+                    prepared.append(prepare_reference(rgb, recognizer.embedder, f"taught frame {i}"))
+                except (ImageError, InputError) as exc:
+                    skipped.append(str(exc))
+            if not prepared:
+                raise InputError(f"no usable frame to teach {product_id} from: {'; '.join(skipped)}")
+            with catalog.batch():
+                try:
+                    existing = catalog.product(product_id)
+                except CatalogError:
+                    existing = None
+                if existing is None:
+                    catalog.add_product(product_id, name.strip(), local=True, **fields)
+                for reference in prepared:
+                    catalog.add_prepared(product_id, reference, local=True)
+            catalog.index()  # rebuilt now, so the very next frame can match it
+            recognizer.forget_products()
+            self.voter.reset()
+        stored = catalog.product(product_id)
+        taught = Taught(
+            product_id, stored["name"], stored["category"], existing is None, tuple(prepared), tuple(skipped)
+        )
+        log.info(
+            "taught %s (%s): %d views, %d frames skipped",
+            product_id,
+            "new" if existing is None else "existing",
+            len(prepared),
+            len(skipped),
+        )
+        return self._send_upstream(taught)
+
+    def _send_upstream(self, taught: Taught) -> Taught:
+        """Queue the enrollment for HQ; the product stays taught locally whatever happens here."""
+        if self._send_enrollment is None:
+            return taught
+        from pydantic import ValidationError
+
+        try:
+            self._send_enrollment(taught)
+        except (ShelfsightError, ValidationError) as exc:
+            log.error("%s is taught here but could not be queued for HQ: %s", taught.product_id, exc)
+            return taught
+        return replace(taught, sent_to_hq=True)
+
+    # ------------------------------------------------------------------ what the web server reads
+
+    def state(self) -> KioskState:
+        with self._state_lock:
+            return self._state
+
+    def latest_frame(self) -> Frame | None:
+        return self._frames.get()[0]
+
+    def frame_jpeg(self) -> bytes | None:
+        frame = self.latest_frame()
+        if frame is None:
+            return None
+        return encode_jpeg(draw_roi(frame.rgb, self.recognizer.roi), self.jpeg_quality)
+
+    def search(self, rgb: np.ndarray) -> Recognition:
+        """One uploaded photo through the same pipeline (whole image, no ROI, no voting)."""
+        with self._pipeline_lock:
+            return self.recognizer.recognize(rgb, roi=RoiConfig.full_frame())
+
+    # ------------------------------------------------------------------ catalog and model updates (sync)
+
+    def reload_catalog(self, version: int | None = None) -> None:
+        """Pick up catalog changes written to the file by sync; on failure keep serving the current index."""
+        try:
+            self.recognizer.catalog.reload()
+        except ShelfsightError as exc:
+            log.error("catalog update %s could not be loaded; still serving the previous one: %s", version, exc)
+            self.stats.errors += 1
+        else:
+            log.info("catalog now at version %s", self.recognizer.catalog.version)
+
+    def replace_recognizer(self, recognizer: Recognizer[Catalog]) -> None:
+        """Switch to another model + catalog between two frames, then release the old ones."""
+        with self._pipeline_lock:
+            old, self.recognizer = self.recognizer, recognizer
+            self.voter.reset()
+        old.catalog.close()
+        old.embedder.close()
+
+    def switch_release(self, model_path: Path, catalog_path: Path, config: KioskConfig) -> None:
+        """A new model release from HQ; if it cannot be opened, keep serving the current one."""
+        try:
+            recognizer = open_recognizer(model_path, catalog_path, config)
+        except ShelfsightError as exc:
+            log.error(
+                "release %s could not be opened; still serving the previous model: %s", model_path.parent.name, exc
+            )
+            self.stats.errors += 1
+            return
+        self.replace_recognizer(recognizer)
+        log.info("switched to model %s", recognizer.embedder.fingerprint[:12])
+
+    def product_info(self, product_id: str) -> dict[str, Any]:
+        with self._pipeline_lock:
+            return self.recognizer.product_info(product_id)
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        return self.recognizer.catalog.thumbnail(product_id)
+
+    def camera_status(self) -> dict[str, Any] | None:
+        """None without a camera; else its name, whether frames are coming, and the last error."""
+        source = self.source
+        if source is None:
+            return None
+        if isinstance(source, ReconnectingSource):
+            return {
+                "name": source.name,
+                "connected": source.connected,
+                "error": None if source.connected else source.last_error,
+            }
+        return {"name": source.name, "connected": not self.source_ended.is_set(), "error": None}
+
+    def health(self) -> dict[str, Any]:
+        embedder = self.recognizer.embedder
+        return {
+            "status": "ok",
+            "model_fingerprint": embedder.fingerprint,
+            "catalog_version": self.recognizer.catalog.version,
+            "uptime_s": round(time.monotonic() - self.stats.started, 1),
+            "fps": round(self.recognition_rate.rate, 2),
+            "capture_fps": round(self.capture_rate.rate, 2),
+            "camera": self.camera_status(),
+            "frames_captured": self.stats.frames_captured,
+            "frames_recognised": self.stats.frames_recognised,
+            "errors": self.stats.errors,
+            "last_error": self._last_error or None,
+        }

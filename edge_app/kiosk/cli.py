@@ -1,0 +1,149 @@
+"""`shelfsight kiosk`: run the kiosk (camera, recognition, page, HTTP API) from one config file."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
+from shelfsight.edge_app.kiosk.config import KioskConfig, load_config
+from shelfsight.edge_app.kiosk.updates.releases import rollback, seed_release
+
+if TYPE_CHECKING:
+    from shelfsight.edge_app.kiosk.app import Kiosk
+
+log = logging.getLogger(__name__)
+
+
+def describe(config: KioskConfig) -> str:
+    camera = config.camera
+    where = (
+        getattr(camera, "path", None)
+        or getattr(camera, "device", None)
+        or f"{getattr(camera, 'width', '')}x{getattr(camera, 'height', '')}"
+    )
+    return (
+        f"model: {config.model.path or 'bundled default'} ({config.model.threads} threads)\n"
+        f"catalog: {config.catalog.path}\n"
+        f"camera: {camera.type} {where}\n"
+        f"roi: x={config.roi.x} y={config.roi.y} w={config.roi.width} h={config.roi.height}\n"
+        f"verification: {'on' if config.recognition.verify else 'off'}, "
+        f"threshold: {config.recognition.unknown_threshold if config.recognition.unknown_threshold is not None else 'from catalog'}\n"
+        f"web: {'http://%s:%d' % (config.web.host, config.web.port) if config.web.enabled else 'off'}"
+    )
+
+
+def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
+    """Run until `stop` is set. The page keeps serving the last state if the camera source ends."""
+    from shelfsight.edge_app.kiosk.build import build_kiosk
+    from shelfsight.edge_app.web.app import WebServer, create_app
+
+    kiosk = build_kiosk(config)
+    with kiosk, ExitStack() as running:
+        if config.sync is not None and config.sync.enabled:
+            running.enter_context(start_sync(config, kiosk))
+        if config.web.enabled:
+            web = config.web
+            app = create_app(kiosk, web.max_upload_bytes, currency=web.currency, locale=web.locale)
+            server = WebServer(app, web.host, web.port)
+            running.enter_context(server)
+            click.echo(f"kiosk page at {server.url}")
+        stop.wait()
+
+
+def start_sync(config: KioskConfig, kiosk: "Kiosk") -> Any:
+    """HQ's catalog deltas reload the kiosk's index; a model release swaps model and catalog together."""
+    from shelfsight.edge_app.kiosk.updates.worker import KioskSync
+
+    assert config.sync is not None
+    sync = KioskSync(
+        config.sync,
+        config.catalog.sync_folder,
+        on_applied=kiosk.reload_catalog,
+        on_release=lambda model, catalog: kiosk.switch_release(model, catalog, config),
+        metrics=lambda: {"fps": kiosk.recognition_rate.rate},
+    )
+    kiosk.connect_sync(sync)  # products a clerk teaches go to HQ's enrollment inbox
+    return sync
+
+
+@click.group("kiosk", invoke_without_command=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Kiosk config file (.toml or .json).",
+)
+@click.option("--validate-config", is_flag=True, help="Only check the config file and print what it sets up.")
+@click.pass_context
+@domain_errors
+def kiosk_command(ctx: click.Context, config_path: Path | None, validate_config: bool) -> None:
+    """Run the store kiosk: camera -> recognition -> local web page and HTTP API.
+
+    Without a subcommand, runs the kiosk described by --config. The subcommands
+    act on a kiosk's data folder (its releases) while the kiosk is stopped.
+
+    \b
+    Examples:
+      shelfsight kiosk --config /etc/shelfsight/kiosk.toml
+      shelfsight kiosk --config kiosk.toml --validate-config
+      shelfsight kiosk seed --data-dir /var/lib/shelfsight --model model.tflite --catalog master.db
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None:
+        raise click.UsageError("--config is required to run the kiosk")
+    config = load_config(config_path)
+    if validate_config:
+        click.echo(f"{config_path}: valid\n{describe(config)}")
+        return
+    with stop_on_signals(threading.Event()) as stop:
+        run_kiosk(config, stop)
+
+
+@kiosk_command.command("seed")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="The kiosk's data folder.")
+@click.option(
+    "--model", required=True, type=click.Path(exists=True, dir_okay=False), help="The .tflite (with sidecar)."
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A catalog built with that model.",
+)
+@domain_errors
+def seed_command(data_dir: str, model: str, catalog_path: str) -> None:
+    """Install a model + catalog pair as a kiosk's first release, so sync has a base to update.
+
+    \b
+    Example:
+      shelfsight kiosk seed --data-dir /var/lib/shelfsight --model model.tflite --catalog master.db
+    """
+    model_path, catalog = seed_release(data_dir, model, catalog_path)
+    click.echo(f"current release: {model_path.parent.name[:12]} ({catalog})")
+
+
+@kiosk_command.command("rollback")
+@click.option(
+    "--data-dir", required=True, type=click.Path(exists=True, file_okay=False), help="The kiosk's data folder."
+)
+@domain_errors
+def rollback_command(data_dir: str) -> None:
+    """Switch a kiosk back to its previous model + catalog pair (restart the kiosk afterwards).
+
+    \b
+    Example:
+      shelfsight kiosk rollback --data-dir /var/lib/shelfsight
+    """
+    model_path, _ = rollback(data_dir)
+    click.echo(f"current release: {model_path.parent.name[:12]}")
+
+
+COMMANDS: list[click.Command] = [kiosk_command]

@@ -1,0 +1,96 @@
+"""A kiosk's persistent sync state: a small SQLite file beside its releases.
+
+Holds what must survive a restart but does not belong in the catalog: the
+highest manifest sequence accepted (replay protection), the latest manifest
+itself, out-of-order deltas waiting for their base, and enrollments not yet
+acknowledged by the broker. The catalog's own version is the truth for "what
+is applied"; it is committed in the same transaction as the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from shelfsight.edge_app.core.errors import SyncError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (base INTEGER PRIMARY KEY, target INTEGER NOT NULL,
+                                    envelope BLOB NOT NULL, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                   payload BLOB NOT NULL, created REAL NOT NULL);
+"""
+# More pending deltas than this means something is badly wrong; the snapshot is cheaper.
+MAX_PENDING = 64
+
+
+class SyncState:
+    """Not thread-safe: owned by the kiosk's sync worker thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise SyncError(f"{self.path}: cannot open sync state ({exc})") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- out-of-order deltas ------------------------------------------------
+    def hold(self, base: int, target: int, envelope: bytes) -> bool:
+        """Keep a delta until its base is applied. False if the pending area is full."""
+        count = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+        if count >= MAX_PENDING:
+            return False
+        self._db.execute(
+            "INSERT OR REPLACE INTO pending (base, target, envelope, received) VALUES (?, ?, ?, ?)",
+            (base, target, envelope, time.time()),
+        )
+        return True
+
+    def take(self, base: int) -> bytes | None:
+        row = self._db.execute("SELECT envelope FROM pending WHERE base = ?", (base,)).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM pending WHERE base = ?", (base,))
+        return bytes(row[0])
+
+    def drop_pending(self, *, below: int | None = None) -> None:
+        """Forget held deltas (all of them, or those that no longer lead anywhere new)."""
+        if below is None:
+            self._db.execute("DELETE FROM pending")
+        else:
+            self._db.execute("DELETE FROM pending WHERE target <= ?", (below,))
+
+    def oldest_pending(self) -> float | None:
+        row = self._db.execute("SELECT MIN(received) FROM pending").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+
+    # -- messages to send -----------------------------------------------------
+    def queue(self, topic: str, payload: bytes) -> None:
+        self._db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)", (topic, payload, time.time()))
+
+    def outbox(self) -> list[tuple[int, str, bytes]]:
+        rows = self._db.execute("SELECT id, topic, payload FROM outbox ORDER BY id LIMIT 100").fetchall()
+        return [(int(i), str(t), bytes(p)) for i, t, p in rows]
+
+    def sent(self, item_id: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))

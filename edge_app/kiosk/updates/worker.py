@@ -1,0 +1,570 @@
+"""The kiosk side of sync: follow HQ's signed manifest, apply deltas, snapshots and releases.
+
+`KioskSync` runs one worker thread next to the kiosk. The bus thread only
+queues messages; the worker verifies, applies and then acknowledges them, so
+a message is acknowledged to the broker only after its effect is committed
+(or after it was refused for good). Rules:
+
+- every envelope: size, then signature, then header; other fleets are refused;
+- manifest: a lower sequence number than one already accepted is a replay;
+- delta: applied only on exactly the version it names; later ones are held
+  (persisted) for `hold_s`; a target at or below our version is a no-op;
+- behind for longer than `hold_s`, or below the manifest's `delta_floor`,
+  or a delta that does not fit: fetch the snapshot named by the manifest;
+- model change: fetch the release (model + catalog) and switch both at once.
+
+The kiosk's own search `Catalog` is a separate object on the same file; it
+learns about new versions through `on_applied(version)` and `on_release(model,
+catalog)` and swaps its index itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.chunks import Assembler, BlobManifest
+from shelfsight.catalog.sync.codec import (
+    LatestManifest,
+    decode_delta,
+    decode_release,
+    decode_snapshot,
+    parse_manifest,
+)
+from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.catalog.sync.envelope import Envelope, Verifier, load_verifier
+from shelfsight.catalog.sync.messages import Enrollment, KioskStatus, ResyncRequest
+from shelfsight.catalog.sync.transport.base import Message, MessageBus, Will
+from shelfsight.catalog.sync.transport.factory import open_bus
+from shelfsight.edge_app.core.errors import ShelfsightError, SyncError
+from shelfsight.edge_app.kiosk.updates.config import SyncConfig
+from shelfsight.edge_app.kiosk.updates.releases import (
+    current_fingerprint,
+    current_release,
+    install_release,
+)
+from shelfsight.edge_app.kiosk.updates.state import SyncState
+
+log = logging.getLogger(__name__)
+
+CatalogOpener = Callable[[Path], Catalog]
+BusFactory = Callable[..., MessageBus]
+STATE_NAME = "sync_state.db"
+_TICK_S = 0.2
+_STATUS_EVERY_S = 30.0
+# A snapshot or release that failed to install (e.g. disk full) is fetched again only after this long.
+_RETRY_FAILED_S = 30.0
+
+
+class KioskSync:
+    def __init__(
+        self,
+        config: SyncConfig,
+        data_dir: str | Path,
+        *,
+        verifier: Verifier | None = None,
+        on_applied: Callable[[int], None] | None = None,
+        on_release: Callable[[Path, Path], None] | None = None,
+        metrics: Callable[[], dict[str, float]] | None = None,
+        open_catalog: CatalogOpener = Catalog,
+        bus_factory: BusFactory = open_bus,
+    ) -> None:
+        self.config = config
+        self.topics = config.topics
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._verifier = verifier if verifier is not None else load_verifier(config.public_key)
+        self._on_applied = on_applied
+        self._on_release = on_release
+        self._metrics = metrics
+        self._open_catalog = open_catalog
+        self._bus_factory = bus_factory
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._bus: MessageBus | None = None
+        self._started_at = time.monotonic()
+        # Worker-thread state below.
+        self._state: SyncState | None = None
+        self._catalog: Catalog | None = None
+        self._version = 0
+        self._model_fp: str | None = None
+        self._target: LatestManifest | None = None
+        self._assembly: Assembler | None = None
+        self._last_chunk = 0.0
+        self._behind_since: float | None = None
+        self._resync_sent: float | None = None
+        self._unfit_blob: str | None = None
+        self._failed_blob: tuple[str, float] | None = None
+        self._verified: tuple[int, str] | None = None
+        self._diverged = False
+        self._last_error: str | None = None
+        self._last_status = 0.0
+        self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
+
+    # -- lifecycle (any thread) ------------------------------------------------
+    def start(self) -> None:
+        """Open state, connect in the background (the kiosk serves even while the broker is away), start the worker."""
+        self._open_local()
+        offline = KioskStatus(kiosk_id=self.config.kiosk_id, state="offline").model_dump_json().encode()
+        self._bus = self._bus_factory(
+            self.config,
+            client_id=self.config.kiosk_id,
+            on_message=lambda message: self._queue.put(("message", message)),
+            on_connect=lambda session_present: self._queue.put(("connected", session_present)),
+            will=Will(self.topics.status(self.config.kiosk_id), offline),
+        )
+        self._bus.subscribe(self.topics.manifest)
+        self._bus.subscribe(self.topics.delta)
+        self._bus.connect(timeout=None)
+        self._thread = threading.Thread(target=self._run, name=f"sync-{self.config.kiosk_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        if self._bus is not None:
+            if self._bus.connected:
+                try:
+                    status = self._status(state="offline").model_dump_json().encode()
+                    self._bus.publish(self.topics.status(self.config.kiosk_id), status, retain=True, timeout=2)
+                except SyncError as exc:
+                    log.info("could not publish offline status: %s", exc)
+            self._bus.close()
+            self._bus = None
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+    def __enter__(self) -> "KioskSync":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        return self._model_fp
+
+    @property
+    def target_version(self) -> int | None:
+        """The version HQ's latest accepted manifest names (None before the first one)."""
+        target = self._target
+        return None if target is None else target.version
+
+    @property
+    def fetching(self) -> tuple[str, int, int] | None:
+        """(kind, chunks received, chunks total) of the snapshot or release being fetched, if any."""
+        assembly = self._assembly
+        if assembly is None:
+            return None
+        total = len(assembly.manifest.chunks)
+        return assembly.manifest.kind, total - len(assembly.missing()), total
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def wait_for(self, predicate: Callable[["KioskSync"], bool], timeout: float) -> bool:
+        """Block until `predicate(self)` holds (checked after every change) or `timeout` passes."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def send_enrollment(self, enrollment: Enrollment) -> None:
+        """Queue a locally taught product for HQ; it survives restarts until the broker has it."""
+        if enrollment.kiosk_id != self.config.kiosk_id:
+            raise SyncError(f"enrollment names kiosk {enrollment.kiosk_id!r}, we are {self.config.kiosk_id!r}")
+        self._queue.put(("enroll", enrollment.model_dump_json().encode()))
+
+    # -- worker ------------------------------------------------------------------
+    def _open_local(self) -> None:
+        self._state = SyncState(self.data_dir / STATE_NAME)
+        saved = self._state.get("manifest")
+        if saved is not None:
+            self._target = LatestManifest.model_validate(saved)
+        self._load_current()
+
+    def _load_current(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        fingerprint = current_fingerprint(self.data_dir)
+        if fingerprint is None:
+            self._version, self._model_fp = 0, None
+            return
+        _, catalog_path = current_release(self.data_dir)
+        self._catalog = self._open_catalog(catalog_path)
+        self._version, self._model_fp = int(self._catalog.version), fingerprint
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, item = self._queue.get(timeout=_TICK_S)
+            except queue.Empty:
+                kind, item = "tick", None
+            try:
+                if kind == "message":
+                    self._handle(item)
+                elif kind == "connected":
+                    self._resync_sent = None
+                    self._publish_status()
+                elif kind == "enroll":
+                    self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
+                self._tick()
+            except Exception as exc:  # the worker must outlive any bug; the kiosk keeps serving
+                log.exception("sync worker error")
+                self._note_error(f"internal error: {exc}")
+
+    def _handle(self, message: Message) -> None:
+        try:
+            if message.topic == self.topics.manifest:
+                if message.payload:
+                    self._on_manifest(message.payload)
+            elif message.topic == self.topics.delta:
+                self._on_delta(message.payload)
+            else:
+                parsed = self.topics.parse_blob_chunk(message.topic)
+                if parsed is not None and message.payload:
+                    self._on_chunk(parsed[0], parsed[1], message.payload)
+            self._drain_held()
+        except (ShelfsightError, sqlite3.Error, OSError) as exc:
+            self.counters["refused"] += 1
+            log.warning("refused %s: %s", message.topic, exc)
+            self._note_error(str(exc))
+        finally:
+            # Acknowledge only now: after the commit, or after deciding the message is useless.
+            if self._bus is not None:
+                self._bus.ack(message)
+            with self._changed:
+                self._changed.notify_all()
+
+    def _open(self, payload: bytes, what: str) -> Envelope:
+        envelope = self._verifier.open(payload, max_bytes=self.config.max_message_bytes, what=what)
+        if envelope.header.fleet != self.config.fleet:
+            raise SyncError(f"{what}: addressed to fleet {envelope.header.fleet!r}, we are {self.config.fleet!r}")
+        if envelope.header.kind != what:
+            raise SyncError(f"{what}: envelope of kind {envelope.header.kind!r} on the {what} topic")
+        return envelope
+
+    def _on_manifest(self, payload: bytes) -> None:
+        envelope = self._open(payload, "manifest")
+        state = self._require_state()
+        accepted_seq = int(state.get("manifest_seq", -1))
+        if envelope.header.seq < accepted_seq:
+            raise SyncError(f"manifest: sequence {envelope.header.seq} is older than {accepted_seq} (replay)")
+        manifest = parse_manifest(envelope.payload)
+        if manifest.model_fingerprint == self._model_fp and manifest.version < self._version:
+            raise SyncError(f"manifest: version {manifest.version} is older than ours ({self._version}) (replay)")
+        state.set("manifest_seq", envelope.header.seq)
+        state.set("manifest", manifest.model_dump(mode="json"))
+        if self._target is None or manifest != self._target:
+            self._resync_sent = None
+        self._target = manifest
+        self._pursue()
+
+    def _on_delta(self, payload: bytes) -> None:
+        envelope = self._open(payload, "delta")
+        base, target = envelope.header.base, envelope.header.target
+        what = f"delta v{base}->v{target}"
+        if base is None or target is None or target <= base:
+            raise SyncError(f"{what}: must name a base and a later target")
+        if self._model_fp is None:
+            return  # no release yet; the release brings its own catalog
+        if target <= self._version:
+            self.counters["duplicates"] += 1
+            log.info("%s: already at v%d, ignored", what, self._version)
+            return
+        state = self._require_state()
+        if base > self._version:
+            if state.hold(base, target, payload):
+                self.counters["held"] += 1
+                log.info("%s: waiting for v%d first", what, base)
+            else:
+                self._fetch(self._target.snapshot if self._target else None)
+            return
+        if base < self._version:
+            log.info("%s: does not start at our v%d; will use the snapshot", what, self._version)
+            self._behind_since = 0.0  # a doubt: go for the snapshot without waiting
+            return
+        changes = decode_delta(envelope.payload, what=what, max_bytes=self.config.max_blob_bytes)
+        for change in changes:
+            data = change.get("data") if isinstance(change, dict) else None
+            if isinstance(data, dict) and "fingerprint" in data and data["fingerprint"] != self._model_fp:
+                raise SyncError(f"{what}: carries embeddings of model {str(data['fingerprint'])[:12]}, not ours")
+        self._require_catalog().apply_changes(base, changes, target)
+        self._applied(target)
+
+    def _drain_held(self) -> None:
+        """Apply held deltas that now start at our version, in order."""
+        state = self._require_state()
+        while (following := state.take(self._version)) is not None:
+            try:
+                self._on_delta(following)
+            except (ShelfsightError, sqlite3.Error, OSError) as exc:
+                self.counters["refused"] += 1
+                self._note_error(f"held delta: {exc}")
+                return
+
+    def _on_chunk(self, blob_id: str, index: int, payload: bytes) -> None:
+        assembly = self._assembly
+        if assembly is None or assembly.manifest.blob_id != blob_id:
+            return
+        try:
+            assembly.add(index, payload)
+        except SyncError as exc:
+            log.warning("%s; asking HQ to resend it", exc)
+            self._note_error(str(exc))
+            self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, blob_id=blob_id, chunks=[index]))
+            return
+        self._last_chunk = time.monotonic()
+        if assembly.complete:
+            data = assembly.result()
+            self._drop_assembly()
+            try:
+                self._install(assembly.manifest, data)
+            except Exception:
+                self._failed_blob = (assembly.manifest.blob_id, time.monotonic())
+                raise
+
+    def _install(self, blob: BlobManifest, data: bytes) -> None:
+        what = f"{blob.kind} v{blob.version}"
+        if blob.kind == "release":
+            content = decode_release(data, what=what)
+            snapshot = decode_snapshot(content.snapshot, what=what, max_bytes=self.config.max_blob_bytes)
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
+            try:
+                model_path, catalog_path = install_release(
+                    self.data_dir, content.spec, content.model, snapshot, self._write_catalog
+                )
+            finally:
+                self._load_current()
+            self.counters["releases"] += 1
+            log.info("%s: switched to model %s", what, str(self._model_fp)[:12])
+            if self._on_release is not None:
+                self._callback(self._on_release, model_path, catalog_path)
+            self._applied(self._version)
+            return
+        if blob.model_fingerprint != self._model_fp:
+            raise SyncError(
+                f"{what}: built for model {blob.model_fingerprint[:12]}, ours is {str(self._model_fp)[:12]}"
+            )
+        if blob.version < self._version or (blob.version == self._version and not self._diverged):
+            return
+        snapshot = decode_snapshot(data, what=what, max_bytes=self.config.max_blob_bytes)
+        self._require_catalog().replace_with_snapshot(snapshot)
+        self.counters["snapshots"] += 1
+        self._applied(int(self._require_catalog().version))
+
+    def _write_catalog(self, path: Path, snapshot: dict[str, Any]) -> None:
+        catalog = self._open_catalog(path)
+        try:
+            catalog.replace_with_snapshot(snapshot)
+        finally:
+            catalog.close()
+
+    def _applied(self, version: int) -> None:
+        state = self._require_state()
+        self._version = version
+        state.set("highest_version", max(version, int(state.get("highest_version", 0))))
+        state.drop_pending(below=version)
+        self.counters["applied"] += 1
+        self._behind_since = None
+        self._resync_sent = None
+        self._last_error = None
+        self._verified = None
+        self._diverged = False
+        log.info("catalog now at v%d", version)
+        if self._on_applied is not None:
+            self._callback(self._on_applied, version)
+        self._publish_status()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _callback(self, func: Callable[..., None], *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception:
+            log.exception("sync callback %s failed", getattr(func, "__name__", func))
+
+    # -- pursuing the manifest ---------------------------------------------------
+    def _tick(self) -> None:
+        state = self._require_state()
+        oldest = state.oldest_pending()
+        if oldest is not None and time.time() - oldest > self.config.hold_s:
+            log.info("held deltas waited %.1fs for a missing one; fetching the snapshot", self.config.hold_s)
+            state.drop_pending()
+            self._behind_since = 0.0
+        self._pursue()
+        self._flush_outbox()
+        if time.monotonic() - self._last_status > _STATUS_EVERY_S:
+            self._publish_status()
+
+    def _pursue(self) -> None:
+        target = self._target
+        if target is None:
+            return
+        if target.model_fingerprint != self._model_fp:
+            if target.release is None:
+                self._note_error(f"HQ moved to model {target.model_fingerprint[:12]} but published no release")
+            else:
+                self._fetch(target.release)
+            return
+        if target.version <= self._version:
+            self._behind_since = None
+            if target.version == self._version and not self._same_content(target):
+                self._fetch(target.snapshot)
+            else:
+                self._drop_assembly()
+            return
+        now = time.monotonic()
+        if self._behind_since is None:
+            self._behind_since = now
+        waited = now - self._behind_since
+        if self._version < target.delta_floor or waited >= self.config.hold_s:
+            self._fetch(target.snapshot)
+        elif self._resync_sent is None:
+            self._resync_sent = now
+            self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, from_version=self._version))
+
+    def _same_content(self, target: LatestManifest) -> bool:
+        """Does our catalog hold exactly HQ's rows at this version? Checked once per manifest."""
+        if target.digest is None or self._catalog is None:
+            return True
+        if self._verified != (target.version, target.digest):
+            _, ours = content_digest(self._catalog)
+            self._diverged = ours != target.digest
+            self._verified = (target.version, target.digest)
+            if self._diverged:
+                log.error(
+                    "catalog v%d differs from HQ's v%d (changed outside sync?); fetching the snapshot",
+                    self._version,
+                    target.version,
+                )
+                self._note_error(f"catalog v{self._version} diverged from HQ's; re-fetching the snapshot")
+        return not self._diverged
+
+    def _fetch(self, blob: BlobManifest | None) -> None:
+        if blob is None or self._bus is None:
+            return
+        now = time.monotonic()
+        assembly = self._assembly
+        if assembly is not None and assembly.manifest == blob:
+            if now - self._last_chunk > max(self.config.hold_s, 1.0):
+                missing = assembly.missing()
+                log.info("%s v%d: %d chunks missing; asking HQ", blob.kind, blob.version, len(missing))
+                self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, blob_id=blob.blob_id, chunks=missing[:256]))
+                self._last_chunk = now
+            return
+        if self._unfit_blob == blob.blob_id:
+            return
+        if self._failed_blob is not None and self._failed_blob[0] == blob.blob_id:
+            if now - self._failed_blob[1] < _RETRY_FAILED_S:
+                return
+        try:
+            blob.check_fits(self._bus.max_packet_bytes)
+            new = Assembler(blob, max_bytes=self.config.max_blob_bytes)
+        except SyncError as exc:
+            self._unfit_blob = blob.blob_id
+            log.error("%s", exc)
+            self._note_error(str(exc))
+            return
+        self._drop_assembly()
+        self._assembly = new
+        self._last_chunk = now
+        log.info("fetching %s v%d (%d bytes, %d chunks)", blob.kind, blob.version, blob.size, len(blob.chunks))
+        self._bus.subscribe(self.topics.blob_chunks(blob.blob_id))
+
+    def _drop_assembly(self) -> None:
+        if self._assembly is not None and self._bus is not None:
+            self._bus.unsubscribe(self.topics.blob_chunks(self._assembly.manifest.blob_id))
+        self._assembly = None
+
+    def _request(self, request: ResyncRequest) -> None:
+        if self._bus is None or not self._bus.connected:
+            return
+        payload = request.model_dump_json(exclude_defaults=True).encode()
+        try:
+            self._bus.publish(self.topics.resync(self.config.kiosk_id), payload, timeout=None)
+        except SyncError as exc:
+            log.info("resync request not sent: %s", exc)
+
+    # -- upstream ----------------------------------------------------------------
+    def _flush_outbox(self) -> None:
+        if self._bus is None or not self._bus.connected:
+            return
+        state = self._require_state()
+        for item_id, topic, payload in state.outbox():
+            try:
+                self._bus.publish(topic, payload, timeout=5)
+            except SyncError as exc:
+                log.info("enrollment not delivered yet: %s", exc)
+                return
+            state.sent(item_id)
+
+    def _status(self, state: str = "online") -> KioskStatus:
+        metrics = {}
+        if self._metrics is not None:
+            try:
+                metrics = self._metrics()
+            except Exception:
+                log.exception("metrics callback failed")
+        return KioskStatus(
+            kiosk_id=self.config.kiosk_id,
+            state=state,  # type: ignore[arg-type]
+            catalog_version=self._version,
+            target_version=self._target.version if self._target else None,
+            model_fingerprint=self._model_fp,
+            last_error=self._last_error,
+            fps=metrics.get("fps"),
+            uptime_s=round(time.monotonic() - self._started_at, 1),
+            pending_deltas=self._state.pending_count() if self._state else 0,
+            updated=time.time(),
+        )
+
+    def _publish_status(self) -> None:
+        self._last_status = time.monotonic()
+        if self._bus is None or not self._bus.connected:
+            return
+        payload = self._status().model_dump_json().encode()
+        try:
+            self._bus.publish(self.topics.status(self.config.kiosk_id), payload, retain=True, timeout=None)
+        except SyncError as exc:
+            log.info("status not published: %s", exc)
+
+    def _note_error(self, message: str) -> None:
+        message = message[:1000]
+        if message == self._last_error:
+            return  # the same problem seen again (e.g. on every tick): no new status message
+        self._last_error = message
+        self._publish_status()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _require_state(self) -> SyncState:
+        if self._state is None:
+            raise SyncError("sync is not started")
+        return self._state
+
+    def _require_catalog(self) -> Catalog:
+        if self._catalog is None:
+            raise SyncError("no catalog installed yet")
+        return self._catalog

@@ -1,0 +1,73 @@
+"""The `[roi]` and `[recognition]` sections: where to look and when to answer."""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import Field, model_validator
+
+from shelfsight.edge_app.core.config import StrictModel
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
+    pass
+
+
+class RoiConfig(StrictModel):
+    """Region of interest as fractions of the frame; the default is the central area."""
+
+    x: float = Field(0.15, ge=0, lt=1)
+    y: float = Field(0.05, ge=0, lt=1)
+    width: float = Field(0.7, gt=0, le=1)
+    height: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _inside_frame(self) -> "RoiConfig":
+        if self.x + self.width > 1.0 + 1e-9 or self.y + self.height > 1.0 + 1e-9:
+            raise ValueError("the region of interest must lie inside the frame (x + width <= 1, y + height <= 1)")
+        return self
+
+    @classmethod
+    def full_frame(cls) -> "RoiConfig":
+        return cls(x=0.0, y=0.0, width=1.0, height=1.0)
+
+
+class RecognitionConfig(StrictModel):
+    """Thresholds of the recognition pipeline (see edge_app.recognition.pipeline)."""
+
+    verify: bool = Field(True, description="Geometric verification of the shortlist (the 'full' pipeline)")
+    shortlist: int = Field(5, ge=1, le=50, description="Products verified with local features")
+    top_k: int = Field(5, ge=1, le=50, description="Products reported (the winner and its runners-up)")
+    min_inliers: int = Field(12, ge=4, description="RANSAC inliers that make a match geometrically verified")
+    ratio: float = Field(0.8, gt=0, lt=1, description="Lowe's ratio test on ORB descriptor distances")
+    ransac_px: float = Field(6.0, gt=0, description="RANSAC reprojection threshold in query pixels")
+    min_coverage: float = Field(0.08, ge=0, lt=1, description="Share of the reference the inliers must span")
+    fast_inliers: int = Field(36, ge=4, description="Inliers of the top hit alone that settle verification early")
+    feature_side: int = Field(320, ge=64, description="Longest side of the ROI when extracting local features")
+    orb_features: int = Field(400, ge=50)
+    max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
+    unknown_threshold: float | None = Field(
+        None, description="Score below which the answer is 'not in catalog'; None: the catalog's calibrated value"
+    )
+    default_unknown_threshold: float = Field(0.5, description="Used when neither config nor catalog has one")
+    accept_similarity: float = Field(
+        0.97, description="A global match this similar (and clearly ahead) is accepted without verification"
+    )
+    accept_margin: float = Field(0.08, ge=0)
+    require_verification: bool = Field(
+        True, description="When verification runs, an unconfirmed candidate needs accept_similarity to be announced"
+    )
+    empty_std: float = Field(6.0, ge=0, description="Grey-level spread of the ROI below which the view is empty")
+    background_frames: int = Field(
+        50, ge=0, description="Still, unrecognised frames in a row after which the view is learned as empty (0: off)"
+    )
+    background_diff: float = Field(6.0, gt=0, description="Grey-level difference that still counts as the background")
+    vote_window: int = Field(5, ge=1, description="Frames the temporal vote looks at")
+    vote_min: int = Field(3, ge=1, description="Agreeing frames needed to announce a product or an empty view")
+
+    @model_validator(mode="after")
+    def _votes_fit(self) -> "RecognitionConfig":
+        if self.vote_min > self.vote_window:
+            raise ValueError("vote_min cannot exceed vote_window")
+        return self

@@ -1,0 +1,119 @@
+"""A local Mosquitto process (temp config, free port, kill/restart) for tests, benchmarks and demos.
+
+Not used by kiosks or HQ in production: they connect to a broker run by operations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shelfsight.edge_app.core.errors import SyncError
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    """One mosquitto on 127.0.0.1:`port`, configured by `extra` lines appended to a base config."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    max_queued_messages: int = 1000
+    max_packet_size: int = 2 * 1024 * 1024
+    extra: list[str] = field(default_factory=list)
+    anonymous: bool = True
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            f"max_queued_messages {self.max_queued_messages}",
+            f"max_packet_size {self.max_packet_size}",
+            "max_inflight_messages 100",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            *self.extra,
+        ]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto would switch to user "mosquitto" and lose access to our temp files.
+            lines.append("user root")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> "Broker":
+        binary = mosquitto_binary()
+        if binary is None:
+            raise SyncError("mosquitto binary not found")
+        self.write_config()
+        self.process = subprocess.Popen(
+            [binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SyncError(f"mosquitto exited: {self.log_path.read_text() if self.log_path.exists() else ''}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise SyncError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final persistence save."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+    def restart(self, *, hard: bool = False) -> None:
+        self.kill() if hard else self.stop()
+        self.start()
+
+
+def add_password(password_file: Path, username: str, password: str) -> None:
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    flags = ["-b"] if password_file.exists() else ["-c", "-b"]
+    subprocess.run([tool, *flags, str(password_file), username, password], check=True, capture_output=True)
