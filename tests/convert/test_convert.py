@@ -19,19 +19,19 @@ from shelfsight.edge_app.evaluation.retrieval import embed_paths  # noqa: E402
 from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 
-def test_int8_model_matches_keras_model(tiny_model: Path, tiny_run: Path, tiny_dataset):
+def test_int8_model_matches_keras_model(fresh_tiny_model: Path, tiny_run: Path, tiny_dataset):
     paths = scan_folder(tiny_dataset["queries"], "q").paths
-    with open_embedder(tiny_run) as keras_model, open_embedder(tiny_model) as int8_model:
+    with open_embedder(tiny_run) as keras_model, open_embedder(fresh_tiny_model) as int8_model:
         a, b = embed_paths(keras_model, paths), embed_paths(int8_model, paths)
     cosine = np.sum(a * b, axis=1)
     assert cosine.mean() >= 0.98, cosine
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
 
 
-def test_int8_model_takes_raw_uint8_pixels_and_outputs_float(tiny_model: Path):
+def test_int8_model_takes_raw_uint8_pixels_and_outputs_float(fresh_tiny_model: Path):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tiny_model))
+    interpreter = Interpreter(model_path=str(fresh_tiny_model))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)
     assert out["dtype"] == np.float32
@@ -39,20 +39,20 @@ def test_int8_model_takes_raw_uint8_pixels_and_outputs_float(tiny_model: Path):
     assert np.int8 in tensor_types  # full-integer inside
 
 
-def test_sidecar_carries_what_the_edge_needs(tiny_model: Path, tiny_run: Path):
-    spec = load_spec(tiny_model)
+def test_sidecar_carries_what_the_edge_needs(fresh_tiny_model: Path, tiny_run: Path):
+    spec = load_spec(fresh_tiny_model)
     manifest = json.loads((tiny_run / "manifest.json").read_text())
-    assert spec.fingerprint == sha256_file(tiny_model)
+    assert spec.fingerprint == sha256_file(fresh_tiny_model)
     assert (spec.input_size, spec.embedding_dim, spec.quantization) == (64, 32, "int8")
     assert spec.training_data_fingerprint == manifest["training_data_fingerprint"]
     assert spec.created and "(x-127)/128" in spec.preprocessing
     assert spec.parity["mean_cosine"] >= 0.98
 
 
-def test_tampered_model_or_sidecar_is_refused(tiny_model: Path, tmp_path: Path):
+def test_tampered_model_or_sidecar_is_refused(fresh_tiny_model: Path, tmp_path: Path):
     copy = tmp_path / "m.tflite"
-    shutil.copy(tiny_model, copy)
-    shutil.copy(str(tiny_model) + ".json", str(copy) + ".json")
+    shutil.copy(fresh_tiny_model, copy)
+    shutil.copy(str(fresh_tiny_model) + ".json", str(copy) + ".json")
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))

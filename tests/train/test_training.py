@@ -215,7 +215,7 @@ def test_augment_overrides_are_checked():
 
 @pytest.mark.parametrize("quantization, min_cosine", [("int8", 0.98), ("fp16", 0.999)])
 def test_warm_start_from_an_exported_tflite_computes_what_it_computes(
-    quantization: str, min_cosine: float, tiny_model: Path, tiny_run: Path, tiny_dataset, tmp_path: Path
+    quantization: str, min_cosine: float, fresh_tiny_model: Path, tiny_run: Path, tiny_dataset, tmp_path: Path
 ):
     """With the Keras run gone, the .tflite's weights rebuild the same network (fp16 keeps its
     weights as float16 constants expanded at run time, a different path from int8's)."""
@@ -226,7 +226,7 @@ def test_warm_start_from_an_exported_tflite_computes_what_it_computes(
     from shelfsight.train.model import build_embedding_model
     from shelfsight.train.warm_start import load_tflite_weights
 
-    model = tiny_model
+    model = fresh_tiny_model
     if quantization != "int8":
         model = tmp_path / f"tiny-{quantization}.tflite"
         convert_run(tiny_run, model, quantization=quantization, calibration_dir=tiny_dataset["train"])

@@ -69,8 +69,8 @@ def test_eval_reports_figures_json_and_html(tiny_model: Path, tiny_dataset, tmp_
     assert "Recall@1" in (report / "index.html").read_text()
 
 
-def test_eval_with_keras_run_directory_matches_tflite(tiny_model: Path, tiny_run: Path, tiny_dataset):
-    with open_embedder(tiny_run) as keras_model, open_embedder(tiny_model) as int8_model:
+def test_eval_with_keras_run_directory_matches_tflite(fresh_tiny_model: Path, tiny_run: Path, tiny_dataset):
+    with open_embedder(tiny_run) as keras_model, open_embedder(fresh_tiny_model) as int8_model:
         a = evaluate(keras_model, tiny_dataset["catalog"], tiny_dataset["queries"])
         b = evaluate(int8_model, tiny_dataset["catalog"], tiny_dataset["queries"])
     assert abs(a.recall_at_1 - b.recall_at_1) <= 2 / 18  # at most two of 18 queries flip

@@ -1,9 +1,8 @@
 """Fixtures for the kiosk tests: the rendered sample set, its clip, a real catalog, and the embedder.
 
-`embedder` is the session's real tiny int8 TFLite model (`tiny_model`, from
-tests/conftest.py). `ProjectionEmbedder` (downsample + fixed random projection
-+ L2) only serves where a second, different model is needed (a catalog built
-with another model) or if the tiny model fixture is unavailable.
+`embedder` is the suite's real tiny int8 TFLite model (`tiny_model`, from
+tests/conftest.py); `tests.support.fakes.ProjectionEmbedder` serves only where a
+second, different model is needed (a catalog built with another model).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from shelfsight.edge_app.demo.samples import (
     generate_sample_set,
 )
 from shelfsight.edge_app.recognition.config import RecognitionConfig
-from tests.support.fakes import ProjectionEmbedder
+from shelfsight.edge_app.runtime.factory import open_embedder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -73,15 +72,9 @@ def sample_clip(sample_set: SampleSet) -> Clip:
 
 
 @pytest.fixture(scope="session")
-def embedder(request: pytest.FixtureRequest) -> Embedder:
-    """The lead's real tiny TFLite model when the fixture exists, else the projection stand-in."""
-    try:
-        model_path: Path = request.getfixturevalue("tiny_model")
-    except pytest.FixtureLookupError:
-        return ProjectionEmbedder(dim=48, grid=16)
-    from shelfsight.edge_app.runtime.factory import open_embedder
-
-    return open_embedder(model_path, threads=1)
+def embedder(tiny_model: Path) -> Embedder:
+    """The committed tiny int8 TFLite model, opened once for the session."""
+    return open_embedder(tiny_model, threads=1)
 
 
 @pytest.fixture(scope="session")
