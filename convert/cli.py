@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from shelfsight.edge_app.core.clitools import domain_errors
-from shelfsight.train.cli import quiet_tensorflow
+from shelfsight.train.cli import prepare_tensorflow
 
 
 @click.command("convert")
@@ -71,7 +71,7 @@ def convert_command(
       shelfsight convert --model runs/grocery --out models/grocery.tflite \\
         --calibration data/train --parity-catalog data/iconic --parity-queries data/val
     """
-    quiet_tensorflow()
+    prepare_tensorflow("convert")
     from shelfsight.convert.tflite import convert_run
 
     spec = convert_run(

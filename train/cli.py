@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -9,10 +10,19 @@ from pathlib import Path
 import click
 
 from shelfsight.edge_app.core.clitools import domain_errors
+from shelfsight.edge_app.core.errors import InputError
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+def tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def prepare_tensorflow(command: str) -> None:
+    """Refuse clearly on an install without TensorFlow (a kiosk); else silence its C++ start-up chatter."""
+    if not tensorflow_available():
+        raise InputError(
+            f"`shelfsight {command}` needs TensorFlow, which the edge install leaves out: pip install 'shelfsight[train]'"
+        )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -105,7 +115,7 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, augmen
       shelfsight train --run-dir runs/more --init-from edge_app/assets/default_model.tflite \
         --data ../shared/datasets/grocery-store/train.txt --learning-rate 1e-4
     """
-    quiet_tensorflow()
+    prepare_tensorflow("train")
     from shelfsight.train.config import TrainConfig
     from shelfsight.train.trainer import train
 

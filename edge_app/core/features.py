@@ -6,7 +6,8 @@ identically, so `compute_keypoints` is the single definition: the image is
 prepared with `fit_square(rgb, WORK_SIZE)`, converted to grayscale and run
 through ORB. Point coordinates are therefore in a WORK_SIZE x WORK_SIZE frame.
 
-This is the only catalog module that imports OpenCV.
+It sits in the kernel because the catalog build, HQ's enrollment inbox and the kiosk all
+extract them, and none of those may import another.
 
 Serialised form (little endian): b"ORB1", uint16 K, uint16 work size, then K x 2
 uint16 coordinates in 1/16 pixel, then K x 32 descriptor bytes. ~36 bytes per keypoint.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import struct
 
+import cv2
 import numpy as np
 
 from shelfsight.edge_app.core.errors import CatalogError, ImageError
@@ -36,8 +38,6 @@ def compute_keypoints(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES) -> tu
 
     K may be 0 for a featureless image (a plain box side); that is not an error.
     """
-    import cv2  # imported here so merely importing the catalog does not load OpenCV
-
     square = fit_square(rgb, WORK_SIZE)
     gray = cv2.cvtColor(square, cv2.COLOR_RGB2GRAY)
     orb = cv2.ORB_create(nfeatures=int(n_features))  # type: ignore[attr-defined]  # missing from the cv2 stubs

@@ -1,0 +1,1 @@
+"""The built-in demo: rendered sample products and a kiosk clip played through the pipeline (`shelfsight demo`)."""

@@ -33,38 +33,26 @@ def test_map_at_r_definition():
     assert _map_at_r(["b", "b"], "a", 2) == 0.0
 
 
-def test_eval_reports_figures_json_and_html(tiny_model: Path, tiny_dataset, tmp_path: Path):
-    out, report = tmp_path / "e.json", tmp_path / "report"
-    result = run(
-        "eval",
-        "--model",
-        str(tiny_model),
-        "--catalog",
-        str(tiny_dataset["catalog"]),
-        "--queries",
-        str(tiny_dataset["queries"]),
-        "--json",
-        str(out),
-        "--report",
-        str(report),
-        "--no-progress",
-    )
+def test_eval_reports_figures_and_json(tiny_model: Path, tiny_dataset, tmp_path: Path):
+    out = tmp_path / "e.json"
+    args = ["--catalog", str(tiny_dataset["catalog"]), "--queries", str(tiny_dataset["queries"])]
+    result = run("eval", "--model", str(tiny_model), *args, "--json", str(out), "--no-progress")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    for key in (
-        "recall_at_1",
-        "recall_at_5",
-        "map_at_r",
-        "queries",
-        "products",
-        "query_ms_p50",
-        "query_ms_p95",
-        "per_product_recall",
-    ):
+    for key in ("recall_at_1", "recall_at_5", "map_at_r", "queries", "products", "query_ms_p50", "query_ms_p95",
+                "per_product_recall"):  # fmt: skip
         assert key in data
     assert data["queries"] == 18 and data["products"] == 6
     assert 0 <= data["recall_at_1"] <= data["recall_at_5"] <= 1
     assert set(data["per_product_recall"]) == {f"product-{i:02d}" for i in range(6)}
+
+
+def test_eval_html_report(tiny_model: Path, tiny_dataset, tmp_path: Path):
+    pytest.importorskip("matplotlib", reason="--report draws its figures with matplotlib (the train extra)")
+    report = tmp_path / "report"
+    args = ["--catalog", str(tiny_dataset["catalog"]), "--queries", str(tiny_dataset["queries"])]
+    result = run("eval", "--model", str(tiny_model), *args, "--report", str(report), "--no-progress")
+    assert result.exit_code == 0, result.output
     assert (report / "index.html").is_file() and (report / "recall_at_k.png").is_file()
     assert "Recall@1" in (report / "index.html").read_text()
 
@@ -119,6 +107,7 @@ def test_bad_inputs_get_one_line_errors_naming_the_file(tiny_model: Path, tiny_d
     assert result.exit_code == 1 and "model.tflite" in result.output
 
 
+@pytest.mark.workstation
 def test_convert_and_train_commands_report_clean_errors(tmp_path: Path):
     (tmp_path / "run").mkdir()
     result = run("convert", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "m.tflite"))
@@ -130,6 +119,19 @@ def test_convert_and_train_commands_report_clean_errors(tmp_path: Path):
     Image.new("RGB", (32, 32)).save(one / "a.jpg")
     result = run("train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "r"), "--backbone", "tiny")
     assert result.exit_code == 1 and "single training image" in result.output
+
+
+def test_train_and_convert_without_tensorflow_say_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """On a kiosk's edge-only install, the workstation commands refuse with the install line, not a traceback."""
+    import shelfsight.train.cli
+
+    monkeypatch.setattr(shelfsight.train.cli, "tensorflow_available", lambda: False)
+    for command in (["train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")],
+                    ["convert", "--model", str(tmp_path), "--out", str(tmp_path / "m.tflite")]):  # fmt: skip
+        result = run(*command)
+        assert result.exit_code == 1, result.output
+        assert f"`shelfsight {command[0]}` needs TensorFlow" in result.output
+        assert "pip install 'shelfsight[train]'" in result.output and "Traceback" not in result.output
 
 
 def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tmp_path: Path):

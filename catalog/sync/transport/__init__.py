@@ -1,0 +1,1 @@
+"""How sync messages travel: the `MessageBus` interface, its paho-mqtt adapter, a factory, the broker config."""
