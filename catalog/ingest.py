@@ -34,7 +34,8 @@ from shelfsight.catalog.quality import (
     stored_jpeg,
 )
 from shelfsight.catalog.records import check_product_id
-from shelfsight.catalog.store import Catalog, reference_id_for
+from shelfsight.catalog.references import reference_id_for
+from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints

@@ -11,13 +11,19 @@ Tables:
   reference_images  one row per reference image: int8 embedding + scale, model fingerprint,
                     pHash, ORB keypoints, a small JPEG of the prepared image, source path
   changes           the compacted change log that feeds sync (see `catalog.store`)
+
+Below the migrations are the row statements that the store, replication and
+references modules all write with. They sit here, under those modules, so each
+of them can use them without importing another (and the store can delegate to
+the other two without an import cycle).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlite_utils
 
@@ -132,3 +138,91 @@ def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
             break
         log.info("%s: migrated catalog schema to version %d", source, target)
     return current
+
+
+# ---- rows -------------------------------------------------------------------------------------
+
+# Meta keys the catalog manages itself: `Catalog.set_meta` refuses them, snapshots carry them apart.
+RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor"})
+PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
+REFERENCE_COLUMNS = (
+    "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
+)
+# Row version of a local product; every versioned row has version >= 1, so no extra column is needed.
+LOCAL_VERSION = 0
+SYNCED_PRODUCTS = f"version > {LOCAL_VERSION}"
+
+
+def query_one(db: sqlite_utils.Database, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+    cursor = db.execute(sql, list(params))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c[0] for c in cursor.description], row))
+
+
+def query_all(db: sqlite_utils.Database, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    cursor = db.execute(sql, list(params))
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def read_meta(db: sqlite_utils.Database, key: str, default: Any = None) -> Any:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return default if row is None else json.loads(row[0])
+
+
+def write_meta(db: sqlite_utils.Database, key: str, value: Any) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, json.dumps(value)],
+    )
+
+
+def bump_version(db: sqlite_utils.Database) -> int:
+    """Move the catalog version up by one (inside the caller's transaction); returns the new version."""
+    version = int(read_meta(db, "version", 0)) + 1
+    write_meta(db, "version", version)
+    return version
+
+
+def log_change(db: sqlite_utils.Database, version: int, op: str, product_id: str, reference_id: str | None) -> None:
+    """Append to the change log, dropping the entries this one supersedes (see `catalog.store`)."""
+    if op == "upsert_product":
+        db.execute("DELETE FROM changes WHERE product_id = ? AND op = 'upsert_product'", [product_id])
+    elif op == "remove_product":
+        db.execute("DELETE FROM changes WHERE product_id = ?", [product_id])
+    else:
+        db.execute("DELETE FROM changes WHERE reference_id = ?", [reference_id])
+    db.execute(
+        "INSERT INTO changes (version, op, product_id, reference_id) VALUES (?, ?, ?, ?)",
+        [version, op, product_id, reference_id],
+    )
+
+
+def write_product(db: sqlite_utils.Database, row: Mapping[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO products (id, name, description, category, price, attributes, thumbnail, version) "
+        "VALUES (:id, :name, :description, :category, :price, :attributes, :thumbnail, :version) "
+        "ON CONFLICT(id) DO UPDATE SET name = excluded.name, description = excluded.description, "
+        "category = excluded.category, price = excluded.price, attributes = excluded.attributes, "
+        "thumbnail = excluded.thumbnail, version = excluded.version",
+        dict(row),
+    )
+
+
+def write_reference(db: sqlite_utils.Database, row: Mapping[str, Any]) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO reference_images "
+        "(id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version) "
+        "VALUES (:id, :product_id, :source, :phash, :embedding, :scale, :dim, :fingerprint, :image_jpeg, "
+        ":keypoints, :local, :version)",
+        dict(row),
+    )
+
+
+def delete_product(db: sqlite_utils.Database, product_id: str) -> None:
+    """Delete a product and its references (local ones too)."""
+    # No foreign keys: the cascade is explicit so it is visible and logged in one place.
+    db.execute("DELETE FROM reference_images WHERE product_id = ?", [product_id])
+    db.execute("DELETE FROM products WHERE id = ?", [product_id])

@@ -1,5 +1,13 @@
 """`Catalog`: one SQLite file per catalog (WAL mode), its change log and its search index.
 
+This module is the CRUD store: products, references, metadata, the change log
+they write, reads and the search index. The halves that talk to something else
+live apart, each working on a `Catalog` without importing this module:
+`catalog.replication` (deltas and snapshots to and from other catalogs) and
+`catalog.references` (the embedder: images into reference rows, image search, a
+model swap). `Catalog` keeps one-line methods for them (`export_snapshot()`,
+`search_image()`, ...) so callers have one object to hold.
+
 Versioning. Every add/update/remove of a product or of a (non-local) reference
 bumps the catalog version by one and is recorded in the `changes` table. The
 log is compacted as it is written: an entity keeps only its latest entry (a
@@ -26,83 +34,49 @@ sync). SQLite access is serialised by a lock; searches run on an immutable
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import sqlite3
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import sqlite_utils
 
-from shelfsight.catalog import records
+from shelfsight.catalog import records, references, replication
 from shelfsight.catalog.index import SearchHit, SearchIndex
-from shelfsight.catalog.quality import check_image, describe_image
-from shelfsight.catalog.schema import RECORD_SCHEMA, migrate, schema_version
+from shelfsight.catalog.references import PreparedReference, prepare_reference, reference_row
+from shelfsight.catalog.schema import (
+    LOCAL_VERSION,
+    PRODUCT_COLUMNS,
+    RESERVED_META,
+    SYNCED_PRODUCTS,
+    bump_version,
+    delete_product,
+    log_change,
+    migrate,
+    query_all,
+    query_one,
+    read_meta,
+    schema_version,
+    write_meta,
+    write_product,
+    write_reference,
+)
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.features import deserialise_keypoints
-from shelfsight.edge_app.core.images import fit_square
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "shelfsight-catalog-snapshot"
-# Meta keys the catalog manages itself; `set_meta` refuses them.
-RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor"})
 _KEYPOINT_CACHE_SIZE = 4096
-_PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
-_REFERENCE_COLUMNS = (
-    "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
-)
 # What building the search index reads; both are answered from covering indexes (schema v2).
 INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes FROM products ORDER BY id"
 INDEX_REFERENCES_SQL = (
     "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id"
 )
-# Row version of a local product; every versioned row has version >= 1.
-LOCAL_VERSION = 0
-_SYNCED_PRODUCTS = f"version > {LOCAL_VERSION}"
-
-
-def reference_id_for(product_id: str, image_jpeg: bytes | None, embedding: bytes) -> str:
-    """Stable id `<product_id>/<sha1[:12]>` of the stored image (or of the embedding when there is none)."""
-    digest = hashlib.sha1(image_jpeg if image_jpeg else embedding).hexdigest()[:12]
-    return f"{product_id}/{digest}"
-
-
-def _unit(embedding: np.ndarray, dim: int | None) -> np.ndarray:
-    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
-    if dim is not None and vector.size != dim:
-        raise InputError(f"embedding has {vector.size} values, this catalog stores {dim}")
-    norm = float(np.linalg.norm(vector))
-    if not math.isfinite(norm) or norm == 0.0:
-        raise InputError("embedding is zero or contains NaN/infinity")
-    return vector / norm
-
-
-@dataclass(frozen=True)
-class PreparedReference:
-    """A reference image ready to store: what `add_reference_vector` takes (and an enrollment carries)."""
-
-    embedding: np.ndarray  # float32, unit norm
-    fingerprint: str
-    phash: str
-    source: str
-    image_jpeg: bytes
-    keypoints: bytes
-
-
-def prepare_reference(rgb: np.ndarray, embedder: Embedder, source: str = "") -> PreparedReference:
-    """Check an RGB image's quality (ImageError naming `source`), embed it, and compute its extras."""
-    check_image(rgb, name=source or "image")
-    embedding = embedder.embed_batch(fit_square(rgb, embedder.input_size)[None])[0]
-    extras = describe_image(rgb)
-    return PreparedReference(embedding, embedder.fingerprint, extras.phash, source, extras.image_jpeg, extras.keypoints)
 
 
 class Catalog:
@@ -171,7 +145,8 @@ class Catalog:
         return f"Catalog({self.name!r})"
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite_utils.Database]:
+    def reading(self) -> Iterator[sqlite_utils.Database]:
+        """Hold the catalog's lock for a consistent read of several statements; SQLite errors become CatalogError."""
         with self._lock:
             try:
                 yield self.db
@@ -191,34 +166,12 @@ class Catalog:
                 self._stale = True
                 self._keypoint_cache.clear()
 
-    def _query_one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        cursor = self.db.execute(sql, list(params))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([c[0] for c in cursor.description], row))
-
-    def _query_all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, list(params))
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
     # ---- metadata ---------------------------------------------------------------------------
-
-    def _meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return default if row is None else json.loads(row[0])
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [key, json.dumps(value)],
-        )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """A metadata value (JSON), e.g. `get_meta("unknown_threshold")`."""
-        with self._reading():
-            return self._meta(key, default)
+        with self.reading():
+            return read_meta(self.db, key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable metadata value (not versioned; travels with snapshots)."""
@@ -229,13 +182,13 @@ class Catalog:
         except (TypeError, ValueError) as exc:
             raise InputError(f"meta {key!r}: value is not JSON-serialisable ({exc})") from exc
         with self.batch():
-            self._set_meta(key, value)
+            write_meta(self.db, key, value)
 
     @property
     def version(self) -> int:
         """Current catalog version (0 for an empty catalog)."""
-        with self._reading():
-            return int(self._meta("version", 0))
+        with self.reading():
+            return int(read_meta(self.db, "version", 0))
 
     @property
     def indexed_version(self) -> int:
@@ -249,13 +202,13 @@ class Catalog:
     @property
     def model_fingerprint(self) -> str | None:
         """SHA-256 of the model every stored embedding came from; None until the first reference."""
-        with self._reading():
-            return self._meta("model_fingerprint")
+        with self.reading():
+            return read_meta(self.db, "model_fingerprint")
 
     @property
     def embedding_dim(self) -> int | None:
-        with self._reading():
-            value = self._meta("embedding_dim")
+        with self.reading():
+            value = read_meta(self.db, "embedding_dim")
             return None if value is None else int(value)
 
     def check_model(self, fingerprint: str) -> None:
@@ -269,50 +222,8 @@ class Catalog:
 
     # ---- versioned writes -------------------------------------------------------------------
 
-    def _bump(self) -> int:
-        version = int(self._meta("version", 0)) + 1
-        self._set_meta("version", version)
-        return version
-
-    def _log(self, version: int, op: str, product_id: str, reference_id: str | None) -> None:
-        """Append to the change log, dropping the entries this one supersedes."""
-        if op == "upsert_product":
-            self.db.execute("DELETE FROM changes WHERE product_id = ? AND op = 'upsert_product'", [product_id])
-        elif op == "remove_product":
-            self.db.execute("DELETE FROM changes WHERE product_id = ?", [product_id])
-        else:
-            self.db.execute("DELETE FROM changes WHERE reference_id = ?", [reference_id])
-        self.db.execute(
-            "INSERT INTO changes (version, op, product_id, reference_id) VALUES (?, ?, ?, ?)",
-            [version, op, product_id, reference_id],
-        )
-
-    def _write_product(self, row: Mapping[str, Any]) -> None:
-        self.db.execute(
-            "INSERT INTO products (id, name, description, category, price, attributes, thumbnail, version) "
-            "VALUES (:id, :name, :description, :category, :price, :attributes, :thumbnail, :version) "
-            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, description = excluded.description, "
-            "category = excluded.category, price = excluded.price, attributes = excluded.attributes, "
-            "thumbnail = excluded.thumbnail, version = excluded.version",
-            dict(row),
-        )
-
-    def _write_reference(self, row: Mapping[str, Any]) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO reference_images "
-            "(id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version) "
-            "VALUES (:id, :product_id, :source, :phash, :embedding, :scale, :dim, :fingerprint, :image_jpeg, "
-            ":keypoints, :local, :version)",
-            dict(row),
-        )
-
-    def _delete_product(self, product_id: str) -> None:
-        # No foreign keys: the cascade is explicit so it is visible and logged in one place.
-        self.db.execute("DELETE FROM reference_images WHERE product_id = ?", [product_id])
-        self.db.execute("DELETE FROM products WHERE id = ?", [product_id])
-
     def _product_row(self, product_id: str) -> dict[str, Any] | None:
-        return self._query_one(f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE id = ?", [product_id])
+        return query_one(self.db, f"SELECT {PRODUCT_COLUMNS}, thumbnail FROM products WHERE id = ?", [product_id])
 
     @staticmethod
     def _split_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -358,11 +269,11 @@ class Catalog:
         """Write a product row; a synced one bumps the version and is logged, a local one is neither."""
         if local:
             row["version"] = LOCAL_VERSION
-            self._write_product(row)
-            return int(self._meta("version", 0))
-        row["version"] = version = self._bump()
-        self._write_product(row)
-        self._log(version, "upsert_product", row["id"], None)
+            write_product(self.db, row)
+            return int(read_meta(self.db, "version", 0))
+        row["version"] = version = bump_version(self.db)
+        write_product(self.db, row)
+        log_change(self.db, version, "upsert_product", row["id"], None)
         return version
 
     def update_product(self, product_id: str, **fields: Any) -> int:
@@ -396,24 +307,24 @@ class Catalog:
             row = self._product_row(product_id)
             if row is None:
                 raise CatalogError(f"no product {product_id!r} in {self.name}")
-            self._delete_product(product_id)
+            delete_product(self.db, product_id)
             if row["version"] == LOCAL_VERSION:
-                return int(self._meta("version", 0))
-            version = self._bump()
-            self._log(version, "remove_product", product_id, None)
+                return int(read_meta(self.db, "version", 0))
+            version = bump_version(self.db)
+            log_change(self.db, version, "remove_product", product_id, None)
         return version
 
     def remove_reference(self, reference_id: str) -> int:
         """Remove one reference image; returns the catalog version afterwards."""
         with self.batch():
-            row = self._query_one("SELECT product_id, local FROM reference_images WHERE id = ?", [reference_id])
+            row = query_one(self.db, "SELECT product_id, local FROM reference_images WHERE id = ?", [reference_id])
             if row is None:
                 raise CatalogError(f"no reference {reference_id!r} in {self.name}")
             self.db.execute("DELETE FROM reference_images WHERE id = ?", [reference_id])
             if row["local"]:
-                return int(self._meta("version", 0))
-            version = self._bump()
-            self._log(version, "remove_reference", row["product_id"], reference_id)
+                return int(read_meta(self.db, "version", 0))
+            version = bump_version(self.db)
+            log_change(self.db, version, "remove_reference", row["product_id"], reference_id)
         return version
 
     def add_reference(
@@ -466,61 +377,30 @@ class Catalog:
                 # A synced reference to a product other stores do not have would orphan there.
                 raise CatalogError(f"product {product_id!r} is local to this store; its references must be local too")
             self.check_model(fingerprint)
-            dim = self._meta("embedding_dim")
-            vector = _unit(embedding, dim)
-            codes, scale = records.quantize(vector)
+            dim = read_meta(self.db, "embedding_dim")
+            row = reference_row(
+                product_id,
+                embedding,
+                dim=dim,
+                fingerprint=fingerprint,
+                phash=phash,
+                source=source,
+                image_jpeg=image_jpeg,
+                keypoints=keypoints,
+                local=local,
+            )
             if dim is None:
-                self._set_meta("embedding_dim", int(vector.size))
-                self._set_meta("model_fingerprint", fingerprint)
-            reference_id = reference_id_for(product_id, image_jpeg, codes)
-            version = int(self._meta("version", 0)) if local else self._bump()
-            row = {
-                "id": reference_id,
-                "product_id": product_id,
-                "source": source,
-                "phash": phash,
-                "embedding": codes,
-                "scale": scale,
-                "dim": int(vector.size),
-                "fingerprint": fingerprint,
-                "image_jpeg": image_jpeg,
-                "keypoints": keypoints,
-                "local": int(local),
-                "version": version,
-            }
-            self._write_reference(row)
+                write_meta(self.db, "embedding_dim", row["dim"])
+                write_meta(self.db, "model_fingerprint", fingerprint)
+            row["version"] = version = int(read_meta(self.db, "version", 0)) if local else bump_version(self.db)
+            write_reference(self.db, row)
             if not local:
-                self._log(version, "upsert_reference", product_id, reference_id)
+                log_change(self.db, version, "upsert_reference", product_id, row["id"])
         return version
 
     def replace_embeddings(self, fingerprint: str, embeddings: Mapping[str, np.ndarray]) -> int:
-        """Swap every reference's embedding for one from another model, in one transaction.
-
-        `embeddings` must cover every reference. The model change bumps the version once and
-        moves the log floor there: copies of this catalog need a snapshot to follow.
-        """
-        with self.batch():
-            ids = [r[0] for r in self.db.execute("SELECT id FROM reference_images").fetchall()]
-            missing = set(ids) - set(embeddings)
-            if missing:
-                raise CatalogError(
-                    f"reembed: no new embedding for {len(missing)} references (e.g. {sorted(missing)[0]})"
-                )
-            dims = {np.asarray(v).size for v in embeddings.values()}
-            if len(dims) > 1:
-                raise CatalogError(f"reembed: embeddings of different sizes {sorted(dims)}")
-            version = self._bump()
-            for reference_id in ids:
-                codes, scale = records.quantize(_unit(embeddings[reference_id], None))
-                self.db.execute(
-                    "UPDATE reference_images SET embedding = ?, scale = ?, dim = ?, fingerprint = ?, version = ? WHERE id = ?",
-                    [codes, scale, len(codes), fingerprint, version, reference_id],
-                )
-            self._set_meta("model_fingerprint", fingerprint)
-            self._set_meta("embedding_dim", dims.pop() if dims else None)
-            self.db.execute("DELETE FROM changes")
-            self._set_meta("log_floor", version)
-        return version
+        """Swap every reference's embedding for one from another model (see `references.replace_embeddings`)."""
+        return references.replace_embeddings(self, fingerprint, embeddings)
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -540,7 +420,7 @@ class Catalog:
 
     def product(self, product_id: str) -> dict[str, Any]:
         """{"id", "name", "description", "category", "price", "attributes", "version", "local", "references": [ids]}."""
-        with self._reading():
+        with self.reading():
             row = self._product_row(product_id)
             if row is None:
                 raise CatalogError(f"no product {product_id!r} in {self.name}")
@@ -554,8 +434,8 @@ class Catalog:
 
     def products(self, **filters: Any) -> list[dict[str, Any]]:
         """All products (same dicts as `product`), sorted by id; filters match columns or attributes exactly."""
-        with self._reading():
-            rows = self._query_all(f"SELECT {_PRODUCT_COLUMNS} FROM products ORDER BY id")
+        with self.reading():
+            rows = query_all(self.db, f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id")
             refs: dict[str, list[str]] = {}
             for reference_id, product_id in self.db.execute("SELECT id, product_id FROM reference_images ORDER BY id"):
                 refs.setdefault(product_id, []).append(reference_id)
@@ -569,7 +449,7 @@ class Catalog:
 
     def _cell(self, table: str, column: str, key: str) -> Any:
         """One column of the row with id `key`; CatalogError naming it if there is no such row."""
-        with self._reading():
+        with self.reading():
             row = self.db.execute(f"SELECT {column} FROM {table} WHERE id = ?", [key]).fetchone()
         if row is None:
             what = "product" if table == "products" else "reference"
@@ -582,8 +462,9 @@ class Catalog:
 
     def reference(self, reference_id: str) -> dict[str, Any]:
         """A reference's metadata: id, product_id, source, phash, dim, fingerprint, local, version, has_image."""
-        with self._reading():
-            row = self._query_one(
+        with self.reading():
+            row = query_one(
+                self.db,
                 "SELECT id, product_id, source, phash, dim, fingerprint, local, version, image_jpeg IS NOT NULL AS has_image "
                 "FROM reference_images WHERE id = ?",
                 [reference_id],
@@ -599,8 +480,8 @@ class Catalog:
 
     def references(self) -> list[dict[str, Any]]:
         """id, product_id, source, phash, local for every reference, sorted by id."""
-        with self._reading():
-            return self._query_all("SELECT id, product_id, source, phash, local FROM reference_images ORDER BY id")
+        with self.reading():
+            return query_all(self.db, "SELECT id, product_id, source, phash, local FROM reference_images ORDER BY id")
 
     def keypoints(self, reference_id: str) -> tuple[np.ndarray, np.ndarray]:
         """ORB keypoints of a reference: (points float32 (K, 2), descriptors uint8 (K, 32)); cached."""
@@ -623,7 +504,7 @@ class Catalog:
 
     def stats(self) -> dict[str, Any]:
         """Counts and metadata: version, model, products, references, categories, file size, ..."""
-        with self._reading():
+        with self.reading():
             count = lambda sql: int(self.db.execute(sql).fetchone()[0])  # noqa: E731
             categories = dict(
                 self.db.execute(
@@ -634,18 +515,18 @@ class Catalog:
             result = {
                 "catalog": self.name,
                 "schema_version": schema_version(self.db),
-                "version": int(self._meta("version", 0)),
-                "model_fingerprint": self._meta("model_fingerprint"),
-                "embedding_dim": self._meta("embedding_dim"),
+                "version": int(read_meta(self.db, "version", 0)),
+                "model_fingerprint": read_meta(self.db, "model_fingerprint"),
+                "embedding_dim": read_meta(self.db, "embedding_dim"),
                 "products": count("SELECT COUNT(*) FROM products"),
                 "references": count("SELECT COUNT(*) FROM reference_images"),
                 "local_references": count("SELECT COUNT(*) FROM reference_images WHERE local = 1"),
-                "local_products": count(f"SELECT COUNT(*) FROM products WHERE NOT ({_SYNCED_PRODUCTS})"),
+                "local_products": count(f"SELECT COUNT(*) FROM products WHERE NOT ({SYNCED_PRODUCTS})"),
                 "products_without_references": count(
                     "SELECT COUNT(*) FROM products WHERE id NOT IN (SELECT product_id FROM reference_images)"
                 ),
                 "categories": categories,
-                "log_floor": int(self._meta("log_floor", 0)),
+                "log_floor": int(read_meta(self.db, "log_floor", 0)),
                 "log_entries": count("SELECT COUNT(*) FROM changes"),
                 "meta": {k: json.loads(v) for k, v in meta.items() if k not in RESERVED_META},
             }
@@ -653,248 +534,32 @@ class Catalog:
             result["file_bytes"] = self.path.stat().st_size
         return result
 
-    # ---- sync contract ----------------------------------------------------------------------
-
-    def _changed_rows(self, table: str, columns: str, op: str, after: int, last: int) -> dict[str, dict[str, Any]]:
-        """Rows of `table` with an `op` log entry in (after, last], by id."""
-        key = "product_id" if op == "upsert_product" else "reference_id"
-        rows = self._query_all(
-            f"SELECT {columns} FROM {table} WHERE id IN "
-            f"(SELECT {key} FROM changes WHERE op = ? AND version > ? AND version <= ?)",
-            [op, after, last],
-        )
-        return {row["id"]: row for row in rows}
+    # ---- replication (the logic is in `catalog.replication`) ------------------------------
 
     def changes_since(self, version: int, *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Change records after `version`, in version order (see `catalog.records` for their shape).
-
-        `limit` returns only the first `limit` records, to page a large delta; apply each page
-        with `apply_changes(base, page, page[-1]["version"])`. CatalogError if `version` is newer
-        than this catalog or older than the log reaches (then a snapshot is needed).
-        """
-        with self._reading():
-            current = int(self._meta("version", 0))
-            floor = int(self._meta("log_floor", 0))
-            if version > current:
-                raise CatalogError(f"{self.name}: asked for changes since {version}, but the catalog is at {current}")
-            if version < floor:
-                raise CatalogError(
-                    f"{self.name}: the change log starts at version {floor}; a copy at {version} needs a snapshot"
-                )
-            sql_limit = "" if limit is None else f" LIMIT {int(limit)}"
-            log_rows = self.db.execute(
-                f"SELECT version, op, product_id, reference_id FROM changes WHERE version > ? ORDER BY version{sql_limit}",
-                [version],
-            ).fetchall()
-            if not log_rows:
-                return []
-            last = log_rows[-1][0]
-            products = self._changed_rows("products", f"{_PRODUCT_COLUMNS}, thumbnail", "upsert_product", version, last)
-            references = self._changed_rows("reference_images", _REFERENCE_COLUMNS, "upsert_reference", version, last)
-        result = []
-        for change_version, op, product_id, reference_id in log_rows:
-            if op == "upsert_product":
-                result.append(records.product_record(products[product_id], change_version))
-            elif op == "upsert_reference":
-                result.append(records.reference_record(references[reference_id]))
-            else:
-                result.append(records.removal_record(change_version, op, product_id, reference_id))
-        return result
-
-    def _validate_references(
-        self, changes: Iterable[records.Change], fingerprint: str | None, dim: int | None
-    ) -> tuple[str | None, int | None]:
-        """All references must come from one model, the catalog's own if it has one."""
-        for change in changes:
-            if change.op != "upsert_reference":
-                continue
-            assert change.row is not None
-            where = f"change version {change.version} ({change.reference_id})"
-            fingerprint = fingerprint or change.row["fingerprint"]
-            dim = dim or change.row["dim"]
-            if change.row["fingerprint"] != fingerprint:
-                raise CatalogError(
-                    f"{where}: embedding from model {change.row['fingerprint'][:12]}…, catalog uses {fingerprint[:12]}…"
-                )
-            if change.row["dim"] != dim:
-                raise CatalogError(f"{where}: embedding dim {change.row['dim']}, catalog uses {dim}")
-        return fingerprint, dim
-
-    def _check_no_orphans(self) -> None:
-        orphan = self.db.execute(
-            "SELECT id FROM reference_images WHERE product_id NOT IN (SELECT id FROM products) LIMIT 1"
-        ).fetchone()
-        if orphan is not None:
-            raise CatalogError(f"reference {orphan[0]} belongs to a product that does not exist")
+        """Change records after `version`, in version order (see `replication.changes_since`)."""
+        return replication.changes_since(self, version, limit=limit)
 
     def apply_changes(self, base_version: int, changes: list[dict[str, Any]], target_version: int) -> None:
-        """Apply a delta from `changes_since(base_version)` of another catalog, all or nothing.
-
-        Every record is validated before anything is written; then all are applied in one
-        transaction (synchronous=FULL) and the version becomes `target_version`. CatalogError if
-        this catalog is not at `base_version`, a record is malformed, or `target_version` is not
-        the last record's version.
-        """
-        if not isinstance(changes, list):
-            raise CatalogError(f"changes must be a list, got {type(changes).__name__}")
-        decoded = [records.decode_change(raw, i) for i, raw in enumerate(changes)]
-        previous = base_version
-        for change in decoded:
-            if change.version <= previous:
-                raise CatalogError(f"change version {change.version} does not follow {previous}")
-            previous = change.version
-        if previous != target_version:
-            raise CatalogError(f"target version {target_version} does not match the last change ({previous})")
-        with self.batch():
-            current = int(self._meta("version", 0))
-            if current != base_version:
-                raise CatalogError(f"{self.name}: delta is based on version {base_version}, catalog is at {current}")
-            own_fingerprint, own_dim = self._meta("model_fingerprint"), self._meta("embedding_dim")
-            fingerprint, dim = self._validate_references(decoded, own_fingerprint, own_dim)
-            for change in decoded:
-                self._apply(change)
-            self._check_no_orphans()
-            if own_fingerprint is None and fingerprint is not None:
-                self._set_meta("model_fingerprint", fingerprint)
-                self._set_meta("embedding_dim", dim)
-            self._set_meta("version", target_version)
-        log.info("%s: applied %d changes, version %d -> %d", self.name, len(decoded), base_version, target_version)
-        self.index()
-
-    def _apply(self, change: records.Change) -> None:
-        if change.op == "upsert_product":
-            assert change.row is not None
-            # HQ's row replaces a local product of the same id; HQ's copies of its references follow.
-            self.db.execute(
-                "DELETE FROM reference_images WHERE local = 1 AND product_id IN "
-                f"(SELECT id FROM products WHERE id = ? AND NOT ({_SYNCED_PRODUCTS}))",
-                [change.product_id],
-            )
-            self._write_product(change.row)
-        elif change.op == "remove_product":
-            self._delete_product(change.product_id)
-        elif change.op == "upsert_reference":
-            assert change.row is not None
-            self._write_reference(change.row)
-        else:
-            self.db.execute("DELETE FROM reference_images WHERE id = ? AND local = 0", [change.reference_id])
-        self._log(change.version, change.op, change.product_id, change.reference_id)
+        """Apply a delta from another catalog's `changes_since`, all or nothing (see `replication.apply_changes`)."""
+        replication.apply_changes(self, base_version, changes, target_version)
 
     def export_snapshot(self) -> dict[str, Any]:
-        """The whole synced (non-local) catalog at its current version as one JSON-serialisable dict.
-
-        {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta",
-         "records": [upsert_product records..., upsert_reference records...]}
-        """
-        with self._reading():
-            products = self._query_all(
-                f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE {_SYNCED_PRODUCTS} ORDER BY id"
-            )
-            references = self._query_all(
-                f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id"
-            )
-            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "schema_version": RECORD_SCHEMA,
-            "version": int(json.loads(meta.get("version", "0"))),
-            "model_fingerprint": json.loads(meta.get("model_fingerprint", "null")),
-            "embedding_dim": json.loads(meta.get("embedding_dim", "null")),
-            "meta": {k: json.loads(v) for k, v in meta.items() if k not in RESERVED_META},
-            "records": [records.product_record(r) for r in products]
-            + [records.reference_record(r) for r in references],
-        }
-
-    def _decode_snapshot(
-        self, snapshot: Any
-    ) -> tuple[int, str | None, int | None, dict[str, Any], list[records.Change]]:
-        expected = {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta", "records"}
-        if not isinstance(snapshot, dict) or set(snapshot) != expected:
-            got = sorted(snapshot) if isinstance(snapshot, dict) else type(snapshot).__name__
-            raise CatalogError(f"snapshot: expected keys {sorted(expected)}, got {got}")
-        if snapshot["format"] != SNAPSHOT_FORMAT or snapshot["schema_version"] != RECORD_SCHEMA:
-            raise CatalogError(
-                f"snapshot: format {snapshot['format']!r} schema {snapshot['schema_version']!r} not supported"
-            )
-        version, fingerprint, dim, meta = (
-            snapshot[k] for k in ("version", "model_fingerprint", "embedding_dim", "meta")
-        )
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise CatalogError(f"snapshot: bad version {version!r}")
-        if not (fingerprint is None or isinstance(fingerprint, str)) or not (dim is None or isinstance(dim, int)):
-            raise CatalogError("snapshot: bad model_fingerprint or embedding_dim")
-        if not isinstance(meta, dict) or RESERVED_META & set(meta):
-            raise CatalogError("snapshot: meta must be an object without reserved keys")
-        if not isinstance(snapshot["records"], list):
-            raise CatalogError("snapshot: records must be a list")
-        decoded = [records.decode_change(raw, i) for i, raw in enumerate(snapshot["records"])]
-        product_ids = set()
-        for change in decoded:
-            if change.op not in ("upsert_product", "upsert_reference") or change.version > version:
-                raise CatalogError(
-                    f"snapshot: record {change.op} at version {change.version} does not belong in a snapshot at {version}"
-                )
-            if change.op == "upsert_product":
-                product_ids.add(change.product_id)
-        has_references = any(c.op == "upsert_reference" for c in decoded)
-        if has_references and (fingerprint is None or dim is None):
-            raise CatalogError("snapshot: references without a model fingerprint and embedding dim")
-        self._validate_references(decoded, fingerprint, dim)
-        for change in decoded:
-            if change.op == "upsert_reference" and change.product_id not in product_ids:
-                raise CatalogError(f"snapshot: reference {change.reference_id} belongs to a missing product")
-        return version, fingerprint, dim, meta, decoded
+        """The whole synced catalog as one JSON-serialisable dict (see `replication.export_snapshot`)."""
+        return replication.export_snapshot(self)
 
     def replace_with_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """Replace all (non-local) contents with a snapshot from `export_snapshot`, in one transaction.
-
-        The snapshot is validated first. Local products survive unless the snapshot has their
-        id (HQ's row wins, their local references go); local references survive if their
-        product is still there and the model is unchanged. The log floor moves to the snapshot's version.
-        """
-        version, fingerprint, dim, meta, decoded = self._decode_snapshot(snapshot)
-        product_ids = {c.product_id for c in decoded if c.op == "upsert_product"}
-        with self.batch():
-            local_rows = self._query_all(
-                f"SELECT {_PRODUCT_COLUMNS}, thumbnail FROM products WHERE NOT ({_SYNCED_PRODUCTS})"
-            )
-            local_products = [p for p in local_rows if p["id"] not in product_ids]
-            taken_over = product_ids & {p["id"] for p in local_rows}
-            kept = [
-                r
-                for r in self._query_all(f"SELECT {_REFERENCE_COLUMNS} FROM reference_images WHERE local = 1")
-                if r["fingerprint"] == fingerprint and r["product_id"] not in taken_over
-            ]
-            for table in ("reference_images", "products", "changes"):
-                self.db.execute(f"DELETE FROM {table}")
-            self.db.execute("DELETE FROM meta WHERE key NOT IN ('schema_version')")
-            for change in decoded:
-                assert change.row is not None
-                (self._write_product if change.op == "upsert_product" else self._write_reference)(change.row)
-            for product in local_products:
-                self._write_product(product)
-            surviving = product_ids | {p["id"] for p in local_products}
-            for row in kept:
-                if row["product_id"] in surviving:
-                    self._write_reference(row)
-            for key, value in meta.items():
-                self._set_meta(key, value)
-            self._set_meta("version", version)
-            self._set_meta("log_floor", version)
-            if fingerprint is not None:
-                self._set_meta("model_fingerprint", fingerprint)
-                self._set_meta("embedding_dim", dim)
-        log.info("%s: replaced with snapshot at version %d (%d records)", self.name, version, len(decoded))
-        self.index()
+        """Replace all synced contents with a snapshot, in one transaction (see `replication.replace_with_snapshot`)."""
+        replication.replace_with_snapshot(self, snapshot)
 
     # ---- search -----------------------------------------------------------------------------
 
     def _build_index(self) -> SearchIndex:
-        with self._reading():
-            version = int(self._meta("version", 0))
-            fingerprint = self._meta("model_fingerprint")
-            dim = int(self._meta("embedding_dim", 0) or 0)
-            products = self._query_all(INDEX_PRODUCTS_SQL)
+        with self.reading():
+            version = int(read_meta(self.db, "version", 0))
+            fingerprint = read_meta(self.db, "model_fingerprint")
+            dim = int(read_meta(self.db, "embedding_dim", 0) or 0)
+            products = query_all(self.db, INDEX_PRODUCTS_SQL)
             rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
@@ -972,5 +637,4 @@ class Catalog:
 
     def search_image(self, rgb: np.ndarray, embedder: Embedder, k: int = 5, **filters: Any) -> list[SearchHit]:
         """Embed an RGB image with `embedder` (which must be the catalog's model) and search."""
-        self.check_model(embedder.fingerprint)
-        return self.search(embedder.embed_image(rgb), k, fingerprint=embedder.fingerprint, **filters)
+        return references.search_image(self, rgb, embedder, k, **filters)

@@ -235,7 +235,7 @@ class Kiosk:
         the reference quality check are skipped; InputError if none is usable or the id is invalid.
         """
         from shelfsight.catalog import records
-        from shelfsight.catalog.store import prepare_reference
+        from shelfsight.catalog.references import prepare_reference
 
         try:
             records.check_product_id(product_id)

@@ -1,0 +1,168 @@
+"""References and the embedder: images turned into reference rows, searches by image, a model swap.
+
+This is the half of a catalog that knows about models. A reference image is
+quality-checked, embedded and described (pHash, ORB keypoints, a stored JPEG)
+once, in `prepare_reference`, so the kiosk can prepare taught frames before it
+takes the catalog's lock and an enrollment can carry the result to HQ; an
+embedding becomes a row in `reference_row` (unit length, int8 + scale, an id
+stable across catalogs). The store decides when a row is written and versions
+it.
+
+It works on anything shaped like `ModelCatalog` (the store's `Catalog` is one)
+and does not import the store, so `Catalog.search_image()` and
+`Catalog.replace_embeddings()` stay one-line delegations without an import cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import sqlite_utils
+
+from shelfsight.catalog import records
+from shelfsight.catalog.index import SearchHit
+from shelfsight.catalog.quality import check_image, describe_image
+from shelfsight.catalog.schema import bump_version, write_meta
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.images import fit_square
+
+
+class ModelCatalog(Protocol):
+    """What this module needs of a catalog (`store.Catalog` provides it)."""
+
+    db: sqlite_utils.Database
+
+    def batch(self) -> AbstractContextManager[object]:
+        """One write transaction; the search index is stale afterwards."""
+        ...
+
+    def check_model(self, fingerprint: str) -> None:
+        """CatalogError unless embeddings of model `fingerprint` can be searched here."""
+        ...
+
+    def search(
+        self,
+        embedding: np.ndarray,
+        k: int = 5,
+        *,
+        category: str | None = None,
+        where: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> list[SearchHit]:
+        """Top-k products for an embedding."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """A reference image ready to store: what `add_reference_vector` takes (and an enrollment carries)."""
+
+    embedding: np.ndarray  # float32, unit norm
+    fingerprint: str
+    phash: str
+    source: str
+    image_jpeg: bytes
+    keypoints: bytes
+
+
+def prepare_reference(rgb: np.ndarray, embedder: Embedder, source: str = "") -> PreparedReference:
+    """Check an RGB image's quality (ImageError naming `source`), embed it, and compute its extras."""
+    check_image(rgb, name=source or "image")
+    embedding = embedder.embed_batch(fit_square(rgb, embedder.input_size)[None])[0]
+    extras = describe_image(rgb)
+    return PreparedReference(embedding, embedder.fingerprint, extras.phash, source, extras.image_jpeg, extras.keypoints)
+
+
+def reference_id_for(product_id: str, image_jpeg: bytes | None, embedding: bytes) -> str:
+    """Stable id `<product_id>/<sha1[:12]>` of the stored image (or of the embedding when there is none)."""
+    digest = hashlib.sha1(image_jpeg if image_jpeg else embedding).hexdigest()[:12]
+    return f"{product_id}/{digest}"
+
+
+def unit_vector(embedding: np.ndarray, dim: int | None) -> np.ndarray:
+    """The embedding as float32 of unit length; InputError if it is not `dim` long (when given) or not finite."""
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if dim is not None and vector.size != dim:
+        raise InputError(f"embedding has {vector.size} values, this catalog stores {dim}")
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InputError("embedding is zero or contains NaN/infinity")
+    return vector / norm
+
+
+def reference_row(
+    product_id: str,
+    embedding: np.ndarray,
+    *,
+    dim: int | None,
+    fingerprint: str,
+    phash: str,
+    source: str,
+    image_jpeg: bytes | None,
+    keypoints: bytes | None,
+    local: bool,
+) -> dict[str, Any]:
+    """The `reference_images` row for an embedding, L2-normalised and stored as int8 + scale.
+
+    `dim`: the catalog's embedding size (None before its first reference). The row's
+    `version` is left for the store to set, since only it knows whether the row is versioned.
+    """
+    vector = unit_vector(embedding, dim)
+    codes, scale = records.quantize(vector)
+    return {
+        "id": reference_id_for(product_id, image_jpeg, codes),
+        "product_id": product_id,
+        "source": source,
+        "phash": phash,
+        "embedding": codes,
+        "scale": scale,
+        "dim": int(vector.size),
+        "fingerprint": fingerprint,
+        "image_jpeg": image_jpeg,
+        "keypoints": keypoints,
+        "local": int(local),
+        "version": None,
+    }
+
+
+def search_image(
+    catalog: ModelCatalog, rgb: np.ndarray, embedder: Embedder, k: int = 5, **filters: Any
+) -> list[SearchHit]:
+    """Embed an RGB image with `embedder` (which must be the catalog's model) and search."""
+    catalog.check_model(embedder.fingerprint)
+    return catalog.search(embedder.embed_image(rgb), k, fingerprint=embedder.fingerprint, **filters)
+
+
+def replace_embeddings(catalog: ModelCatalog, fingerprint: str, embeddings: Mapping[str, np.ndarray]) -> int:
+    """Swap every reference's embedding for one from another model, in one transaction.
+
+    `embeddings` must cover every reference. The model change bumps the version once and
+    moves the log floor there: copies of this catalog need a snapshot to follow.
+    """
+    db = catalog.db
+    with catalog.batch():
+        ids = [r[0] for r in db.execute("SELECT id FROM reference_images").fetchall()]
+        missing = set(ids) - set(embeddings)
+        if missing:
+            raise CatalogError(f"reembed: no new embedding for {len(missing)} references (e.g. {sorted(missing)[0]})")
+        dims = {np.asarray(v).size for v in embeddings.values()}
+        if len(dims) > 1:
+            raise CatalogError(f"reembed: embeddings of different sizes {sorted(dims)}")
+        version = bump_version(db)
+        for reference_id in ids:
+            codes, scale = records.quantize(unit_vector(embeddings[reference_id], None))
+            db.execute(
+                "UPDATE reference_images SET embedding = ?, scale = ?, dim = ?, fingerprint = ?, version = ? WHERE id = ?",
+                [codes, scale, len(codes), fingerprint, version, reference_id],
+            )
+        write_meta(db, "model_fingerprint", fingerprint)
+        write_meta(db, "embedding_dim", dims.pop() if dims else None)
+        db.execute("DELETE FROM changes")
+        write_meta(db, "log_floor", version)
+    return version
