@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
 from pydantic import BaseModel, ConfigDict
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
-    pass
 
 
 class StrictModel(BaseModel):

@@ -52,7 +52,7 @@ else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
 
 
 class CatalogConfig(StrictModel):
-    path: Path
+    path: Path = Field(description="The SQLite catalog built with `shelfsight catalog build`")
     sync_dir: Path | None = Field(
         None, description="Where sync keeps HQ's releases (model + catalog); default: <catalog folder>/sync"
     )
@@ -63,12 +63,12 @@ class CatalogConfig(StrictModel):
 
 
 class KioskConfig(StrictModel):
-    model: ModelConfig = ModelConfig()
-    catalog: CatalogConfig
-    camera: CameraConfig
-    roi: RoiConfig = RoiConfig()
-    recognition: RecognitionConfig = RecognitionConfig()
-    web: WebConfig = WebConfig()
+    model: ModelConfig = Field(ModelConfig(), description="The embedding model")
+    catalog: CatalogConfig = Field(description="The product catalog")
+    camera: CameraConfig = Field(description="The frame source; `type` picks picamera, opencv, video or folder")
+    roi: RoiConfig = Field(RoiConfig(), description="The part of the frame a product is held in")
+    recognition: RecognitionConfig = Field(RecognitionConfig(), description="Pipeline thresholds")
+    web: WebConfig = Field(WebConfig(), description="The kiosk page and HTTP API")
     sync: SyncConfig | None = Field(None, description="HQ catalog updates over MQTT; absent: no sync")
 
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
 from pydantic import Field, model_validator
 
 from shelfsight.edge_app.core.config import StrictModel
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
-    pass
 
 
 class RoiConfig(StrictModel):
     """Region of interest as fractions of the frame; the default is the central area."""
 
-    x: float = Field(0.15, ge=0, lt=1)
-    y: float = Field(0.05, ge=0, lt=1)
-    width: float = Field(0.7, gt=0, le=1)
-    height: float = Field(0.9, gt=0, le=1)
+    x: float = Field(0.15, ge=0, lt=1, description="Left edge, as a fraction of the frame's width")
+    y: float = Field(0.05, ge=0, lt=1, description="Top edge, as a fraction of the frame's height")
+    width: float = Field(0.7, gt=0, le=1, description="Width, as a fraction of the frame's width")
+    height: float = Field(0.9, gt=0, le=1, description="Height, as a fraction of the frame's height")
 
     @model_validator(mode="after")
     def _inside_frame(self) -> "RoiConfig":
@@ -45,7 +38,7 @@ class RecognitionConfig(StrictModel):
     min_coverage: float = Field(0.08, ge=0, lt=1, description="Share of the reference the inliers must span")
     fast_inliers: int = Field(36, ge=4, description="Inliers of the top hit alone that settle verification early")
     feature_side: int = Field(320, ge=64, description="Longest side of the ROI when extracting local features")
-    orb_features: int = Field(400, ge=50)
+    orb_features: int = Field(400, ge=50, description="ORB features extracted from the query")
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
     unknown_threshold: float | None = Field(
         None, description="Score below which the answer is 'not in catalog'; None: the catalog's calibrated value"
@@ -54,7 +47,7 @@ class RecognitionConfig(StrictModel):
     accept_similarity: float = Field(
         0.97, description="A global match this similar (and clearly ahead) is accepted without verification"
     )
-    accept_margin: float = Field(0.08, ge=0)
+    accept_margin: float = Field(0.08, ge=0, description="How far ahead of the runner-up that global match must be")
     require_verification: bool = Field(
         True, description="When verification runs, an unconfirmed candidate needs accept_similarity to be announced"
     )

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pydantic import Field
 
 from shelfsight.edge_app.core.config import StrictModel
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
-    pass
-
 
 class ModelConfig(StrictModel):
     path: Path | None = Field(None, description="A .tflite embedder with its .json sidecar; None: the bundled default")
-    threads: int = Field(2, ge=1, le=16)
+    threads: int = Field(
+        2, ge=1, le=16, description="Interpreter threads (a Pi 4 has 4 cores; leave one to the camera)"
+    )

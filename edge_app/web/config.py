@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 from pydantic import Field
 
 from shelfsight.edge_app.core.config import StrictModel
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10 on older Raspberry Pi OS
-    pass
-
 
 class WebConfig(StrictModel):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    jpeg_quality: int = Field(80, ge=10, le=100)
+    enabled: bool = Field(True, description="Serve the kiosk page and the HTTP API")
+    host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 serves only this machine's screen")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest image accepted by POST /search")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame the page shows")
     currency: str | None = Field(
         None,
         pattern=r"^[A-Z]{3}$",

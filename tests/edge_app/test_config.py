@@ -93,3 +93,24 @@ def test_sync_section_is_validated_by_the_sync_config() -> None:
         parse_config({**base, "sync": {"colour": "red"}})
     with pytest.raises(ConfigError, match="sync.port"):
         parse_config({**base, "sync": {"port": 0}})
+
+
+def _config_models() -> list[type]:
+    from shelfsight.edge_app.core.config import StrictModel
+    from shelfsight.edge_app.kiosk.config import KioskConfig
+
+    assert KioskConfig  # imports every section's module, so each model is a subclass by now
+    found, todo = [], [StrictModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def test_every_config_field_is_described() -> None:
+    """The config reference is generated from the models, so a field without a description is a blank line."""
+    models = _config_models()
+    assert len(models) >= 10
+    missing = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items() if not f.description]
+    assert missing == []
