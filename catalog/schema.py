@@ -1,9 +1,12 @@
 """The catalog's SQLite schema and its migrations.
 
-The schema version lives in `PRAGMA user_version` (and is mirrored in the
-`meta` table for people reading the file with other tools). Each migration
-moves the file from version N-1 to N inside one transaction; a file written by
-a newer shelfsight than this one is refused instead of being misread.
+The file is opened and migrated by `edge_app.core.sqlite` (the helper the
+kiosk's sync state and HQ's inbox use too): the schema version lives in
+`PRAGMA user_version` (and is mirrored in the `meta` table for people reading
+the file with other tools), each migration moves the file from version N-1 to N
+inside one transaction, and a file written by a newer shelfsight than this one
+is refused instead of being misread. A catalog always carried a version, so a
+file with tables but no version is refused as not a catalog.
 
 Tables:
   meta              key -> JSON value (catalog version, model fingerprint, embedding dim, ...)
@@ -21,15 +24,14 @@ the other two without an import cycle).
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import sqlite_utils
 
 from shelfsight.edge_app.core.errors import CatalogError
-
-log = logging.getLogger(__name__)
+from shelfsight.edge_app.core.sqlite import Migration, open_database, user_version
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -90,54 +92,45 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-# MIGRATIONS[i] takes the schema from version i to i + 1. Append only.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
+def _recorded(version: int, change: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite3.Connection], None]:
+    """A schema step on sqlite-utils that also mirrors the new version into `meta`."""
+
+    def apply(conn: sqlite3.Connection) -> None:
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        change(db)
+        db.table("meta").upsert({"key": "schema_version", "value": str(version)}, pk="key")
+
+    return apply
+
+
+# Append only. The index-only step is deferrable: a catalog one short of it works, only loads
+# slower, so when it cannot be written (a full disk) the catalog opens as it is and the step is
+# retried at the next open; a kiosk must keep serving after an upgrade.
+MIGRATIONS = (
+    Migration(1, "create the tables", _recorded(1, _v1)),
+    Migration(2, "add the indexes", _recorded(2, _v2), deferrable="the catalog works without them but loads slower"),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
-# Versions that only add indexes. A catalog one short of them works, only loads slower, so when
-# one cannot be reached (a full disk) the catalog opens as it is: a kiosk must
-# keep serving after an upgrade. The step is retried at the next open.
-INDEX_ONLY = frozenset({2})
 # The row layout that sync snapshots carry. Migrations that only add indexes leave it alone, so
 # headquarters and stores on different releases keep exchanging snapshots.
 RECORD_SCHEMA = 1
 
 
+def open_catalog(target: str | Path | sqlite3.Connection, *, create: bool = True) -> sqlite3.Connection:
+    """Open (`create`: or create) a catalog file, or take a caller's connection, and bring it to SCHEMA_VERSION."""
+    return open_database(
+        target,
+        MIGRATIONS,
+        what="catalog",
+        error=CatalogError,
+        create=create,
+        # FULL: a committed sync delta survives power loss, not just a process crash.
+        synchronous="FULL",
+    )
+
+
 def schema_version(db: sqlite_utils.Database) -> int:
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate(db: sqlite_utils.Database, source: str = "catalog") -> int:
-    """Bring `db` to SCHEMA_VERSION; return the version it had before."""
-    current = schema_version(db)
-    if current > SCHEMA_VERSION:
-        raise CatalogError(
-            f"{source}: schema version {current} is newer than this shelfsight supports ({SCHEMA_VERSION}); upgrade shelfsight"
-        )
-    if current == 0 and db.table_names():
-        raise CatalogError(f"{source}: not a shelfsight catalog (it has tables but no schema version)")
-    for version in range(current, SCHEMA_VERSION):
-        target = version + 1
-        if target in INDEX_ONLY and current > 0:
-            log.info("%s: indexing for schema version %d (seconds on a large catalog, once)", source, target)
-        try:
-            with db.atomic():
-                MIGRATIONS[version](db)
-                # PRAGMA user_version is transactional in SQLite, so a failed migration leaves no trace.
-                db.execute(f"PRAGMA user_version = {target}")
-                db.table("meta").upsert({"key": "schema_version", "value": str(target)}, pk="key")
-        except sqlite3.OperationalError as exc:
-            if target not in INDEX_ONLY:
-                raise
-            log.warning(
-                "%s: cannot add the indexes of schema version %d (%s); the catalog works without them "
-                "but loads slower; retried at the next open",
-                source,
-                target,
-                exc,
-            )
-            break
-        log.info("%s: migrated catalog schema to version %d", source, target)
-    return current
+    return user_version(db.conn)
 
 
 # ---- rows -------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from shelfsight.catalog.schema import (
     bump_version,
     delete_product,
     log_change,
-    migrate,
+    open_catalog,
     query_all,
     query_one,
     read_meta,
@@ -93,37 +93,11 @@ class Catalog:
         self._index: SearchIndex | None = None
         self._stale = True
         self._keypoint_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        if isinstance(path_or_conn, sqlite3.Connection):
-            self.path: Path | None = None
-            self.name = "catalog"
-            conn = path_or_conn
-            self._owns_connection = False
-        else:
-            self.path = Path(path_or_conn)
-            self.name = str(self.path)
-            if not self.path.is_file():
-                if not create:
-                    raise CatalogError(f"{self.path}: no such catalog")
-                if not self.path.parent.is_dir():
-                    raise CatalogError(f"{self.path}: folder {self.path.parent} does not exist")
-            try:
-                conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
-            except sqlite3.Error as exc:
-                raise CatalogError(f"{self.path}: cannot open catalog ({exc})") from exc
-            self._owns_connection = True
-        self.db = sqlite_utils.Database(conn)
-        try:
-            if self.path is not None:
-                self.db.enable_wal()
-            # FULL: a committed sync delta survives power loss, not just a process crash.
-            self.db.execute("PRAGMA synchronous=FULL")
-            migrate(self.db, self.name)
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise CatalogError(f"{self.name}: not a usable catalog ({exc})") from exc
-        except CatalogError:
-            self.close()
-            raise
+        self.path: Path | None = None if isinstance(path_or_conn, sqlite3.Connection) else Path(path_or_conn)
+        self.name = "catalog" if self.path is None else str(self.path)
+        # A caller's connection stays the caller's: close() leaves it open.
+        self._owns_connection = self.path is not None
+        self.db = sqlite_utils.Database(open_catalog(path_or_conn, create=create))
 
     # ---- plumbing ---------------------------------------------------------------------------
 

@@ -1,9 +1,14 @@
-"""HQ's inbox of products taught at stores, waiting for a person to approve them into the master."""
+"""HQ's inbox of products taught at stores, waiting for a person to approve them into the master.
+
+The file is versioned like the catalog (`edge_app.core.sqlite`): releases before
+versioning left it at version 0 with the table of version 1, which only creates
+what is missing, so those files are adopted in place; a file from a newer
+release is an InputError rather than being misread.
+"""
 
 from __future__ import annotations
 
 import base64
-import sqlite3
 import threading
 import time
 from contextlib import closing
@@ -17,13 +22,21 @@ from shelfsight.catalog.sync.messages import Enrollment
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
 from shelfsight.edge_app.core.images import decode_rgb
+from shelfsight.edge_app.core.sqlite import Migration, open_database, statements
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS enrollments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, kiosk_id TEXT NOT NULL, product_id TEXT NOT NULL,
-    name TEXT NOT NULL, frames INTEGER NOT NULL, payload TEXT NOT NULL, received REAL NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', note TEXT NOT NULL DEFAULT '')
-"""
+# Append only.
+MIGRATIONS = (
+    Migration(
+        1,
+        "create the table",
+        statements(
+            "CREATE TABLE IF NOT EXISTS enrollments ("
+            "id INTEGER PRIMARY KEY AUTOINCREMENT, kiosk_id TEXT NOT NULL, product_id TEXT NOT NULL, "
+            "name TEXT NOT NULL, frames INTEGER NOT NULL, payload TEXT NOT NULL, received REAL NOT NULL, "
+            "status TEXT NOT NULL DEFAULT 'pending', note TEXT NOT NULL DEFAULT '')"
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +57,9 @@ class EnrollmentInbox:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise InputError(f"{self.path}: cannot open enrollment inbox ({exc})") from exc
+        self._db = open_database(
+            self.path, MIGRATIONS, what="enrollment inbox", error=InputError, adopt_unversioned=True, autocommit=True
+        )
 
     def close(self) -> None:
         self._db.close()

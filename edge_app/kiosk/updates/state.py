@@ -5,25 +5,38 @@ highest manifest sequence accepted (replay protection), the latest manifest
 itself, out-of-order deltas waiting for their base, and enrollments not yet
 acknowledged by the broker. The catalog's own version is the truth for "what
 is applied"; it is committed in the same transaction as the rows.
+
+The file is versioned like the catalog (`edge_app.core.sqlite`): releases before
+versioning left it at version 0 with the tables of version 1, which only
+creates what is missing, so those files are adopted in place; a file from a
+newer release is a SyncError rather than being misread.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from shelfsight.edge_app.core.errors import SyncError
+from shelfsight.edge_app.core.sqlite import Migration, open_database, statements
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (base INTEGER PRIMARY KEY, target INTEGER NOT NULL,
-                                    envelope BLOB NOT NULL, received REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
-                                   payload BLOB NOT NULL, created REAL NOT NULL);
-"""
+# Append only.
+MIGRATIONS = (
+    Migration(
+        1,
+        "create the tables",
+        statements(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS pending (base INTEGER PRIMARY KEY, target INTEGER NOT NULL, "
+            "envelope BLOB NOT NULL, received REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+            "payload BLOB NOT NULL, created REAL NOT NULL)",
+        ),
+    ),
+)
+
 # More pending deltas than this means something is badly wrong; the snapshot is cheaper.
 MAX_PENDING = 64
 
@@ -33,13 +46,17 @@ class SyncState:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise SyncError(f"{self.path}: cannot open sync state ({exc})") from exc
+        self._db = open_database(
+            self.path,
+            MIGRATIONS,
+            what="sync state",
+            error=SyncError,
+            adopt_unversioned=True,
+            # FULL: an accepted manifest sequence (replay protection) survives power loss.
+            synchronous="FULL",
+            busy_timeout_s=5.0,  # what it always had: the sync worker is the file's one writer
+            autocommit=True,
+        )
 
     def close(self) -> None:
         self._db.close()
