@@ -135,4 +135,32 @@ def train_command(sources, run_dir, config_file, quiet, exclude_products, augmen
     click.echo("final: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
 
 
-COMMANDS = [train_command]
+@click.command("vocabulary")
+@click.option("--data", "sources", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of training images (repeatable); not the catalog you will search.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .npz to write.")
+@click.option("--branching", type=int, default=16, show_default=True, help="Children per tree node.")
+@click.option("--depth", type=int, default=4, show_default=True, help="Tree levels (words = branching ** depth).")
+@click.option("--per-image", type=int, default=300, show_default=True, help="Strongest descriptors kept per image.")
+@click.option("--max-descriptors", type=int, default=300_000, show_default=True, help="Training sample size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling and clustering seed.")
+@domain_errors
+def vocabulary_command(
+    sources: tuple[str, ...], out: Path, branching: int, depth: int, per_image: int, max_descriptors: int, seed: int
+) -> None:
+    """Train the visual vocabulary for the catalog's local-feature search (no TensorFlow needed).
+
+    \b
+    Example (the shipped default):
+      shelfsight vocabulary --data ../shared/datasets/grocery-store/train \\
+        --data ../shared/datasets/grozi-120 --out edge_app/assets/default_vocabulary.npz
+    """
+    from shelfsight.train.vocabulary import build_vocabulary
+
+    vocabulary = build_vocabulary(
+        sources, out, branching=branching, depth=depth, per_image=per_image, max_descriptors=max_descriptors, seed=seed
+    )
+    click.echo(f"{out}: {vocabulary.n_words} words, fingerprint {vocabulary.fingerprint[:12]}")
+
+
+COMMANDS = [train_command, vocabulary_command]

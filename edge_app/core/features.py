@@ -1,21 +1,33 @@
-"""ORB keypoints for geometric verification, and their compact storage.
+"""Local features (ORB) for candidate retrieval and geometric verification, and their compact storage.
 
-The kiosk confirms an embedding match by matching local features between the
-camera crop and the candidate's reference images. Both sides must compute them
-identically, so `compute_keypoints` is the single definition: the image is
-prepared with `fit_square(rgb, WORK_SIZE)`, converted to grayscale and run
-through ORB. Point coordinates are therefore in a WORK_SIZE x WORK_SIZE frame.
+Two extractors, both ORB with 32-byte binary descriptors:
 
-It sits in the kernel because the catalog build, HQ's enrollment inbox and the kiosk all
-extract them, and none of those may import another.
+* **whole image, version 2** (`extract_features`): the whole image, aspect ratio
+  kept, resized so its longest side is `FEATURE_SIDE` (640 px), up to
+  `DEFAULT_FEATURES` (1,000) features. Tall packages keep their top and bottom
+  and small crops are enlarged enough for ORB's 31-pixel patches. Measured on
+  the development sets (Grocery Store packaged products against their iconic
+  images, warped iconic renderings on clutter): 640 px beat 480 and 800 px, and
+  1,000 features were worth twice the 500's retrieval hits; 1,500 added little
+  at 2x the time. Catalog references and kiosk queries both use it.
+* **centre square, version 1** (`compute_keypoints`): the 320 px centre square,
+  400 features; what catalogs built before version 2 hold. Kept only so those
+  references can still be verified (their JPEG is a 256 px square, too little to
+  recompute version 2 from); a rebuild gives them version 2 features.
 
-Serialised form (little endian): b"ORB1", uint16 K, uint16 work size, then K x 2
-uint16 coordinates in 1/16 pixel, then K x 32 descriptor bytes. ~36 bytes per keypoint.
+Both sides must compute features identically, so these functions are the single
+definition. Point coordinates are in the extractor's work frame (`frame`:
+width x height in pixels).
+
+Serialised form (little endian): b"ORB1", uint16 K, uint16 work size (square), or
+b"ORB2", uint16 K, uint16 width, uint16 height; then K x 2 uint16 coordinates in
+1/16 pixel, then K x 32 descriptor bytes. ~36 bytes per keypoint.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -23,23 +35,40 @@ import numpy as np
 from shelfsight.edge_app.core.errors import CatalogError, ImageError
 from shelfsight.edge_app.core.images import fit_square
 
-WORK_SIZE = 320
-DEFAULT_FEATURES = 400
+WORK_SIZE = 320  # version 1: side of the centre square
+LEGACY_FEATURES = 400  # version 1: features per image
+DEFAULT_FEATURES = 1000  # version 2
+FEATURE_SIDE = 640  # version 2: longest side of the work frame
+EXTRACTOR = "orb-whole-v2"  # names how reference features and their visual words were made
 DESCRIPTOR_BYTES = 32
 MAX_KEYPOINTS = 4096
+MAX_FRAME_SIDE = 4096  # 1/16-pixel coordinates must fit a uint16
 
 _MAGIC = b"ORB1"
 _HEADER = struct.Struct("<4sHH")
+_MAGIC_V2 = b"ORB2"
+_HEADER_V2 = struct.Struct("<4sHHH")
 _SUBPIXEL = 16.0
 
 
-def compute_keypoints(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES) -> tuple[np.ndarray, np.ndarray]:
-    """ORB on the grayscale WORK_SIZE square of `rgb` -> (points float32 (K, 2) x/y, descriptors uint8 (K, 32)).
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image: positions in its work frame and their binary descriptors."""
 
-    K may be 0 for a featureless image (a plain box side); that is not an error.
-    """
-    square = fit_square(rgb, WORK_SIZE)
-    gray = cv2.cvtColor(square, cv2.COLOR_RGB2GRAY)
+    points: np.ndarray  # (K, 2) float32, x/y in the work frame
+    descriptors: np.ndarray  # (K, 32) uint8
+    frame: tuple[int, int]  # (width, height) of the work frame in pixels
+    version: int = 2
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @property
+    def area(self) -> float:
+        return float(self.frame[0] * self.frame[1])
+
+
+def _orb(gray: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray]:
     orb = cv2.ORB_create(nfeatures=int(n_features))  # type: ignore[attr-defined]  # missing from the cv2 stubs
     try:
         found, descriptors = orb.detectAndCompute(gray, None)
@@ -47,8 +76,44 @@ def compute_keypoints(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES) -> tu
         raise ImageError(f"ORB failed on the image ({exc})") from exc
     if descriptors is None or not found:
         return np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
-    points = np.array([kp.pt for kp in found], dtype=np.float32).reshape(-1, 2)
-    return points, np.ascontiguousarray(descriptors, dtype=np.uint8)
+    # Strongest first, so that any prefix (the vocabulary's training sample, a smaller budget) is the best part.
+    order = np.argsort([-kp.response for kp in found], kind="stable")
+    points = np.array([found[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    return points, np.ascontiguousarray(descriptors[order], dtype=np.uint8)
+
+
+def work_frame(rgb: np.ndarray, side: int = FEATURE_SIDE) -> np.ndarray:
+    """The whole image as grayscale, resized (aspect kept) so its longest side is `side`."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ImageError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Grey first: a third of the pixels to resize. INTER_AREA anti-aliases when shrinking.
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(gray, size, interpolation=interpolation)
+
+
+def extract_features(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES, side: int = FEATURE_SIDE) -> LocalFeatures:
+    """Version 2 features of the whole image. K may be 0 (a plain box side, fruit); that is not an error."""
+    if not 32 <= side <= MAX_FRAME_SIDE:
+        raise ImageError(f"feature side {side} outside 32..{MAX_FRAME_SIDE}")
+    gray = work_frame(rgb, side)
+    points, descriptors = _orb(gray, min(int(n_features), MAX_KEYPOINTS))
+    return LocalFeatures(points, descriptors, (int(gray.shape[1]), int(gray.shape[0])), 2)
+
+
+def extract_legacy(rgb: np.ndarray, n_features: int = LEGACY_FEATURES) -> LocalFeatures:
+    """Version 1 features (the 320 px centre square), to verify against references built before version 2."""
+    points, descriptors = compute_keypoints(rgb, n_features)
+    return LocalFeatures(points, descriptors, (WORK_SIZE, WORK_SIZE), 1)
+
+
+def compute_keypoints(rgb: np.ndarray, n_features: int = LEGACY_FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """Version 1: ORB on the grayscale WORK_SIZE square -> (points float32 (K, 2) x/y, descriptors uint8 (K, 32))."""
+    square = fit_square(rgb, WORK_SIZE)
+    return _orb(cv2.cvtColor(square, cv2.COLOR_RGB2GRAY), n_features)
 
 
 def serialise_keypoints(points: np.ndarray, descriptors: np.ndarray) -> bytes:
@@ -80,3 +145,42 @@ def deserialise_keypoints(data: bytes, name: str = "keypoints") -> tuple[np.ndar
     descriptors = np.frombuffer(data, dtype=np.uint8, count=count * DESCRIPTOR_BYTES, offset=offset + count * 4)
     points = fixed.astype(np.float32) / _SUBPIXEL
     return points, descriptors.reshape(count, DESCRIPTOR_BYTES).copy()
+
+
+def serialise_features(features: LocalFeatures) -> bytes:
+    """Pack either version (version 1 through `serialise_keypoints`, the layout older releases read)."""
+    if features.version == 1:
+        return serialise_keypoints(features.points, features.descriptors)
+    points = np.asarray(features.points, dtype=np.float32).reshape(-1, 2)
+    descriptors = np.asarray(features.descriptors, dtype=np.uint8)
+    width, height = features.frame
+    if descriptors.shape != (len(points), DESCRIPTOR_BYTES):
+        raise CatalogError(f"keypoints: {len(points)} points but descriptors of shape {descriptors.shape}")
+    if len(points) > MAX_KEYPOINTS:
+        raise CatalogError(f"keypoints: {len(points)} exceeds the limit of {MAX_KEYPOINTS}")
+    if not (1 <= width <= MAX_FRAME_SIDE and 1 <= height <= MAX_FRAME_SIDE):
+        raise CatalogError(f"keypoints: work frame {width}x{height} outside 1..{MAX_FRAME_SIDE}")
+    fixed = np.clip(np.round(points * _SUBPIXEL), 0, 65535).astype("<u2")
+    return _HEADER_V2.pack(_MAGIC_V2, len(points), width, height) + fixed.tobytes() + descriptors.tobytes()
+
+
+def deserialise_features(data: bytes, name: str = "keypoints") -> LocalFeatures:
+    """Inverse of `serialise_features` for both versions; CatalogError naming `name` if the bytes are not valid."""
+    if data[:4] != _MAGIC_V2:
+        points, descriptors = deserialise_keypoints(data, name)
+        return LocalFeatures(points, descriptors, (WORK_SIZE, WORK_SIZE), 1)
+    if len(data) < _HEADER_V2.size:
+        raise CatalogError(f"{name}: truncated keypoint data ({len(data)} bytes)")
+    _, count, width, height = _HEADER_V2.unpack_from(data)
+    expected = _HEADER_V2.size + count * (4 + DESCRIPTOR_BYTES)
+    if count > MAX_KEYPOINTS or len(data) != expected:
+        raise CatalogError(f"{name}: keypoint data has {len(data)} bytes, expected {expected} for {count} keypoints")
+    if not (1 <= width <= MAX_FRAME_SIDE and 1 <= height <= MAX_FRAME_SIDE):
+        raise CatalogError(f"{name}: work frame {width}x{height} outside 1..{MAX_FRAME_SIDE}")
+    offset = _HEADER_V2.size
+    fixed = np.frombuffer(data, dtype="<u2", count=count * 2, offset=offset).reshape(count, 2)
+    descriptors = np.frombuffer(data, dtype=np.uint8, count=count * DESCRIPTOR_BYTES, offset=offset + count * 4)
+    points = fixed.astype(np.float32) / _SUBPIXEL
+    if count and (points[:, 0].max() > width or points[:, 1].max() > height):
+        raise CatalogError(f"{name}: keypoints outside their {width}x{height} work frame")
+    return LocalFeatures(points, descriptors.reshape(count, DESCRIPTOR_BYTES).copy(), (width, height), 2)
