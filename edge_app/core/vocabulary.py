@@ -158,9 +158,9 @@ def _k_majority(
     """k centres for binary descriptors (k-means++ seeding, Hamming assignment, bitwise-majority update)."""
     n = len(descriptors)
     if n <= k:  # too few to split: repeat what there is so every child exists
-        centres = descriptors[np.arange(k) % max(n, 1)] if n else np.zeros((k, descriptors.shape[1]), np.uint8)
-        return centres.copy(), np.arange(n) % k
-    centres = [descriptors[int(rng.integers(n))]]
+        filler = descriptors[np.arange(k) % max(n, 1)] if n else np.zeros((k, descriptors.shape[1]), np.uint8)
+        return filler.copy(), np.arange(n) % k
+    centres: list[np.ndarray] = [descriptors[int(rng.integers(n))]]
     nearest = _hamming_to(descriptors, np.stack(centres))[:, 0].astype(np.float64)
     for _ in range(1, k):
         weights = nearest**2
@@ -202,7 +202,7 @@ def train_vocabulary(
     groups = [np.arange(len(descriptors))]
     for level in range(depth):
         centres = np.zeros((len(groups) * branching, descriptors.shape[1]), np.uint8)
-        next_groups = []
+        next_groups: list[np.ndarray] = []
         for g, members in enumerate(groups):
             found, assignment = _k_majority(descriptors[members], branching, rng, iterations)
             centres[g * branching : (g + 1) * branching] = found
