@@ -3,7 +3,7 @@
 `KioskSync` runs one worker thread next to the kiosk. The bus thread only
 queues messages; the worker verifies, applies and then acknowledges them, so
 a message is acknowledged to the broker only after its effect is committed
-(or after it was refused for good). Rules:
+(or after it was refused for good). Rules, in every phase:
 
 - every envelope: size, then signature, then header; other fleets are refused;
 - manifest: a lower sequence number than one already accepted is a replay;
@@ -13,6 +13,37 @@ a message is acknowledged to the broker only after its effect is committed
   or a delta that does not fit: fetch the snapshot named by the manifest;
 - model change: fetch the release (model + catalog) and switch both at once.
 
+What the worker is doing is its `Phase`, with the data that phase needs in
+`Progress`; `_pursue` decides the phase from the facts (our version and
+model, HQ's latest manifest, held deltas) after every message and every tick,
+and `_enter` is the only place it changes (checked against `TRANSITIONS`,
+logged). The facts live apart from the phase on purpose: the catalog's own
+version and the persisted sync state are the truth after a restart or a kill,
+the phase is only the plan for getting from them to HQ's manifest.
+
+    phase       doing                                         leaves for
+    stopped     not started, or stopped                       waiting (start)
+    waiting     started, nothing to pursue: no manifest yet   any phase below (first manifest or tick)
+    current     at (or past) the manifest's version, model    behind (newer manifest), holding (a delta
+                and content                                   ahead of its base), fetching (other model
+                                                              or digest mismatch), stalled
+    behind      behind the manifest: asked HQ for a delta     current (delta applied), holding, fetching
+                (resync), waits up to `hold_s`                (`hold_s` over, or below `delta_floor`), stalled
+    holding     out-of-order deltas held for their missing    current/behind (the gap filled), fetching
+                base, at most `hold_s`                        (it did not), waiting (no manifest yet)
+    fetching    collecting the chunks of a snapshot or        installing (all chunks), fetching (another
+                release; asks for missing ones again          blob), current/behind/holding (deltas
+                                                              caught up or the manifest moved on), stalled
+    installing  checking and writing a complete blob          current/behind/holding/fetching (done:
+                                                              `_pursue` decides), stalled (install failed)
+    stalled     cannot progress on its own: chunks too big    current/behind/holding/fetching (a new
+                for the broker, an install that failed        manifest, a retry after 30 s, a delta
+                (retried after 30 s), a model without release that catches up)
+
+Every phase may go to `stopped`. Deltas are applied in every phase (a delta
+that catches up while fetching ends the fetch), and a complete blob is
+installed only from `fetching`.
+
 The kiosk's own search `Catalog` is a separate object on the same file; it
 learns about new versions through `on_applied(version)` and `on_release(model,
 catalog)` and swaps its index itself.
@@ -21,10 +52,13 @@ catalog)` and swaps its index itself.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +94,55 @@ _TICK_S = 0.2
 _STATUS_EVERY_S = 30.0
 # A snapshot or release that failed to install (e.g. disk full) is fetched again only after this long.
 _RETRY_FAILED_S = 30.0
+# `Progress.behind_since` once deltas are given up on: "behind for ever", so the snapshot is due at once.
+_GAVE_UP = -math.inf
+
+
+class Phase(str, Enum):
+    """What the sync worker is doing; the module docstring has the table of transitions."""
+
+    STOPPED = "stopped"
+    WAITING = "waiting"
+    CURRENT = "current"
+    BEHIND = "behind"
+    HOLDING = "holding"
+    FETCHING = "fetching"
+    INSTALLING = "installing"
+    STALLED = "stalled"
+
+
+# Allowed changes, as in the module docstring's table (a phase may always stay as it is); `_enter` refuses others.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    phase: frozenset(later) | {Phase.STOPPED} if phase is not Phase.STOPPED else frozenset(later)
+    for phase, later in {
+        Phase.STOPPED: {Phase.WAITING},
+        Phase.WAITING: {Phase.CURRENT, Phase.BEHIND, Phase.HOLDING, Phase.FETCHING, Phase.STALLED},
+        Phase.CURRENT: {Phase.BEHIND, Phase.HOLDING, Phase.FETCHING, Phase.STALLED},
+        Phase.BEHIND: {Phase.CURRENT, Phase.HOLDING, Phase.FETCHING, Phase.STALLED},
+        Phase.HOLDING: {Phase.WAITING, Phase.CURRENT, Phase.BEHIND, Phase.FETCHING, Phase.STALLED},
+        Phase.FETCHING: {Phase.INSTALLING, Phase.CURRENT, Phase.BEHIND, Phase.HOLDING, Phase.STALLED},
+        Phase.INSTALLING: {Phase.CURRENT, Phase.BEHIND, Phase.HOLDING, Phase.FETCHING, Phase.STALLED},
+        Phase.STALLED: {Phase.CURRENT, Phase.BEHIND, Phase.HOLDING, Phase.FETCHING},
+    }.items()
+}
+# Phases in which the worker is (or may still be) behind HQ: they keep `behind_since` and `resync_sent`.
+_BEHIND_PHASES = {Phase.BEHIND, Phase.HOLDING, Phase.FETCHING, Phase.INSTALLING, Phase.STALLED}
+
+
+@dataclass
+class Progress:
+    """The data of the current phase. A field is used by the phases named; others leave it at its default."""
+
+    # behind, holding, fetching, installing, stalled: when (monotonic) we first saw we were behind the manifest;
+    # `_GAVE_UP` after a gap that did not fill or a delta that did not fit (the snapshot is due at once).
+    behind_since: float | None = None
+    # Same phases: when we asked HQ for the delta from our version; once per manifest, connection and version.
+    resync_sent: float | None = None
+    # fetching: the chunks collected so far, and when the last one came (to ask again for the missing ones).
+    assembly: Assembler | None = None
+    last_chunk: float = 0.0
+    # stalled: why (the status's last_error says it in the words of the error itself).
+    reason: str | None = None
 
 
 class KioskSync:
@@ -72,6 +155,7 @@ class KioskSync:
         on_applied: Callable[[int], None] | None = None,
         on_release: Callable[[Path, Path], None] | None = None,
         metrics: Callable[[], dict[str, float]] | None = None,
+        on_phase: Callable[[Phase, Phase], None] | None = None,
         open_catalog: CatalogOpener = Catalog,
         bus_factory: BusFactory = open_bus,
     ) -> None:
@@ -83,6 +167,7 @@ class KioskSync:
         self._on_applied = on_applied
         self._on_release = on_release
         self._metrics = metrics
+        self._on_phase = on_phase  # (old, new) on every change, on the worker thread: e.g. "updating..." on the page
         self._open_catalog = open_catalog
         self._bus_factory = bus_factory
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -91,20 +176,19 @@ class KioskSync:
         self._thread: threading.Thread | None = None
         self._bus: MessageBus | None = None
         self._started_at = time.monotonic()
-        # Worker-thread state below.
+        # Worker-thread state below. Facts: what is installed and what HQ asks for.
         self._state: SyncState | None = None
         self._catalog: Catalog | None = None
         self._version = 0
         self._model_fp: str | None = None
         self._target: LatestManifest | None = None
-        self._assembly: Assembler | None = None
-        self._last_chunk = 0.0
-        self._behind_since: float | None = None
-        self._resync_sent: float | None = None
-        self._unfit_blob: str | None = None
-        self._failed_blob: tuple[str, float] | None = None
-        self._verified: tuple[int, str] | None = None
-        self._diverged = False
+        # The plan: see `Phase`.
+        self._phase = Phase.STOPPED
+        self._progress = Progress()
+        # What we learnt on the way. Blobs not to fetch before a time (inf: never), with why:
+        self._blocked: dict[str, tuple[float, str]] = {}
+        # (version, HQ's digest, whether ours matched): the digest is computed once per manifest.
+        self._checked: tuple[int, str, bool] | None = None
         self._last_error: str | None = None
         self._last_status = 0.0
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
@@ -113,6 +197,7 @@ class KioskSync:
     def start(self) -> None:
         """Open state, connect in the background (the kiosk serves even while the broker is away), start the worker."""
         self._open_local()
+        self._enter(Phase.WAITING)
         offline = KioskStatus(kiosk_id=self.config.kiosk_id, state="offline").model_dump_json().encode()
         self._bus = self._bus_factory(
             self.config,
@@ -141,6 +226,7 @@ class KioskSync:
                     log.info("could not publish offline status: %s", exc)
             self._bus.close()
             self._bus = None
+        self._enter(Phase.STOPPED)
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
@@ -170,9 +256,18 @@ class KioskSync:
         return None if target is None else target.version
 
     @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def progress(self) -> Progress:
+        """The current phase's data (read-only for callers)."""
+        return self._progress
+
+    @property
     def fetching(self) -> tuple[str, int, int] | None:
         """(kind, chunks received, chunks total) of the snapshot or release being fetched, if any."""
-        assembly = self._assembly
+        assembly = self._progress.assembly
         if assembly is None:
             return None
         total = len(assembly.manifest.chunks)
@@ -223,7 +318,7 @@ class KioskSync:
                 if kind == "message":
                     self._handle(item)
                 elif kind == "connected":
-                    self._resync_sent = None
+                    self._progress.resync_sent = None
                     self._publish_status()
                 elif kind == "enroll":
                     self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
@@ -275,7 +370,7 @@ class KioskSync:
         state.set("manifest_seq", envelope.header.seq)
         state.set("manifest", manifest.model_dump(mode="json"))
         if self._target is None or manifest != self._target:
-            self._resync_sent = None
+            self._progress.resync_sent = None
         self._target = manifest
         self._pursue()
 
@@ -301,7 +396,7 @@ class KioskSync:
             return
         if base < self._version:
             log.info("%s: does not start at our v%d; will use the snapshot", what, self._version)
-            self._behind_since = 0.0  # a doubt: go for the snapshot without waiting
+            self._progress.behind_since = _GAVE_UP  # a doubt: go for the snapshot without waiting
             return
         changes = decode_delta(envelope.payload, what=what, max_bytes=self.config.max_blob_bytes)
         for change in changes:
@@ -323,7 +418,7 @@ class KioskSync:
                 return
 
     def _on_chunk(self, blob_id: str, index: int, payload: bytes) -> None:
-        assembly = self._assembly
+        assembly = self._progress.assembly
         if assembly is None or assembly.manifest.blob_id != blob_id:
             return
         try:
@@ -333,14 +428,17 @@ class KioskSync:
             self._note_error(str(exc))
             self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, blob_id=blob_id, chunks=[index]))
             return
-        self._last_chunk = time.monotonic()
+        self._progress.last_chunk = time.monotonic()
         if assembly.complete:
             data = assembly.result()
-            self._drop_assembly()
+            blob = assembly.manifest
+            self._enter(Phase.INSTALLING)
             try:
-                self._install(assembly.manifest, data)
-            except Exception:
-                self._failed_blob = (assembly.manifest.blob_id, time.monotonic())
+                self._install(blob, data)
+            except Exception as exc:
+                reason = f"{blob.kind} v{blob.version} failed to install ({exc}); retrying in {_RETRY_FAILED_S:.0f}s"
+                self._block(blob, _RETRY_FAILED_S, reason)
+                self._enter(Phase.STALLED, reason=reason)
                 raise
 
     def _install(self, blob: BlobManifest, data: bytes) -> None:
@@ -367,7 +465,8 @@ class KioskSync:
             raise SyncError(
                 f"{what}: built for model {blob.model_fingerprint[:12]}, ours is {str(self._model_fp)[:12]}"
             )
-        if blob.version < self._version or (blob.version == self._version and not self._diverged):
+        diverged = self._checked is not None and not self._checked[2]
+        if blob.version < self._version or (blob.version == self._version and not diverged):
             return
         snapshot = decode_snapshot(data, what=what, max_bytes=self.config.max_blob_bytes)
         self._require_catalog().replace_with_snapshot(snapshot)
@@ -387,11 +486,11 @@ class KioskSync:
         state.set("highest_version", max(version, int(state.get("highest_version", 0))))
         state.drop_pending(below=version)
         self.counters["applied"] += 1
-        self._behind_since = None
-        self._resync_sent = None
+        # A new version: being behind starts over (a resync from it is a new question), the digest is unchecked.
+        self._progress.behind_since = None
+        self._progress.resync_sent = None
         self._last_error = None
-        self._verified = None
-        self._diverged = False
+        self._checked = None
         log.info("catalog now at v%d", version)
         if self._on_applied is not None:
             self._callback(self._on_applied, version)
@@ -412,91 +511,124 @@ class KioskSync:
         if oldest is not None and time.time() - oldest > self.config.hold_s:
             log.info("held deltas waited %.1fs for a missing one; fetching the snapshot", self.config.hold_s)
             state.drop_pending()
-            self._behind_since = 0.0
+            self._progress.behind_since = _GAVE_UP
         self._pursue()
         self._flush_outbox()
         if time.monotonic() - self._last_status > _STATUS_EVERY_S:
             self._publish_status()
 
     def _pursue(self) -> None:
+        """Decide the phase from the facts; runs after every message and every tick."""
         target = self._target
+        holding = self._require_state().pending_count() > 0
         if target is None:
+            self._enter(Phase.HOLDING if holding else Phase.WAITING)
             return
         if target.model_fingerprint != self._model_fp:
             if target.release is None:
-                self._note_error(f"HQ moved to model {target.model_fingerprint[:12]} but published no release")
+                reason = f"HQ moved to model {target.model_fingerprint[:12]} but published no release"
+                self._note_error(reason)
+                self._enter(Phase.STALLED, reason=reason)
             else:
                 self._fetch(target.release)
             return
         if target.version <= self._version:
-            self._behind_since = None
+            self._progress.behind_since = None
             if target.version == self._version and not self._same_content(target):
                 self._fetch(target.snapshot)
             else:
-                self._drop_assembly()
+                self._enter(Phase.HOLDING if holding else Phase.CURRENT)
             return
         now = time.monotonic()
-        if self._behind_since is None:
-            self._behind_since = now
-        waited = now - self._behind_since
-        if self._version < target.delta_floor or waited >= self.config.hold_s:
+        progress = self._progress
+        if progress.behind_since is None:
+            progress.behind_since = now
+        if self._version < target.delta_floor or now - progress.behind_since >= self.config.hold_s:
             self._fetch(target.snapshot)
-        elif self._resync_sent is None:
-            self._resync_sent = now
+            return
+        # Still worth waiting for a delta: ask HQ for it (a snapshot already coming keeps coming meanwhile).
+        if progress.resync_sent is None:
+            progress.resync_sent = now
             self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, from_version=self._version))
+        if progress.assembly is None or progress.assembly.manifest != target.snapshot:
+            self._enter(Phase.HOLDING if holding else Phase.BEHIND)
 
     def _same_content(self, target: LatestManifest) -> bool:
         """Does our catalog hold exactly HQ's rows at this version? Checked once per manifest."""
         if target.digest is None or self._catalog is None:
             return True
-        if self._verified != (target.version, target.digest):
+        if self._checked is None or self._checked[:2] != (target.version, target.digest):
             _, ours = content_digest(self._catalog)
-            self._diverged = ours != target.digest
-            self._verified = (target.version, target.digest)
-            if self._diverged:
+            self._checked = (target.version, target.digest, ours == target.digest)
+            if ours != target.digest:
                 log.error(
                     "catalog v%d differs from HQ's v%d (changed outside sync?); fetching the snapshot",
                     self._version,
                     target.version,
                 )
                 self._note_error(f"catalog v{self._version} diverged from HQ's; re-fetching the snapshot")
-        return not self._diverged
+        return self._checked[2]
 
     def _fetch(self, blob: BlobManifest | None) -> None:
+        """Fetch `blob` (or keep fetching it, asking again for chunks that do not come)."""
         if blob is None or self._bus is None:
             return
         now = time.monotonic()
-        assembly = self._assembly
-        if assembly is not None and assembly.manifest == blob:
-            if now - self._last_chunk > max(self.config.hold_s, 1.0):
-                missing = assembly.missing()
+        progress = self._progress
+        if progress.assembly is not None and progress.assembly.manifest == blob:
+            if now - progress.last_chunk > max(self.config.hold_s, 1.0):
+                missing = progress.assembly.missing()
                 log.info("%s v%d: %d chunks missing; asking HQ", blob.kind, blob.version, len(missing))
                 self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, blob_id=blob.blob_id, chunks=missing[:256]))
-                self._last_chunk = now
+                progress.last_chunk = now
             return
-        if self._unfit_blob == blob.blob_id:
+        blocked = self._blocked.get(blob.blob_id)
+        if blocked is not None and now < blocked[0]:
+            self._enter(Phase.STALLED, reason=blocked[1])
             return
-        if self._failed_blob is not None and self._failed_blob[0] == blob.blob_id:
-            if now - self._failed_blob[1] < _RETRY_FAILED_S:
-                return
         try:
             blob.check_fits(self._bus.max_packet_bytes)
-            new = Assembler(blob, max_bytes=self.config.max_blob_bytes)
+            assembly = Assembler(blob, max_bytes=self.config.max_blob_bytes)
         except SyncError as exc:
-            self._unfit_blob = blob.blob_id
+            self._block(blob, math.inf, str(exc))  # HQ must publish another blob; this one can never arrive
             log.error("%s", exc)
             self._note_error(str(exc))
+            self._enter(Phase.STALLED, reason=str(exc))
             return
-        self._drop_assembly()
-        self._assembly = new
-        self._last_chunk = now
+        self._enter(Phase.FETCHING, assembly=assembly)
         log.info("fetching %s v%d (%d bytes, %d chunks)", blob.kind, blob.version, blob.size, len(blob.chunks))
         self._bus.subscribe(self.topics.blob_chunks(blob.blob_id))
 
-    def _drop_assembly(self) -> None:
-        if self._assembly is not None and self._bus is not None:
-            self._bus.unsubscribe(self.topics.blob_chunks(self._assembly.manifest.blob_id))
-        self._assembly = None
+    def _block(self, blob: BlobManifest, for_s: float, reason: str) -> None:
+        now = time.monotonic()
+        self._blocked = {k: v for k, v in self._blocked.items() if v[0] > now}  # forget what may be retried
+        self._blocked[blob.blob_id] = (now + for_s, reason)
+
+    def _enter(self, phase: Phase, *, assembly: Assembler | None = None, reason: str | None = None) -> None:
+        """Change phase (or the phase's blob or reason): the only place that does; checked and logged."""
+        old, before = self._phase, self._progress
+        if phase is not old and phase not in TRANSITIONS[old]:
+            raise RuntimeError(f"sync worker: no transition from {old.value} to {phase.value}")
+        if phase is old and before.assembly is assembly and before.reason == reason:
+            return
+        if before.assembly is not None and before.assembly is not assembly and self._bus is not None:
+            self._bus.unsubscribe(self.topics.blob_chunks(before.assembly.manifest.blob_id))
+        keep = phase in _BEHIND_PHASES
+        self._progress = Progress(
+            behind_since=before.behind_since if keep else None,
+            resync_sent=before.resync_sent if keep else None,
+            assembly=assembly,
+            last_chunk=time.monotonic() if assembly is not None else 0.0,
+            reason=reason,
+        )
+        self._phase = phase
+        detail = reason or (f"{assembly.manifest.kind} v{assembly.manifest.version}" if assembly else "")
+        target = self._target.version if self._target is not None else None
+        log.info("sync %s -> %s at v%d (HQ: v%s) %s", old.value, phase.value, self._version, target, detail)
+        if self._on_phase is not None and phase is not old:
+            self._callback(self._on_phase, old, phase)
+        with self._changed:
+            self._changed.notify_all()
 
     def _request(self, request: ResyncRequest) -> None:
         if self._bus is None or not self._bus.connected:
