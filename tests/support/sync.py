@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ from shelfsight.catalog.sync.topics import Topics
 from shelfsight.catalog.sync.transport.base import Message
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.catalog.sync.transport.factory import open_bus
+from shelfsight.catalog.sync.transport.memory import MemoryBroker
 from shelfsight.edge_app.core.spec import ModelSpec, write_spec
 from shelfsight.edge_app.kiosk.updates.config import SyncConfig
 from shelfsight.edge_app.kiosk.updates.releases import current_release, seed_release
@@ -351,3 +353,51 @@ def run_fleet(
     finally:
         for kiosk in fleet:
             kiosk.stop()
+
+
+class MemoryHq(Hq):
+    """HQ on an in-memory broker (`transport.memory`) for the fast rule tests: master, model, publisher.
+
+    Kiosks' resync requests are collected, and answered only when the test calls `serve()`, by
+    `hq serve`'s own handler, so a test decides exactly when HQ reacts.
+    """
+
+    def __init__(
+        self, root: Path, broker: MemoryBroker, signer: Signer, *, chunk_bytes: int = 16 * 1024, fleet: str = FLEET
+    ) -> None:
+        # Not Hq.__init__: that one connects paho to a Mosquitto; everything else is the same master setup.
+        self.root, self.dim, self.broker = root, DIM, broker
+        root.mkdir(parents=True, exist_ok=True)
+        self.model = make_model(root / "model")
+        self.fingerprint = fingerprint_of(self.model)
+        self.master = root / "master.db"
+        self.catalog = Catalog(self.master)
+        self.topics = Topics("shelfsight", fleet)
+        self.config = BrokerConfig()
+        self.received = []
+        self._served = 0
+        self.server = HqServer()
+        self.bus = broker.open_bus(self.config, client_id=f"hq-{fleet}", on_message=self.received.append)
+        self.bus.subscribe(self.topics.all_of("resync"))
+        self.bus.connect()
+        self.publisher = HqPublisher(
+            self.master, signer, self.bus, self.topics, model=self.model, chunk_bytes=chunk_bytes
+        )
+
+    def resync_requests(self) -> list[dict[str, Any]]:
+        """The resync requests received so far (whether answered or not), as JSON objects."""
+        self.broker.drain()
+        return [json.loads(m.payload) for m in self.received if m.topic.startswith(f"{self.topics.root}/resync/")]
+
+    def serve(self) -> int:
+        """Answer every request received since the last call, as `hq serve` does; returns how many."""
+        self.broker.drain()
+        pending = self.received[self._served :]
+        self._served += len(pending)
+        for message in pending:
+            try:
+                self.server._handle(self.publisher, message)  # noqa: SLF001 - hq serve's handler, without its loop
+            finally:
+                self.bus.ack(message)
+        self.broker.drain()
+        return len(pending)

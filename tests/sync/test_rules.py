@@ -1,0 +1,481 @@
+"""The sync rules, fast: HQ and kiosks in one process on the in-memory broker (`transport.memory`).
+
+Each rule of docs/sync.md is checked here in well under a second, with the kiosk's
+phase (`worker.Phase`) asserted after each step; the end-to-end tests beside this file
+run the same rules against a real Mosquitto through paho. HQ answers resync requests
+only when a test calls `hq.serve()`, and `hold_s` is long unless a test shortens it,
+so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from shelfsight.catalog.hq import publisher as publisher_module
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
+from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier, generate_keys, load_signer
+from shelfsight.catalog.sync.messages import ResyncRequest
+from shelfsight.catalog.sync.transport.base import Message, Will
+from shelfsight.catalog.sync.transport.config import BrokerConfig
+from shelfsight.catalog.sync.transport.memory import InMemoryBus, MemoryBroker, topic_matches
+from shelfsight.edge_app.core.errors import SyncError
+from shelfsight.edge_app.kiosk.updates.config import SyncConfig
+from shelfsight.edge_app.kiosk.updates.releases import current_release
+from shelfsight.edge_app.kiosk.updates.worker import TRANSITIONS, KioskSync, Phase
+from tests.support.sync import FLEET, MemoryHq, seed_kiosk
+
+LIMIT = 5.0  # upper bound for the kiosk's worker thread to get somewhere; not a speed assertion
+Keys = tuple[Signer, Verifier, Path]
+
+
+@dataclass
+class Store:
+    """A kiosk under test: its sync, the phases it went through, its bus."""
+
+    sync: KioskSync
+    phases: list[Phase] = field(default_factory=list)
+    buses: list[InMemoryBus] = field(default_factory=list)
+
+    @property
+    def bus(self) -> InMemoryBus:
+        return self.buses[-1]
+
+    def reach(self, phase: Phase, version: int | None = None) -> None:
+        """Wait until the kiosk is in `phase` (at `version`); fail with where it is instead."""
+        ok = self.sync.wait_for(lambda k: k.phase is phase and (version is None or k.version == version), LIMIT)
+        assert ok, (self.sync.phase, self.sync.version, self.sync.last_error, self.phases)
+
+    def records(self) -> list[dict[str, Any]]:
+        _, path = current_release(self.sync.data_dir)
+        with Catalog(path, create=False) as catalog:
+            return catalog.export_snapshot()["records"]
+
+
+class Recorder:
+    """A plain client on the in-memory broker: records what it sees, injects raw bytes (observer or attacker)."""
+
+    def __init__(self, broker: MemoryBroker, topic_filter: str | None = None, client_id: str = "recorder") -> None:
+        self.broker = broker
+        self.messages: list[Message] = []
+        self.bus = InMemoryBus(broker, client_id=client_id, on_message=self._got, persistent=False)
+        if topic_filter is not None:
+            self.bus.subscribe(topic_filter)
+        self.bus.connect()
+
+    def _got(self, message: Message) -> None:
+        self.messages.append(message)
+        self.bus.ack(message)
+
+    def payloads(self) -> list[bytes]:
+        self.broker.drain()
+        return [m.payload for m in self.messages if m.payload]
+
+    def inject(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.bus.publish(topic, payload, retain=retain)
+        self.broker.drain()
+
+
+@pytest.fixture
+def memory_broker() -> Iterator[MemoryBroker]:
+    with MemoryBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def hq(tmp_path: Path, memory_broker: MemoryBroker, hq_keys: Keys) -> Iterator[MemoryHq]:
+    """HQ with a published master of 3 products (shadows conftest's Mosquitto `hq`)."""
+    central = MemoryHq(tmp_path / "hq", memory_broker, hq_keys[0])
+    central.add(range(3))
+    central.publisher.publish()
+    yield central
+    central.close()
+
+
+@pytest.fixture
+def stores(tmp_path: Path, memory_broker: MemoryBroker, hq: MemoryHq, hq_keys: Keys) -> Iterator[Callable[..., Store]]:
+    made: list[Store] = []
+
+    def make(kiosk_id: str = "k1", *, on_applied: Callable[[int], None] | None = None, **overrides: Any) -> Store:
+        """A kiosk seeded with HQ's current master (not started); `overrides` go to its SyncConfig."""
+        data_dir = tmp_path / "kiosks" / kiosk_id
+        seed_kiosk(data_dir, hq)
+        values: dict[str, Any] = dict(fleet=FLEET, kiosk_id=kiosk_id, public_key=hq_keys[2], hold_s=60.0)
+        phases: list[Phase] = []
+        buses: list[InMemoryBus] = []
+
+        def bus_factory(config: BrokerConfig, **kwargs: Any) -> InMemoryBus:
+            buses.append(memory_broker.open_bus(config, **kwargs))
+            return buses[-1]
+
+        sync = KioskSync(
+            SyncConfig(**{**values, **overrides}),
+            data_dir,
+            bus_factory=bus_factory,
+            on_applied=on_applied,
+            on_phase=lambda old, new: phases.append(new),
+        )
+        made.append(Store(sync, phases, buses))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.sync.stop()
+
+
+def publish_steps(hq: MemoryHq, broker: MemoryBroker, steps: list[range]) -> list[bytes]:
+    """Publish one version per step (while no kiosk listens) and return HQ's delta envelopes, in order."""
+    tap = Recorder(broker, hq.topics.delta, client_id="delta-tap")
+    for i, ids in enumerate(steps):
+        hq.add(ids, seed=i + 1)
+        hq.publisher.publish()
+    deltas = tap.payloads()
+    assert len(deltas) == len(steps)
+    tap.bus.close()
+    return deltas
+
+
+def sealed(signer: Signer, header: EnvelopeHeader, payload: bytes) -> bytes:
+    return signer.seal(header, payload)
+
+
+# -- versions: replays, order, gaps, divergence ---------------------------------------------
+
+
+def test_replayed_manifest_and_repeated_delta_change_nothing(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store], hq_keys: Keys
+) -> None:
+    old_manifest = memory_broker.retained(hq.topics.manifest)
+    assert old_manifest is not None
+    old = hq.catalog.version
+    kiosk = stores()
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, old)
+    tap = Recorder(memory_broker, hq.topics.delta, client_id="replayer")
+    new = hq.add(range(3, 5), seed=1)
+    hq.publisher.publish()
+    kiosk.reach(Phase.CURRENT, new)
+    [delta] = tap.payloads()
+    for _ in range(10):
+        tap.inject(hq.topics.delta, delta)
+    tap.inject(hq.topics.manifest, old_manifest)  # a lower sequence number than the accepted one
+    # A higher sequence number, but a version older than the kiosk's catalog for the same model: also a replay.
+    state = hq.publisher.load_state()
+    assert state is not None and state.snapshot is not None
+    stale = LatestManifest(version=old, model_fingerprint=hq.fingerprint, snapshot=state.snapshot, delta_floor=old)
+    header = EnvelopeHeader(kind="manifest", fleet=hq.topics.fleet, seq=state.seq + 1000)
+    tap.inject(hq.topics.manifest, sealed(hq_keys[0], header, stale.model_dump_json().encode()))
+    assert kiosk.sync.wait_for(lambda k: k.counters["refused"] >= 2 and k.counters["duplicates"] >= 10, LIMIT)
+    assert kiosk.sync.counters["applied"] == 1 and kiosk.sync.counters["duplicates"] == 10
+    assert kiosk.sync.counters["refused"] == 2
+    assert "older than ours" in (kiosk.sync.last_error or "")
+    assert kiosk.sync.version == new and kiosk.sync.phase is Phase.CURRENT
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+def test_out_of_order_delta_is_held_until_its_base_arrives(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    base = hq.catalog.version
+    kiosk = stores()
+    first, second = publish_steps(hq, memory_broker, [range(3, 4), range(4, 6)])
+    kiosk.sync.start()
+    kiosk.reach(Phase.BEHIND, base)  # the retained manifest names a later version; no delta yet
+    tap = Recorder(memory_broker, client_id="reorderer")
+    tap.inject(hq.topics.delta, second)
+    kiosk.reach(Phase.HOLDING, base)
+    assert kiosk.sync.counters["held"] == 1 and kiosk.sync.counters["applied"] == 0
+    tap.inject(hq.topics.delta, first)
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    assert kiosk.sync.counters["applied"] == 2 and kiosk.sync.counters["snapshots"] == 0
+    assert kiosk.phases == [Phase.WAITING, Phase.BEHIND, Phase.HOLDING, Phase.CURRENT]
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+def test_gap_asks_hq_for_a_delta_then_takes_the_snapshot(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    base = hq.catalog.version
+    kiosk = stores()
+    _, second = publish_steps(hq, memory_broker, [range(3, 4), range(4, 6)])  # the kiosk never sees the first
+    kiosk.sync.start()
+    kiosk.reach(Phase.BEHIND, base)
+    Recorder(memory_broker, client_id="lossy").inject(hq.topics.delta, second)
+    kiosk.reach(Phase.HOLDING, base)
+    assert hq.resync_requests() == [{"kiosk_id": "k1", "from_version": base}]
+    # HQ does not answer (it is down, say); once hold_s is over the kiosk stops waiting for the missing delta.
+    kiosk.sync.config = kiosk.sync.config.model_copy(update={"hold_s": 0.05})
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    assert kiosk.phases == [Phase.WAITING, Phase.BEHIND, Phase.HOLDING, Phase.FETCHING, Phase.INSTALLING, Phase.CURRENT]
+    assert kiosk.sync.counters["snapshots"] == 1 and kiosk.sync.counters["applied"] == 1
+    assert hq.resync_requests() == [{"kiosk_id": "k1", "from_version": base}]  # asked once, not on every tick
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+def test_kiosk_below_the_delta_floor_takes_the_snapshot_at_once(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    kiosk = stores()
+    hq.add(range(3, 5), seed=1)
+    hq.publisher.publish()
+    hq.publisher.state_path.unlink()  # HQ lost its bookkeeping: no delta, and the floor moves to its version
+    hq.add(range(5, 6), seed=2)
+    hq.publisher.publish()
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    assert Phase.BEHIND not in kiosk.phases and Phase.FETCHING in kiosk.phases
+    assert hq.resync_requests() == []
+    assert kiosk.sync.counters["snapshots"] == 1
+
+
+def test_same_version_with_other_content_takes_the_snapshot(hq: MemoryHq, stores: Callable[..., Store]) -> None:
+    kiosk = stores()
+    version = hq.add(range(3, 4), seed=1)
+    hq.publisher.publish()
+    # Someone edits the kiosk's synced catalog behind sync's back until it has HQ's version number, other rows.
+    _, path = current_release(kiosk.sync.data_dir)
+    with Catalog(path, create=False) as local:
+        local.add_product("rogue", "Not from HQ")
+        while local.version < version:
+            local.update_product("rogue", name=f"Still not from HQ {local.version}")
+        assert local.version == version
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, version)
+    assert kiosk.phases == [Phase.WAITING, Phase.FETCHING, Phase.INSTALLING, Phase.CURRENT]
+    assert kiosk.sync.counters["snapshots"] == 1
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+# -- resync requests and HQ's answers ----------------------------------------------------------------
+
+
+def test_hq_answers_resyncs_once_per_version_and_window(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = hq.catalog.version
+    fleet = [stores("k1"), stores("k2")]
+    publish_steps(hq, memory_broker, [range(3, 4), range(4, 6)])  # both kiosks miss these deltas
+    for kiosk in fleet:
+        kiosk.sync.start()
+        kiosk.reach(Phase.BEHIND, base)
+    # The kiosk asks once per manifest: the same manifest again asks nothing; a reconnect asks again.
+    manifest = memory_broker.retained(hq.topics.manifest)
+    assert manifest is not None
+    Recorder(memory_broker, client_id="echo").inject(hq.topics.manifest, manifest)
+    fleet[0].bus.drop()
+    fleet[0].bus.connect()
+    assert fleet[0].sync.wait_for(lambda k: len(hq.resync_requests()) >= 3, LIMIT)
+    deltas = Recorder(memory_broker, hq.topics.delta, client_id="delta-tap")
+    assert hq.serve() == 3
+    assert len(deltas.payloads()) == 1  # three questions from the same version within a second: one answer
+    # From now on "within the window" however slow this machine is (not before: the window counts from
+    # time.monotonic() == 0, and a machine booted less than that long ago would never answer at all).
+    monkeypatch.setattr(publisher_module, "_RESYNC_ANSWER_EVERY_S", 3600.0)
+    for kiosk in fleet:
+        kiosk.reach(Phase.CURRENT, hq.catalog.version)
+        assert kiosk.sync.counters["snapshots"] == 0
+    # Each worker handled the echoed manifest before the delta, so every request it would make is in by now.
+    assert sorted(r["kiosk_id"] for r in hq.resync_requests()) == ["k1", "k1", "k2"]
+    assert {r["from_version"] for r in hq.resync_requests()} == {base}
+    asker = Recorder(memory_broker, client_id="k3")
+    question = ResyncRequest(kiosk_id="k3", from_version=base).model_dump_json(exclude_defaults=True).encode()
+    asker.inject(hq.topics.resync("k3"), question)
+    hq.serve()
+    assert len(deltas.payloads()) == 1  # still within the window
+    monkeypatch.setattr(publisher_module, "_RESYNC_ANSWER_EVERY_S", 0.0)  # the window is over
+    asker.inject(hq.topics.resync("k3"), question)
+    hq.serve()
+    assert len(deltas.payloads()) == 2
+    current = ResyncRequest(kiosk_id="k3", from_version=hq.catalog.version).model_dump_json().encode()
+    asker.inject(hq.topics.resync("k3"), current)
+    hq.serve()
+    assert len(deltas.payloads()) == 2  # nothing newer than the asker's version: no answer
+
+
+def test_delta_redelivered_after_a_reconnect_is_a_no_op(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    dropped: list[int] = []
+
+    def lose_connection_before_the_ack(version: int) -> None:
+        # on_applied runs after the commit and before the ack: the broker still holds the delta.
+        if not dropped:
+            dropped.append(memory_broker.unacked("k1"))
+            kiosk.bus.drop()
+            kiosk.bus.connect()
+
+    kiosk = stores(on_applied=lose_connection_before_the_ack)
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    version = hq.add(range(3, 5), seed=1)
+    hq.publisher.publish()
+    assert kiosk.sync.wait_for(lambda k: k.counters["duplicates"] >= 1, LIMIT)
+    kiosk.reach(Phase.CURRENT, version)
+    assert dropped and dropped[0] >= 1
+    assert kiosk.sync.counters["applied"] == 1 and kiosk.sync.counters["duplicates"] == 1
+    memory_broker.drain()
+    assert kiosk.sync.wait_for(lambda k: memory_broker.unacked("k1") == 0, LIMIT)  # acknowledged in the end
+
+
+# -- signatures ------------------------------------------------------------------------------------
+
+
+def test_bad_signatures_and_unknown_keys_are_refused_and_the_catalog_kept(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store], tmp_path: Path, hq_keys: Keys
+) -> None:
+    base = hq.catalog.version
+    kiosk = stores()
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, base)
+    before = kiosk.records()
+    with Catalog(tmp_path / "evil.db") as evil:
+        evil.replace_with_snapshot(hq.catalog.export_snapshot())
+        evil.update_product("p000001", name="Free TV")
+        changes = evil.changes_since(base)
+    other_private, other_public = generate_keys(tmp_path / "other")
+    other = load_signer(other_private)
+    header = EnvelopeHeader(kind="delta", fleet=FLEET, seq=1, base=base, target=changes[-1]["version"])
+    genuine = sealed(hq_keys[0], header, encode_delta(changes))
+    flipped = bytearray(genuine)
+    flipped[len(flipped) // 2] ^= 1
+    state = hq.publisher.load_state()
+    assert state is not None and state.snapshot is not None
+    bigger = LatestManifest(
+        version=base + 5, model_fingerprint=hq.fingerprint, snapshot=state.snapshot, delta_floor=base + 5
+    )
+    manifest_header = EnvelopeHeader(kind="manifest", fleet=FLEET, seq=state.seq + 1)
+    attacks = [
+        (hq.topics.delta, sealed(other, header, encode_delta(changes))),  # signed with another key
+        (hq.topics.delta, bytes(flipped)),
+        (hq.topics.delta, genuine[:-64]),  # signature cut off
+        (hq.topics.delta, sealed(hq_keys[0], header.model_copy(update={"fleet": "other"}), encode_delta(changes))),
+        (hq.topics.manifest, sealed(other, manifest_header, bigger.model_dump_json().encode())),
+    ]
+    attacker = Recorder(memory_broker, client_id="attacker")
+    for topic, payload in attacks:
+        attacker.inject(topic, payload)
+    assert kiosk.sync.wait_for(lambda k: k.counters["refused"] >= len(attacks), LIMIT)
+    assert kiosk.sync.counters["refused"] == len(attacks) and kiosk.sync.counters["applied"] == 0
+    assert kiosk.sync.version == base and kiosk.sync.target_version == base
+    assert kiosk.sync.phase is Phase.CURRENT
+    assert kiosk.records() == before
+    # A kiosk that trusts another key refuses even HQ's genuine updates, and keeps serving the catalog it has.
+    stranger = stores("k2", public_key=other_public)
+    stranger.sync.start()
+    version = hq.add(range(3, 5), seed=1)
+    hq.publisher.publish()
+    assert stranger.sync.wait_for(lambda k: k.counters["refused"] >= 2, LIMIT)  # retained manifest, new delta, ...
+    assert "bad signature" in (stranger.sync.last_error or "")
+    assert stranger.sync.version == base < version and stranger.sync.phase is Phase.WAITING
+    assert stranger.records() == before
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+def test_chunks_the_broker_cannot_carry_stall_the_kiosk_and_are_reported(tmp_path: Path, hq_keys: Keys) -> None:
+    with MemoryBroker(max_packet_bytes=8 * 1024) as small:
+        status = Recorder(small, f"shelfsight/{FLEET}/status/+", client_id="watcher")
+        central = MemoryHq(tmp_path / "hq-small", small, hq_keys[0], chunk_bytes=32 * 1024)
+        try:
+            central.add(range(50))
+            with pytest.raises(SyncError, match="maximum packet size"):  # HQ refuses to publish them itself
+                central.publisher.publish()
+            central.publisher.chunk_bytes = 4 * 1024
+            central.publisher.publish()
+            good = central.publisher.load_state()
+            assert good is not None and good.snapshot is not None
+            # A manifest naming oversized chunks (an HQ behind another broker, say) reaches the kiosk anyway.
+            big = good.snapshot.model_copy(update={"chunk_size": 32 * 1024, "chunks": good.snapshot.chunks[:1]})
+            big = big.model_copy(update={"size": 100})
+            manifest = LatestManifest(
+                version=good.version + 5,
+                model_fingerprint=central.fingerprint,
+                snapshot=big,
+                delta_floor=good.version + 5,
+            )
+            header = EnvelopeHeader(kind="manifest", fleet=FLEET, seq=good.seq + 1)
+            payload = sealed(hq_keys[0], header, manifest.model_dump_json().encode())
+            status.inject(central.topics.manifest, payload, retain=True)
+            data_dir = tmp_path / "k-small"
+            seed_kiosk(data_dir, central)
+            config = SyncConfig(fleet=FLEET, kiosk_id="k-small", public_key=hq_keys[2], hold_s=60.0)
+            kiosk = KioskSync(config, data_dir, bus_factory=small.open_bus)
+            kiosk.start()
+            try:
+                assert kiosk.wait_for(lambda k: k.phase is Phase.STALLED, LIMIT), (kiosk.phase, kiosk.last_error)
+                assert "maximum packet size" in (kiosk.progress.reason or "")
+                assert "maximum packet size" in (kiosk.last_error or "")
+                assert kiosk.fetching is None
+                reported = [json.loads(p) for p in status.payloads()]
+                assert any("maximum packet size" in (r.get("last_error") or "") for r in reported)
+            finally:
+                kiosk.stop()
+            assert kiosk.phase is Phase.STOPPED
+        finally:
+            central.close()
+
+
+def test_the_transition_table_is_enforced(tmp_path: Path, hq_keys: Keys) -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert [p for p, later in TRANSITIONS.items() if Phase.INSTALLING in later] == [Phase.FETCHING]
+    assert [p for p, later in TRANSITIONS.items() if Phase.WAITING in later] == [Phase.STOPPED, Phase.HOLDING]
+    assert all(Phase.STOPPED in TRANSITIONS[p] for p in Phase if p is not Phase.STOPPED)
+    kiosk = KioskSync(SyncConfig(public_key=hq_keys[2]), tmp_path / "k", verifier=hq_keys[1])
+    assert kiosk.phase is Phase.STOPPED
+    with pytest.raises(RuntimeError, match="no transition from stopped to installing"):
+        kiosk._enter(Phase.INSTALLING)  # noqa: SLF001 - the guard itself
+    assert kiosk.phase is Phase.STOPPED
+
+
+# -- the in-memory broker itself ------------------------------------------------------------------
+
+
+def test_memory_broker_filters_retains_and_redelivers_unacknowledged_messages() -> None:
+    assert topic_matches("a/+/c", "a/b/c") and topic_matches("a/#", "a") and topic_matches("a/#", "a/b/c")
+    assert not topic_matches("a/+", "a/b/c") and not topic_matches("#", "$SYS/x") and not topic_matches("a/b", "a")
+    with MemoryBroker(max_packet_bytes=1024) as broker:
+        seen: list[Any] = []
+        sender = InMemoryBus(broker, client_id="sender", on_message=seen.append, persistent=False)
+        sender.connect()
+        sender.publish("s/kept", b"retained", retain=True)
+        will = Will("s/status", b"gone", retain=False)
+        client = InMemoryBus(
+            broker, client_id="c", on_message=seen.append, on_connect=lambda present: seen.append(present), will=will
+        )
+        client.subscribe("s/#")
+        watcher = Recorder(broker, "s/status")
+        client.connect()
+        broker.drain()
+        assert seen[0] is False and [(m.topic, m.retain) for m in seen[1:]] == [("s/kept", True)]
+        sender.publish("s/live", b"1")
+        broker.drain()
+        assert (seen[-1].topic, seen[-1].retain, seen[-1].qos) == ("s/live", False, 1)
+        client.ack(seen[1])  # s/live stays unacknowledged
+        client.drop()  # lost, not closed: the will goes out, the session stays
+        sender.publish("s/queued", b"2")
+        assert watcher.payloads() == [b"gone"]
+        seen.clear()
+        client.connect()
+        broker.drain()
+        assert seen[0] is True  # session present
+        # Resent (unacknowledged), queued while away (its own will included: it subscribed to s/#), retained again.
+        assert [m.topic for m in seen[1:]] == ["s/live", "s/status", "s/queued", "s/kept"]
+        for message in seen[1:]:
+            client.ack(message)
+        assert broker.unacked("c") == 0
+        sender.publish("s/kept", b"", retain=True)  # an empty retained payload clears the topic
+        assert broker.retained("s/kept") is None
+        with pytest.raises(SyncError, match="maximum packet size"):
+            sender.publish("s/big", b"x" * 2000)
+        with pytest.raises(SyncError, match="not a valid topic filter"):
+            client.subscribe("s/#/x")
+        client.close()
+        assert watcher.payloads() == [b"gone"]  # a clean close publishes no will
+        with pytest.raises(SyncError, match="not connected"):
+            client.publish("s/x", b"", timeout=1)
