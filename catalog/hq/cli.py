@@ -4,30 +4,48 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, get_args
 
 import click
 from pydantic import ValidationError
 
+from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
 from shelfsight.edge_app.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+# The BrokerConfig fields every broker command takes as options; the others keep the model's defaults.
+BROKER_FIELDS = ("host", "port", "tls_ca", "tls_cert", "tls_key", "username", "password_env", "password_file")
+# Only where the command line's default differs from the model's: HQ logs in as `hq` (deploy/mosquitto ACL),
+# while a kiosk's username is its own id.
+CLI_DEFAULTS: dict[str, Any] = {"username": "hq"}
+
+
+def _field_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option for BrokerConfig field `name`: its name, default and description (as help)."""
+    info = BrokerConfig.model_fields[name]
+    default = CLI_DEFAULTS.get(name, info.default)
+    types = (info.annotation, *get_args(info.annotation))
+    if Path in types:
+        kind: Any = click.Path(exists=True, dir_okay=False)
+    else:
+        kind = int if int in types else str
+    return click.option(
+        f"--{name.replace('_', '-')}",
+        type=kind,
+        default=default,
+        show_default=default is not None,
+        help=info.description,
+    )
+
+
 def broker_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that talks to the broker shares."""
     options = [
-        click.option("--host", default="localhost", show_default=True, help="Broker host."),
-        click.option("--port", type=int, default=8883, show_default=True, help="Broker port."),
-        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate (enables TLS)."),
-        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate."),
-        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate key."),
-        click.option("--username", default="hq", show_default=True, help="Broker username."),
-        click.option("--password-env", default=None, help="Environment variable holding the broker password."),
-        click.option(
-            "--password-file", type=click.Path(exists=True, dir_okay=False), help="File holding the password."
-        ),
+        *(_field_option(name) for name in BROKER_FIELDS),
         click.option("--prefix", default="shelfsight", show_default=True, help="Topic prefix."),
         click.option("--fleet", default="default", show_default=True, help="Fleet (store group) name."),
     ]
@@ -36,13 +54,11 @@ def broker_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _broker(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+def _broker(kwargs: dict[str, Any]) -> tuple[BrokerConfig, Any]:
     """Pop the broker options from `kwargs` -> (BrokerConfig, Topics)."""
     from shelfsight.catalog.sync.topics import Topics
-    from shelfsight.catalog.sync.transport.config import BrokerConfig
 
-    names = ("host", "port", "tls_ca", "tls_cert", "tls_key", "username", "password_env", "password_file")
-    values = {name: kwargs.pop(name) for name in names}
+    values = {name: kwargs.pop(name) for name in BROKER_FIELDS}
     prefix, fleet = kwargs.pop("prefix"), kwargs.pop("fleet")
     try:
         config = BrokerConfig(**{k: v for k, v in values.items() if v is not None})

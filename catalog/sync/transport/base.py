@@ -1,8 +1,9 @@
 """The message-bus seam: what sync needs from a broker, nothing more.
 
-`open_bus` returns the paho/MQTT adapter (`catalog/sync/mqtt.py`, the only
-module that imports paho). Messages are acknowledged explicitly with `ack`,
-after the work they carry is durable.
+`open_bus` (factory.py) returns the paho/MQTT adapter (paho.py, the only
+module that imports paho); memory.py is an in-process broker for fast tests
+of the sync rules. Messages are acknowledged explicitly with `ack`, after the
+work they carry is durable.
 """
 
 from __future__ import annotations

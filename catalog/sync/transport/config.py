@@ -13,23 +13,26 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
 
 class BrokerConfig(BaseModel):
-    """How to reach the MQTT broker (paho adapter in `catalog/sync/mqtt.py`)."""
+    """How to reach the MQTT broker (paho adapter in `catalog/sync/transport/paho.py`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = "localhost"
-    port: int = Field(default=8883, ge=1, le=65535)
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    username: str | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # Descriptions are also the help of `shelfsight hq ...`'s options (catalog/hq/cli.py builds them from here).
+    host: str = Field(default="localhost", description="Broker host.")
+    port: int = Field(default=8883, ge=1, le=65535, description="Broker port.")
+    tls_ca: Path | None = Field(default=None, description="CA certificate (enables TLS).")
+    tls_cert: Path | None = Field(default=None, description="Client certificate.")
+    tls_key: Path | None = Field(default=None, description="Client certificate key.")
+    username: str | None = Field(default=None, description="Broker username.")
+    password_env: str | None = Field(default=None, description="Environment variable holding the broker password.")
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="Seconds between keepalive pings.")
     # The broker keeps a disconnected kiosk's subscriptions and queued messages this long.
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="Seconds the broker keeps our session.")
     # Largest packet we accept from the broker; the broker drops bigger ones instead of sending them.
-    max_packet_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES + 4096, ge=1024)
+    max_packet_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES + 4096, ge=1024, description="Largest packet we accept from the broker."
+    )
 
     def password(self) -> str | None:
         if self.password_env:
