@@ -80,7 +80,7 @@ def grocery_iconic(classes_csv: Path) -> list[Sample]:
     the class id in `classes.csv` is what ties them together.
     """
     base = classes_csv.parent
-    list_file = base / "shelfsight.train.txt"
+    list_file = base / "train.txt"
     by_id = _products_by_fine_id(list_file) if list_file.is_file() else {}
     samples: list[Sample] = []
     with open(classes_csv, newline="") as handle:

@@ -222,11 +222,11 @@ def run_demo(
                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
                 )
         t = time.perf_counter()
-        catalog = build_catalog(workdir / "shelfsight.catalog.db", catalog_dir, products, embedder)
+        catalog = build_catalog(workdir / "catalog.db", catalog_dir, products, embedder)
         stats = catalog.stats()
         click.echo(
             f"catalog: {stats.get('products')} products, {stats.get('references')} references "
-            f"in {time.perf_counter() - t:.1f} s -> {workdir / 'shelfsight.catalog.db'}"
+            f"in {time.perf_counter() - t:.1f} s -> {workdir / 'catalog.db'}"
         )
         try:
             config = RecognitionConfig(verify=not global_only)

@@ -17,7 +17,7 @@ def embedder() -> ProjectionEmbedder:
 
 @pytest.fixture
 def catalog(tmp_path: Path):
-    with Catalog(tmp_path / "shelfsight.catalog.db") as cat:
+    with Catalog(tmp_path / "catalog.db") as cat:
         yield cat
 
 

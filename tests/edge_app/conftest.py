@@ -85,7 +85,7 @@ def sample_catalog(
     from shelfsight.edge_app.demo.run import build_catalog
 
     catalog = build_catalog(
-        tmp_path_factory.mktemp("catalog") / "shelfsight.catalog.db",
+        tmp_path_factory.mktemp("catalog") / "catalog.db",
         sample_set.catalog_dir,
         sample_set.products_csv,
         embedder,

@@ -186,7 +186,7 @@ def test_demo_runs_end_to_end(demo_workdir: Path, tiny_model: Path) -> None:
     assert any(line.startswith("catalog: 12 products") for line in lines)
     table = [line for line in lines if line.strip()[:1].isdigit() and ("empty" in line or "P00" in line)]
     assert len(table) == 12  # one line per second of the 12 s clip
-    assert "fps" in result.output and (tmp_path / "shelfsight.catalog.db").is_file()
+    assert "fps" in result.output and (tmp_path / "catalog.db").is_file()
 
 
 def test_demo_live_mode_on_a_camera_stream(demo_workdir: Path, tiny_model: Path) -> None:

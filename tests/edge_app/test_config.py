@@ -11,7 +11,7 @@ from shelfsight.edge_app.kiosk.config import KioskConfig, load_config, parse_con
 
 MINIMAL = """
 [catalog]
-path = "shelfsight.catalog.db"
+path = "catalog.db"
 
 [camera]
 type = "folder"
@@ -23,7 +23,7 @@ def test_minimal_toml_resolves_paths_relative_to_the_file(tmp_path: Path) -> Non
     cfg_file = tmp_path / "kiosk.toml"
     cfg_file.write_text(MINIMAL)
     config = load_config(cfg_file)
-    assert config.catalog.path == tmp_path / "shelfsight.catalog.db"
+    assert config.catalog.path == tmp_path / "catalog.db"
     assert isinstance(config.camera, FolderConfig) and config.camera.path == tmp_path / "frames"
     assert config.model.path is None and config.web.port == 8080
     assert (config.roi.x, config.roi.width) == (0.15, 0.7)  # the central area by default

@@ -19,7 +19,7 @@ from shelfsight.edge_app.recognition.config import RecognitionConfig
 
 @pytest.fixture()
 def kiosk_config(tmp_path: Path, sample_catalog: Any, tiny_model: Path) -> KioskConfig:
-    copy = tmp_path / "shelfsight.catalog.db"
+    copy = tmp_path / "catalog.db"
     with Catalog(copy) as fresh:  # a private copy through the catalog's own snapshot, not a file copy of a live WAL db
         fresh.replace_with_snapshot(sample_catalog.export_snapshot())
     return parse_config(

@@ -109,7 +109,7 @@ def _grocery_tree(root: Path) -> None:
             folder.mkdir(parents=True)
             for i in range(2):
                 Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(folder / f"{i}.jpg")
-    (root / "shelfsight.train.txt").write_text(
+    (root / "train.txt").write_text(
         "train/Fruit/Apple/Granny-Smith/0.jpg, 1, 0\ntrain/Fruit/Apple/Granny-Smith/1.jpg, 1, 0\n"
         "train/Packages/Milk/Arla-Milk/0.jpg, 40, 9\n"
     )
@@ -129,7 +129,7 @@ def _grocery_tree(root: Path) -> None:
 
 def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
     _grocery_tree(tmp_path)
-    from_list = load_source(tmp_path / "shelfsight.train.txt")
+    from_list = load_source(tmp_path / "train.txt")
     from_folder = load_source(tmp_path / "val")
     from_csv = load_source(tmp_path / "classes.csv")
     assert (
@@ -139,12 +139,12 @@ def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
     )
     assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"]
     combined = load_sources(
-        [tmp_path / "shelfsight.train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"]
+        [tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"]
     )
     assert {s.product for s in combined} == {"Fruit/Apple/Granny-Smith"} and len(combined) == 3
     # Arla-Milk has one listed photo: a clear error naming its folder
     with pytest.raises(InputError, match="Arla-Milk"):
-        load_sources([tmp_path / "shelfsight.train.txt"])
+        load_sources([tmp_path / "train.txt"])
 
 
 def test_corrupt_training_image_is_named_before_training(tiny_dataset, tmp_path):

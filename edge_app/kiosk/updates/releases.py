@@ -31,7 +31,7 @@ from shelfsight.edge_app.core.spec import ModelSpec, sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model.tflite"
-CATALOG_NAME = "shelfsight.catalog.db"
+CATALOG_NAME = "catalog.db"
 POINTER_NAME = "current"
 
 # Applies a snapshot to a fresh catalog file at the given path (the kiosk passes the Catalog class's logic).
