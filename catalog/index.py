@@ -15,6 +15,8 @@ that saves more time than the distance pass itself costs.
 
 An index never changes after construction, so a reader holding one can never
 see half an update; `Catalog` builds a new one and swaps a single reference.
+The visual-word index (`catalog.word_index`), when the catalog has one, is part
+of the same snapshot, so both candidate sources always describe one catalog.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from shelfsight.catalog.word_index import WordIndex
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,16 @@ class SearchHit(NamedTuple):
     reference_id: str
 
 
+class WordHit(NamedTuple):
+    """A product found by shared visual words: its best reference by word score, and that
+    reference's embedding cosine to the query (so both candidate sources rank on one scale)."""
+
+    product_id: str
+    score: float  # embedding cosine of `reference_id`
+    reference_id: str
+    word_score: float
+
+
 def sign_codes(vectors: np.ndarray) -> np.ndarray:
     """(N, D) float or int8 -> (W, N) uint64 sign bits, D padded with zeros to a multiple of 64."""
     vectors = np.asarray(vectors)
@@ -95,6 +108,7 @@ class SearchIndex:
         fingerprint: str | None,
         version: int = 0,
         shortlist: int = DEFAULT_SHORTLIST,
+        words: WordIndex | None = None,
     ) -> None:
         self.reference_ids: tuple[str, ...] = tuple(reference_ids)
         self.reference_products = np.ascontiguousarray(reference_products, dtype=np.int32)
@@ -113,6 +127,9 @@ class SearchIndex:
             raise CatalogError("index: reference points at an unknown product")
         for array in (self.reference_products, self.codes, self.scales):
             array.setflags(write=False)
+        if words is not None and words.n_references != n:
+            raise CatalogError(f"index: word index covers {words.n_references} references, the index {n}")
+        self.words = words
         # Exact search scores dequantised vectors; the two-stage path re-ranks with the same numbers.
         exact = n <= EXACT_LIMIT or self.dim < MIN_BITS_DIM
         self._dense = (self.codes.astype(np.float32) * self.scales[:, None]) if exact else None
@@ -307,6 +324,40 @@ class SearchIndex:
             if len(hits) >= k or len(found) >= eligible:
                 return hits
             size *= 4
+
+    def search_words(
+        self,
+        words: np.ndarray,
+        k: int,
+        embedding: np.ndarray,
+        *,
+        category: str | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[WordHit]:
+        """Top-k products by shared visual words (no word index, or nothing shared: empty), best first."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        if self.words is None or not len(self):
+            return []
+        query = self._query(embedding)
+        allowed = self._filter(category, where)
+        # References, not products, come back from the inverted file: ask for enough that
+        # several views of one product cannot crowd out the k-th product.
+        found = self.words.search(words, 4 * k, allowed=None if allowed is None else allowed.mask)
+        if not len(found):
+            return []
+        similarity = _dot(self.codes[found.references], query) * self.scales[found.references]
+        hits: list[WordHit] = []
+        seen: set[int] = set()
+        for row, word_score, cosine in zip(found.references.tolist(), found.scores.tolist(), similarity.tolist()):
+            product = int(self.reference_products[row])
+            if product in seen:
+                continue
+            seen.add(product)
+            hits.append(WordHit(self.product_ids[product], float(cosine), self.reference_ids[row], float(word_score)))
+            if len(hits) == k:
+                break
+        return hits
 
     def _top_products(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[SearchHit]:
         # Most queries find k distinct products among the best few dozen references: partition

@@ -31,6 +31,7 @@ from shelfsight.catalog.quality import (
     check_image,
     phash,
     phash_distance,
+    reference_keypoints,
     stored_jpeg,
 )
 from shelfsight.catalog.records import check_product_id
@@ -38,7 +39,6 @@ from shelfsight.catalog.references import reference_id_for
 from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
-from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
 from shelfsight.edge_app.core.images import (
     IMAGE_SUFFIXES,
     decode_rgb,
@@ -285,7 +285,7 @@ class _Screener:
                 return None
         kept.append((photo_hash, str(path)))
         self.present.add(reference_id)
-        keypoints = serialise_keypoints(*compute_keypoints(rgb))
+        keypoints = reference_keypoints(rgb)
         # Sources are stored absolute so `reembed` can find the originals from any working directory.
         source = str(Path(path).resolve())
         return _Pending(product_id, source, fit_square(rgb, self.input_size), photo_hash, image_jpeg, keypoints)

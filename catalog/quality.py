@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from shelfsight.edge_app.core.errors import ImageError
+from shelfsight.edge_app.core.features import extract_features, serialise_features
 from shelfsight.edge_app.core.images import fit_square
 
 # The stored copy of each reference (used by `reembed` when the originals are gone).
@@ -88,8 +89,11 @@ class ImageExtras:
     keypoints: bytes
 
 
+def reference_keypoints(rgb: np.ndarray) -> bytes:
+    """A reference's serialised local features: version 2, the whole image (what the kiosk matches)."""
+    return serialise_features(extract_features(rgb))
+
+
 def describe_image(rgb: np.ndarray) -> ImageExtras:
     """pHash, stored JPEG copy and serialised ORB keypoints of a reference image."""
-    from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
-
-    return ImageExtras(phash(rgb), stored_jpeg(rgb), serialise_keypoints(*compute_keypoints(rgb)))
+    return ImageExtras(phash(rgb), stored_jpeg(rgb), reference_keypoints(rgb))

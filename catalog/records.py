@@ -5,7 +5,9 @@ A change record is
      "product_id": str, "reference_id": str|None, "data": {...}}
 `data` of an upsert_product: name, description, category, price, attributes, thumbnail (base64|None).
 `data` of an upsert_reference: embedding (base64 of int8), scale, dim, fingerprint, phash, source,
-keypoints (base64|None), image_jpeg (base64|None). Removals carry `data: {}`.
+keypoints (base64|None), image_jpeg (base64|None), and since record layout 2 words (base64 of the
+sorted unique uint16 visual words of version-2 keypoints, or None) with vocabulary (the fingerprint
+of the vocabulary they come from). Removals carry `data: {}`.
 
 Records arrive from the network (sync), so decoding is strict: unknown keys,
 wrong types, NaN, bad base64 and inconsistent sizes are all CatalogErrors.
@@ -24,8 +26,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shelfsight.catalog.word_index import decode_words
 from shelfsight.edge_app.core.errors import CatalogError
-from shelfsight.edge_app.core.features import deserialise_keypoints
+from shelfsight.edge_app.core.features import deserialise_features
+from shelfsight.edge_app.core.vocabulary import MAX_WORDS
 
 Op = Literal["upsert_product", "remove_product", "upsert_reference", "remove_reference"]
 PRODUCT_OPS = ("upsert_product", "remove_product")
@@ -60,6 +64,8 @@ class ReferenceData(_Strict):
     source: str = ""
     keypoints: str | None = None
     image_jpeg: str | None = None
+    words: str | None = None
+    vocabulary: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class ChangeRecord(_Strict):
@@ -159,7 +165,9 @@ def product_record(row: dict[str, Any], op_version: int | None = None) -> dict[s
     }
 
 
-def reference_record(row: dict[str, Any]) -> dict[str, Any]:
+def reference_record(row: dict[str, Any], vocabulary: str | None = None) -> dict[str, Any]:
+    """A reference row (with its `words`, if any) as a record; `vocabulary`: the words' vocabulary."""
+    words = row.get("words")
     return {
         "version": int(row["version"]),
         "op": "upsert_reference",
@@ -174,6 +182,8 @@ def reference_record(row: dict[str, Any]) -> dict[str, Any]:
             "source": row["source"],
             "keypoints": _enc(row["keypoints"]),
             "image_jpeg": _enc(row["image_jpeg"]),
+            "words": _enc(words) if words else None,
+            "vocabulary": vocabulary if words else None,
         },
     }
 
@@ -208,8 +218,12 @@ def _reference_row(record: ChangeRecord, what: str) -> dict[str, Any]:
     if not _PHASH.match(data.phash):
         raise CatalogError(f"{what}: phash must be 16 lowercase hex digits")
     keypoints = _b64(data.keypoints, f"{what} keypoints")
-    if keypoints is not None:
-        deserialise_keypoints(keypoints, f"{what} keypoints")
+    features = deserialise_features(keypoints, f"{what} keypoints") if keypoints is not None else None
+    words = _b64(data.words, f"{what} words")
+    if words is not None:
+        if data.vocabulary is None or features is None or features.version != 2:
+            raise CatalogError(f"{what}: words need version-2 keypoints and the vocabulary they come from")
+        decode_words(words, MAX_WORDS, f"{what} words")
     image = _b64(data.image_jpeg, f"{what} image_jpeg")
     if image is not None and not image.startswith(b"\xff\xd8"):
         raise CatalogError(f"{what}: image_jpeg is not a JPEG")
@@ -226,6 +240,8 @@ def _reference_row(record: ChangeRecord, what: str) -> dict[str, Any]:
         "keypoints": keypoints,
         "local": 0,
         "version": record.version,
+        "words": words,
+        "words_vocabulary": data.vocabulary if words is not None else None,
     }
 
 

@@ -28,9 +28,12 @@ from shelfsight.catalog import records
 from shelfsight.catalog.index import SearchHit
 from shelfsight.catalog.quality import check_image, describe_image
 from shelfsight.catalog.schema import bump_version, write_meta
+from shelfsight.catalog.word_index import encode_words
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.features import deserialise_features
 from shelfsight.edge_app.core.images import fit_square
+from shelfsight.edge_app.core.vocabulary import Vocabulary
 
 
 class ModelCatalog(Protocol):
@@ -94,6 +97,16 @@ def unit_vector(embedding: np.ndarray, dim: int | None) -> np.ndarray:
     if not math.isfinite(norm) or norm == 0.0:
         raise InputError("embedding is zero or contains NaN/infinity")
     return vector / norm
+
+
+def words_for(keypoints: bytes | None, vocabulary: Vocabulary | None, name: str = "reference") -> bytes | None:
+    """The stored words of a reference's keypoints: None without a vocabulary or version-2 keypoints."""
+    if keypoints is None or vocabulary is None:
+        return None
+    features = deserialise_features(keypoints, f"{name}: keypoints")
+    if features.version != 2 or len(features) == 0:
+        return None
+    return encode_words(vocabulary.quantize(features.descriptors))
 
 
 def reference_row(

@@ -15,6 +15,8 @@ one-line delegations that sync code and tests call, without an import cycle.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from contextlib import AbstractContextManager
@@ -24,12 +26,14 @@ import sqlite_utils
 
 from shelfsight.catalog import records
 from shelfsight.catalog.index import SearchIndex
+from shelfsight.catalog.references import words_for
 from shelfsight.catalog.schema import (
     PRODUCT_COLUMNS,
     RECORD_SCHEMA,
     REFERENCE_COLUMNS,
     RESERVED_META,
     SYNCED_PRODUCTS,
+    attach_words,
     delete_product,
     log_change,
     query_all,
@@ -38,13 +42,15 @@ from shelfsight.catalog.schema import (
     write_product,
     write_reference,
 )
-from shelfsight.edge_app.core.errors import CatalogError
+from shelfsight.catalog.word_index import decode_words
+from shelfsight.edge_app.core.errors import CatalogError, ModelError
+from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary, vocabulary_from_bytes
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "shelfsight-catalog-snapshot"
 _SNAPSHOT_KEYS = frozenset(
-    {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta", "records"}
+    {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta", "records", "vocabulary"}
 )
 
 
@@ -110,12 +116,14 @@ def changes_since(catalog: Replica, version: int, *, limit: int | None = None) -
         last = log_rows[-1][0]
         products = _changed_rows(db, "products", f"{PRODUCT_COLUMNS}, thumbnail", "upsert_product", version, last)
         references = _changed_rows(db, "reference_images", REFERENCE_COLUMNS, "upsert_reference", version, last)
+        attach_words(db, list(references.values()))
+        vocabulary = read_meta(db, "vocabulary_fingerprint")
     result = []
     for change_version, op, product_id, reference_id in log_rows:
         if op == "upsert_product":
             result.append(records.product_record(products[product_id], change_version))
         elif op == "upsert_reference":
-            result.append(records.reference_record(references[reference_id]))
+            result.append(records.reference_record(references[reference_id], vocabulary))
         else:
             result.append(records.removal_record(change_version, op, product_id, reference_id))
     return result
@@ -125,6 +133,7 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
     """The whole synced (non-local) catalog at its current version as one JSON-serialisable dict.
 
     {"format", "schema_version", "version", "model_fingerprint", "embedding_dim", "meta",
+     "vocabulary" (base64 of the vocabulary file, or None),
      "records": [upsert_product records..., upsert_reference records...]}
     """
     with catalog.reading() as db:
@@ -132,7 +141,13 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
             db, f"SELECT {PRODUCT_COLUMNS}, thumbnail FROM products WHERE {SYNCED_PRODUCTS} ORDER BY id"
         )
         references = query_all(db, f"SELECT {REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id")
+        attach_words(db, references)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        vocabulary_fingerprint = json.loads(meta.get("vocabulary_fingerprint", "null"))
+        vocabulary = None
+        if vocabulary_fingerprint is not None:
+            row = db.execute("SELECT data FROM vocabularies WHERE fingerprint = ?", [vocabulary_fingerprint]).fetchone()
+            vocabulary = None if row is None else base64.b64encode(row[0]).decode("ascii")
     return {
         "format": SNAPSHOT_FORMAT,
         "schema_version": RECORD_SCHEMA,
@@ -140,7 +155,9 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
         "model_fingerprint": json.loads(meta.get("model_fingerprint", "null")),
         "embedding_dim": json.loads(meta.get("embedding_dim", "null")),
         "meta": {k: json.loads(v) for k, v in meta.items() if k not in RESERVED_META},
-        "records": [records.product_record(r) for r in products] + [records.reference_record(r) for r in references],
+        "vocabulary": vocabulary,
+        "records": [records.product_record(r) for r in products]
+        + [records.reference_record(r, vocabulary_fingerprint) for r in references],
     }
 
 
@@ -167,6 +184,25 @@ def _validate_references(
     return fingerprint, dim
 
 
+def _check_words(changes: Iterable[records.Change], vocabulary: Vocabulary | None) -> None:
+    """Words must come from this catalog's vocabulary; references without words get them here."""
+    for change in changes:
+        if change.op != "upsert_reference":
+            continue
+        assert change.row is not None
+        where = f"change version {change.version} ({change.reference_id})"
+        if change.row.get("words") is not None:
+            if vocabulary is None or change.row["words_vocabulary"] != vocabulary.fingerprint:
+                own = "none" if vocabulary is None else vocabulary.fingerprint[:12]
+                raise CatalogError(
+                    f"{where}: visual words from vocabulary {str(change.row['words_vocabulary'])[:12]}, "
+                    f"this catalog's is {own}; a snapshot brings the vocabulary"
+                )
+            decode_words(change.row["words"], vocabulary.n_words, f"{where} words")
+        else:
+            change.row["words"] = words_for(change.row["keypoints"], vocabulary, where)
+
+
 def _decode_delta(base_version: int, changes: Any, target_version: int) -> list[records.Change]:
     if not isinstance(changes, list):
         raise CatalogError(f"changes must be a list, got {type(changes).__name__}")
@@ -179,6 +215,53 @@ def _decode_delta(base_version: int, changes: Any, target_version: int) -> list[
     if previous != target_version:
         raise CatalogError(f"target version {target_version} does not match the last change ({previous})")
     return decoded
+
+
+def _stored_vocabulary(db: sqlite_utils.Database) -> Vocabulary | None:
+    fingerprint = read_meta(db, "vocabulary_fingerprint")
+    if fingerprint is None:
+        return None
+    row = db.execute("SELECT data FROM vocabularies WHERE fingerprint = ?", [fingerprint]).fetchone()
+    if row is None:
+        raise CatalogError(f"vocabulary {fingerprint[:12]} is missing from the catalog file")
+    return vocabulary_from_bytes(row[0], "catalog vocabulary", expect_fingerprint=fingerprint)
+
+
+def _adopt_bundled_vocabulary(db: sqlite_utils.Database, changes: Iterable[records.Change]) -> Vocabulary | None:
+    """A catalog without a vocabulary takes the bundled one when the delta's words come from it.
+
+    Every release ships that vocabulary, so a kiosk that starts empty and follows deltas from
+    version 0 needs no snapshot to learn it; words from any other vocabulary still do.
+    """
+    wanted = {c.row.get("words_vocabulary") for c in changes if c.row is not None and c.row.get("words") is not None}
+    if not wanted:
+        return None
+    from shelfsight.edge_app.assets import default_vocabulary_path
+
+    bundled = load_vocabulary(default_vocabulary_path())
+    if wanted != {bundled.fingerprint}:
+        return None
+    db.execute(
+        "INSERT OR REPLACE INTO vocabularies (fingerprint, data) VALUES (?, ?)",
+        [bundled.fingerprint, bundled.to_bytes()],
+    )
+    write_meta(db, "vocabulary_fingerprint", bundled.fingerprint)
+    return bundled
+
+
+def _snapshot_vocabulary(encoded: Any) -> tuple[Vocabulary, bytes] | None:
+    if encoded is None:
+        return None
+    if not isinstance(encoded, str):
+        raise CatalogError("snapshot: vocabulary must be base64 text or null")
+    try:
+        data = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise CatalogError(f"snapshot: vocabulary is not base64 ({exc})") from exc
+    try:
+        return vocabulary_from_bytes(data, "snapshot vocabulary"), data
+    except ModelError as exc:
+        raise CatalogError(str(exc)) from exc
 
 
 def _decode_snapshot(snapshot: Any) -> tuple[int, str | None, int | None, dict[str, Any], list[records.Change]]:
@@ -264,6 +347,7 @@ def apply_changes(catalog: Replica, base_version: int, changes: list[dict[str, A
             raise CatalogError(f"{catalog.name}: delta is based on version {base_version}, catalog is at {current}")
         own_fingerprint, own_dim = read_meta(db, "model_fingerprint"), read_meta(db, "embedding_dim")
         fingerprint, dim = _validate_references(decoded, own_fingerprint, own_dim)
+        _check_words(decoded, _stored_vocabulary(db) or _adopt_bundled_vocabulary(db, decoded))
         for change in decoded:
             _apply(db, change)
         _check_no_orphans(db)
@@ -283,6 +367,8 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
     product is still there and the model is unchanged. The log floor moves to the snapshot's version.
     """
     version, fingerprint, dim, meta, decoded = _decode_snapshot(snapshot)
+    vocabulary = _snapshot_vocabulary(snapshot["vocabulary"])
+    _check_words(decoded, None if vocabulary is None else vocabulary[0])
     product_ids = {c.product_id for c in decoded if c.op == "upsert_product"}
     db = catalog.db
     with catalog.batch():
@@ -294,8 +380,14 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
             for r in query_all(db, f"SELECT {REFERENCE_COLUMNS} FROM reference_images WHERE local = 1")
             if r["fingerprint"] == fingerprint and r["product_id"] not in taken_over
         ]
-        for table in ("reference_images", "products", "changes"):
+        attach_words(db, kept)
+        previous_vocabulary = read_meta(db, "vocabulary_fingerprint")
+        for table in ("reference_images", "reference_words", "products", "changes", "vocabularies"):
             db.execute(f"DELETE FROM {table}")
+        if vocabulary is not None:
+            db.execute(
+                "INSERT INTO vocabularies (fingerprint, data) VALUES (?, ?)", [vocabulary[0].fingerprint, vocabulary[1]]
+            )
         db.execute("DELETE FROM meta WHERE key NOT IN ('schema_version')")
         for change in decoded:
             assert change.row is not None
@@ -303,8 +395,12 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
         for product in local_products:
             write_product(db, product)
         surviving = product_ids | {p["id"] for p in local_products}
+        same_words = vocabulary is not None and previous_vocabulary == vocabulary[0].fingerprint
         for row in kept:
             if row["product_id"] in surviving:
+                # Local words made with a vocabulary the snapshot replaced are recomputed.
+                if not same_words:
+                    row["words"] = words_for(row["keypoints"], None if vocabulary is None else vocabulary[0])
                 write_reference(db, row)
         for key, value in meta.items():
             write_meta(db, key, value)
@@ -313,5 +409,7 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
         if fingerprint is not None:
             write_meta(db, "model_fingerprint", fingerprint)
             write_meta(db, "embedding_dim", dim)
+        if vocabulary is not None:
+            write_meta(db, "vocabulary_fingerprint", vocabulary[0].fingerprint)
     log.info("%s: replaced with snapshot at version %d (%d records)", catalog.name, version, len(decoded))
     catalog.index()

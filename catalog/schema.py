@@ -14,6 +14,9 @@ Tables:
   reference_images  one row per reference image: int8 embedding + scale, model fingerprint,
                     pHash, ORB keypoints, a small JPEG of the prepared image, source path
   changes           the compacted change log that feeds sync (see `catalog.store`)
+  reference_words   visual words of a reference's version-2 keypoints (sorted, unique uint16), apart
+                    from the wide reference rows so the word index loads without reading their blobs
+  vocabularies      the visual vocabulary those words come from (meta `vocabulary_fingerprint`)
 
 Below the migrations are the row statements that the store, replication and
 references modules all write with. They sit here, under those modules, so each
@@ -92,6 +95,18 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    # Words live in their own narrow table: appended to `reference_images` they would sit behind
+    # each row's JPEG and keypoint blobs, and loading them would read the whole 1-4 GB file.
+    db.execute("CREATE TABLE reference_words (id TEXT PRIMARY KEY, words BLOB NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE vocabularies (fingerprint TEXT PRIMARY KEY, data BLOB NOT NULL)")
+    # Every path that deletes a reference (a product removed, a delta, a snapshot) drops its words.
+    db.execute(
+        "CREATE TRIGGER reference_words_cleanup AFTER DELETE ON reference_images "
+        "BEGIN DELETE FROM reference_words WHERE id = OLD.id; END"
+    )
+
+
 def _recorded(version: int, change: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite3.Connection], None]:
     """A schema step on sqlite-utils that also mirrors the new version into `meta`."""
 
@@ -109,11 +124,13 @@ def _recorded(version: int, change: Callable[[sqlite_utils.Database], None]) -> 
 MIGRATIONS = (
     Migration(1, "create the tables", _recorded(1, _v1)),
     Migration(2, "add the indexes", _recorded(2, _v2), deferrable="the catalog works without them but loads slower"),
+    Migration(3, "add visual words and the vocabulary", _recorded(3, _v3)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The row layout that sync snapshots carry. Migrations that only add indexes leave it alone, so
-# headquarters and stores on different releases keep exchanging snapshots.
-RECORD_SCHEMA = 1
+# headquarters and stores on different releases keep exchanging snapshots. Layout 2 adds each
+# reference's visual words and the vocabulary they come from.
+RECORD_SCHEMA = 2
 
 
 def open_catalog(target: str | Path | sqlite3.Connection, *, create: bool = True) -> sqlite3.Connection:
@@ -136,7 +153,9 @@ def schema_version(db: sqlite_utils.Database) -> int:
 # ---- rows -------------------------------------------------------------------------------------
 
 # Meta keys the catalog manages itself: `Catalog.set_meta` refuses them, snapshots carry them apart.
-RESERVED_META = frozenset({"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor"})
+RESERVED_META = frozenset(
+    {"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor", "vocabulary_fingerprint"}
+)
 PRODUCT_COLUMNS = "id, name, description, category, price, attributes, version"
 REFERENCE_COLUMNS = (
     "id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version"
@@ -204,14 +223,39 @@ def write_product(db: sqlite_utils.Database, row: Mapping[str, Any]) -> None:
     )
 
 
+_REFERENCE_FIELDS = tuple(c.strip() for c in REFERENCE_COLUMNS.split(","))
+
+
+def attach_words(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each reference row its `words` (bytes or None), read in one query."""
+    if rows:
+        ids = [r["id"] for r in rows]
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(db.execute(f"SELECT id, words FROM reference_words WHERE id IN ({marks})", chunk).fetchall())
+        for row in rows:
+            row["words"] = found.get(row["id"])
+    return rows
+
+
 def write_reference(db: sqlite_utils.Database, row: Mapping[str, Any]) -> None:
+    """Write a reference row and its words (`row["words"]`: bytes, or None/absent for none)."""
+    values = {k: row[k] for k in _REFERENCE_FIELDS}
     db.execute(
         "INSERT OR REPLACE INTO reference_images "
         "(id, product_id, source, phash, embedding, scale, dim, fingerprint, image_jpeg, keypoints, local, version) "
         "VALUES (:id, :product_id, :source, :phash, :embedding, :scale, :dim, :fingerprint, :image_jpeg, "
         ":keypoints, :local, :version)",
-        dict(row),
+        values,
     )
+    # REPLACE does not fire the delete trigger (recursive triggers are off), so words are set here.
+    words = row.get("words")
+    if words:
+        db.execute("INSERT OR REPLACE INTO reference_words (id, words) VALUES (?, ?)", [row["id"], words])
+    else:
+        db.execute("DELETE FROM reference_words WHERE id = ?", [row["id"]])
 
 
 def delete_product(db: sqlite_utils.Database, product_id: str) -> None:

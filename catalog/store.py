@@ -47,7 +47,7 @@ import sqlite_utils
 
 from shelfsight.catalog import records, references, replication
 from shelfsight.catalog.index import SearchHit, SearchIndex
-from shelfsight.catalog.references import PreparedReference, prepare_reference, reference_row
+from shelfsight.catalog.references import PreparedReference, prepare_reference, reference_row, words_for
 from shelfsight.catalog.schema import (
     LOCAL_VERSION,
     PRODUCT_COLUMNS,
@@ -65,9 +65,11 @@ from shelfsight.catalog.schema import (
     write_product,
     write_reference,
 )
+from shelfsight.catalog.word_index import WordIndex, decode_words
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
-from shelfsight.edge_app.core.features import deserialise_keypoints
+from shelfsight.edge_app.core.features import LocalFeatures, deserialise_features
+from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary, vocabulary_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes 
 INDEX_REFERENCES_SQL = (
     "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id"
 )
+INDEX_WORDS_SQL = "SELECT id, words FROM reference_words ORDER BY id"
 
 
 class Catalog:
@@ -92,7 +95,8 @@ class Catalog:
         self._build_lock = threading.Lock()
         self._index: SearchIndex | None = None
         self._stale = True
-        self._keypoint_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._keypoint_cache: OrderedDict[str, LocalFeatures] = OrderedDict()
+        self._vocabulary: tuple[str | None, Vocabulary | None] | None = None
         self.path: Path | None = None if isinstance(path_or_conn, sqlite3.Connection) else Path(path_or_conn)
         self.name = "catalog" if self.path is None else str(self.path)
         # A caller's connection stays the caller's: close() leaves it open.
@@ -157,6 +161,53 @@ class Catalog:
             raise InputError(f"meta {key!r}: value is not JSON-serialisable ({exc})") from exc
         with self.batch():
             write_meta(self.db, key, value)
+
+    # ---- visual vocabulary -----------------------------------------------------------------
+
+    def vocabulary(self) -> Vocabulary | None:
+        """The vocabulary the references' visual words come from (None: no local-feature search yet)."""
+        with self.reading():
+            fingerprint = read_meta(self.db, "vocabulary_fingerprint")
+            cached = self._vocabulary
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+            vocabulary = None
+            if fingerprint is not None:
+                row = query_one(self.db, "SELECT data FROM vocabularies WHERE fingerprint = ?", [fingerprint])
+                if row is None:
+                    raise CatalogError(f"{self.name}: vocabulary {fingerprint[:12]} is missing from the file")
+                vocabulary = vocabulary_from_bytes(
+                    row["data"], f"{self.name}: vocabulary", expect_fingerprint=fingerprint
+                )
+            self._vocabulary = (fingerprint, vocabulary)
+            return vocabulary
+
+    def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Make `vocabulary` the catalog's; every reference's words are recomputed from its keypoints."""
+        data = vocabulary.to_bytes()
+        with self.batch():
+            self.db.execute("DELETE FROM vocabularies")
+            self.db.execute(
+                "INSERT INTO vocabularies (fingerprint, data) VALUES (?, ?)", [vocabulary.fingerprint, data]
+            )
+            write_meta(self.db, "vocabulary_fingerprint", vocabulary.fingerprint)
+            rows = self.db.execute("SELECT id, keypoints FROM reference_images").fetchall()
+            self.db.execute("DELETE FROM reference_words")
+            for reference_id, keypoints in rows:
+                words = words_for(keypoints, vocabulary, reference_id)
+                if words:
+                    self.db.execute("INSERT INTO reference_words (id, words) VALUES (?, ?)", [reference_id, words])
+        log.info("%s: vocabulary %s set (%d references)", self.name, vocabulary.fingerprint[:12], len(rows))
+
+    def ensure_vocabulary(self, default: str | Path | None = None) -> Vocabulary:
+        """The catalog's vocabulary, installing `default` (or the bundled one) if it has none yet."""
+        vocabulary = self.vocabulary()
+        if vocabulary is None:
+            from shelfsight.edge_app.assets import default_vocabulary_path
+
+            vocabulary = load_vocabulary(default or default_vocabulary_path())
+            self.set_vocabulary(vocabulary)
+        return vocabulary
 
     @property
     def version(self) -> int:
@@ -342,7 +393,9 @@ class Catalog:
         the catalog's model fingerprint and embedding dim; later ones must match them.
         """
         if keypoints is not None:
-            deserialise_keypoints(keypoints, f"reference of {product_id}: keypoints")
+            deserialise_features(keypoints, f"reference of {product_id}: keypoints")
+        vocabulary = self.ensure_vocabulary() if keypoints is not None and keypoints[:4] == b"ORB2" else None
+        words = words_for(keypoints, vocabulary or self.vocabulary(), f"reference of {product_id}")
         with self.batch():
             product = self._product_row(product_id)
             if product is None:
@@ -367,6 +420,7 @@ class Catalog:
                 write_meta(self.db, "embedding_dim", row["dim"])
                 write_meta(self.db, "model_fingerprint", fingerprint)
             row["version"] = version = int(read_meta(self.db, "version", 0)) if local else bump_version(self.db)
+            row["words"] = words
             write_reference(self.db, row)
             if not local:
                 log_change(self.db, version, "upsert_reference", product_id, row["id"])
@@ -457,8 +511,8 @@ class Catalog:
         with self.reading():
             return query_all(self.db, "SELECT id, product_id, source, phash, local FROM reference_images ORDER BY id")
 
-    def keypoints(self, reference_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """ORB keypoints of a reference: (points float32 (K, 2), descriptors uint8 (K, 32)); cached."""
+    def features(self, reference_id: str) -> LocalFeatures:
+        """Local features of a reference (version 1 or 2; none stored: 0 keypoints); cached."""
         with self._lock:
             cached = self._keypoint_cache.get(reference_id)
             if cached is not None:
@@ -466,15 +520,20 @@ class Catalog:
                 return cached
             data = self._cell("reference_images", "keypoints", reference_id)
             if data is None:
-                result = (np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+                result = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), (1, 1), 2)
             else:
-                result = deserialise_keypoints(data, f"{self.name}: keypoints of {reference_id}")
-            for array in result:
+                result = deserialise_features(data, f"{self.name}: keypoints of {reference_id}")
+            for array in (result.points, result.descriptors):
                 array.setflags(write=False)
             self._keypoint_cache[reference_id] = result
             if len(self._keypoint_cache) > _KEYPOINT_CACHE_SIZE:
                 self._keypoint_cache.popitem(last=False)
             return result
+
+    def keypoints(self, reference_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """ORB keypoints of a reference: (points float32 (K, 2), descriptors uint8 (K, 32)); cached."""
+        features = self.features(reference_id)
+        return features.points, features.descriptors
 
     def stats(self) -> dict[str, Any]:
         """Counts and metadata: version, model, products, references, categories, file size, ..."""
@@ -535,6 +594,8 @@ class Catalog:
             dim = int(read_meta(self.db, "embedding_dim", 0) or 0)
             products = query_all(self.db, INDEX_PRODUCTS_SQL)
             rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
+            vocabulary = self.vocabulary()
+            word_rows = self.db.execute(INDEX_WORDS_SQL).fetchall() if vocabulary is not None else []
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}
@@ -543,6 +604,7 @@ class Catalog:
         if not rows:
             return SearchIndex.empty(dim, fingerprint, version)
         codes = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8).reshape(len(rows), dim)
+        words = self._word_index(rows, word_rows, vocabulary) if vocabulary is not None else None
         return SearchIndex(
             reference_ids=[r[0] for r in rows],
             reference_products=np.fromiter((position[r[1]] for r in rows), np.int32, len(rows)),
@@ -553,7 +615,22 @@ class Catalog:
             dim=dim,
             fingerprint=fingerprint,
             version=version,
+            words=words,
         )
+
+    def _word_index(self, rows: list[Any], word_rows: list[Any], vocabulary: Vocabulary) -> WordIndex:
+        """The inverted file, in the search index's reference order (both are sorted by id)."""
+        by_id = dict(word_rows)
+        empty = np.zeros(0, np.uint16)
+        lists = []
+        for reference_id, *_ in rows:
+            data = by_id.get(reference_id)
+            lists.append(empty if data is None else decode_words(data, vocabulary.n_words, f"words of {reference_id}"))
+        without = len(rows) - sum(1 for words in lists if len(words))
+        if without:
+            # Catalogs built before version-2 features, plain box sides, fruit: found by embedding only.
+            log.info("%s: %d of %d references have no visual words", self.name, without, len(rows))
+        return WordIndex(lists, vocabulary.n_words)
 
     def index(self) -> SearchIndex:
         """The current immutable in-memory index, rebuilt (and swapped in) after writes.

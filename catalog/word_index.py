@@ -32,6 +32,22 @@ from shelfsight.edge_app.core.errors import CatalogError
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_FRACTION = 0.05
+MAX_WORDS_PER_REFERENCE = 4096  # one word per keypoint at most (core.features.MAX_KEYPOINTS)
+
+
+def encode_words(words: np.ndarray) -> bytes:
+    """A reference's words as stored and synced: sorted, unique, uint16 little endian."""
+    return np.unique(np.asarray(words, dtype=np.uint16)).astype("<u2").tobytes()
+
+
+def decode_words(data: bytes, n_words: int, name: str = "words") -> np.ndarray:
+    """Inverse of `encode_words`, checked (length, order, range): CatalogError naming `name`."""
+    if len(data) % 2 or len(data) > 2 * MAX_WORDS_PER_REFERENCE:
+        raise CatalogError(f"{name}: {len(data)} bytes is not a list of at most {MAX_WORDS_PER_REFERENCE} words")
+    words = np.frombuffer(data, dtype="<u2").astype(np.uint16)
+    if len(words) and (int(words.max()) >= n_words or not bool(np.all(words[1:] > words[:-1]))):
+        raise CatalogError(f"{name}: word ids must be sorted, unique and below {n_words}")
+    return words
 
 
 @dataclass(frozen=True)

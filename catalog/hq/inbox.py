@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shelfsight.catalog.quality import reference_keypoints
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.messages import Enrollment
 from shelfsight.edge_app.core.errors import CatalogError, InputError
-from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
 from shelfsight.edge_app.core.images import decode_rgb
 from shelfsight.edge_app.core.sqlite import Migration, open_database, statements
 
@@ -142,11 +142,15 @@ class EnrollmentInbox:
 
 
 def _keypoints(image_jpeg: bytes | None, entry_id: int) -> bytes | None:
-    """Local features of an enrolled frame, so stores can verify the product geometrically."""
+    """Local features of an enrolled frame, so stores can verify the product geometrically.
+
+    The frame arrives as the enrollment's 256 px square, so these are computed from less than a
+    catalog photo offers; they still verify the view the clerk showed.
+    """
     if image_jpeg is None:
         return None
     try:
         rgb = decode_rgb(image_jpeg, name=f"enrollment #{entry_id}")
     except InputError as exc:
         raise InputError(f"enrollment #{entry_id} carries an unreadable frame ({exc})") from exc
-    return serialise_keypoints(*compute_keypoints(rgb))
+    return reference_keypoints(rgb)

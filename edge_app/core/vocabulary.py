@@ -99,6 +99,15 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        path.write_bytes(self.to_bytes())
+        return path
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        self._write(buffer)
+        return buffer.getvalue()
+
+    def _write(self, out: io.BytesIO) -> None:
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -108,10 +117,7 @@ class Vocabulary:
             "extractor": self.extractor,
             "fingerprint": self.fingerprint,
         }
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, centres=self.centres, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-        path.write_bytes(buffer.getvalue())
-        return path
+        np.savez_compressed(out, centres=self.centres, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
 
 def load_vocabulary(path: str | Path, *, expect_fingerprint: str | None = None) -> Vocabulary:
@@ -122,10 +128,25 @@ def load_vocabulary(path: str | Path, *, expect_fingerprint: str | None = None) 
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ModelError(f"{path}: {size} bytes, too large for a vocabulary (at most {MAX_FILE_BYTES})")
+    return vocabulary_from_bytes(path.read_bytes(), str(path), expect_fingerprint=expect_fingerprint)
+
+
+def vocabulary_from_bytes(
+    data: bytes, name: str = "vocabulary", *, expect_fingerprint: str | None = None
+) -> Vocabulary:
+    """A vocabulary from the bytes of its file (as a catalog or a snapshot stores it); checked like a file."""
+    path = name
+    if len(data) > MAX_FILE_BYTES:
+        raise ModelError(f"{path}: {len(data)} bytes, too large for a vocabulary (at most {MAX_FILE_BYTES})")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            centres = np.array(data["centres"])
+        # The sizes the archive claims are checked before anything is inflated (a zip bomb stops here).
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_FILE_BYTES:
+            raise ModelError(f"{path}: unpacks to {unpacked} bytes, too large for a vocabulary")
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            meta = json.loads(bytes(arrays["meta"]).decode())
+            centres = np.array(arrays["centres"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not a readable vocabulary file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

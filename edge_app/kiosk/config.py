@@ -22,7 +22,7 @@ fall back to a default on a kiosk nobody is watching.
     height = 0.9
 
     [recognition]
-    min_inliers = 12
+    min_inliers = 20
 
     [web]
     port = 8080

@@ -30,15 +30,27 @@ class RecognitionConfig(StrictModel):
     """Thresholds of the recognition pipeline (see edge_app.recognition.pipeline)."""
 
     verify: bool = Field(True, description="Geometric verification of the shortlist (the 'full' pipeline)")
-    shortlist: int = Field(5, ge=1, le=50, description="Products verified with local features")
+    shortlist: int = Field(
+        5, ge=1, le=50, description="Products of the embedding's shortlist verified with local features"
+    )
+    local_search: bool = Field(
+        True, description="Also verify the products the visual-word index finds (catalogs with a vocabulary)"
+    )
+    local_shortlist: int = Field(8, ge=0, le=50, description="Products taken from the visual-word index")
     top_k: int = Field(5, ge=1, le=50, description="Products reported (the winner and its runners-up)")
-    min_inliers: int = Field(12, ge=4, description="RANSAC inliers that make a match geometrically verified")
+    min_inliers: int = Field(
+        20,
+        ge=4,
+        description="RANSAC inliers that make a match geometrically verified (chance reaches 13 with 1,000 features)",
+    )
     ratio: float = Field(0.8, gt=0, lt=1, description="Lowe's ratio test on ORB descriptor distances")
-    ransac_px: float = Field(6.0, gt=0, description="RANSAC reprojection threshold in query pixels")
+    ransac_px: float = Field(
+        6.0, gt=0, description="RANSAC reprojection threshold in query work-frame pixels (1% of the 640 px side)"
+    )
     min_coverage: float = Field(0.08, ge=0, lt=1, description="Share of the reference the inliers must span")
     fast_inliers: int = Field(36, ge=4, description="Inliers of the top hit alone that settle verification early")
-    feature_side: int = Field(320, ge=64, description="Longest side of the ROI when extracting local features")
-    orb_features: int = Field(400, ge=50, description="ORB features extracted from the query")
+    feature_side: int = Field(640, ge=64, le=4096, description="Longest side of the ROI when extracting local features")
+    orb_features: int = Field(1000, ge=50, le=4096, description="ORB features extracted from the query")
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
     unknown_threshold: float | None = Field(
         None, description="Score below which the answer is 'not in catalog'; None: the catalog's calibrated value"

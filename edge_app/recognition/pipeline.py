@@ -1,8 +1,17 @@
 """The recognition pipeline shared by the kiosk, the HTTP API and `shelfsight eval`.
 
-frame -> region of interest -> (empty view?) -> embedding -> catalog shortlist
--> geometric verification of the shortlist (ORB + ratio test + RANSAC) ->
+frame -> region of interest -> (empty view?) -> embedding -> catalog shortlist,
+and local features -> visual words -> the word index's shortlist -> geometric
+verification of both shortlists together (ORB + ratio test + RANSAC) ->
 decision: a product with a confidence, "unknown" (not in the catalog) or "empty".
+
+Two candidate sources. The embedding finds products that look alike as a whole
+and is all there is for untextured ones (fruit, vegetables); it misses products
+the model never learnt to tell apart and views it was not trained for. The
+visual-word index (`catalog.word_index`) finds references that share many
+distinctive local features with the query, whatever the embedding says, so a
+tilted, partly covered or never-trained package still reaches verification.
+Verification then decides between them on geometry.
 
 Scores. Each shortlisted product gets `score = similarity + g`, where the
 cosine similarity comes from the global embedding and `g = n / (n + min_inliers)`
@@ -23,28 +32,33 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, ImageError
+from shelfsight.edge_app.core.features import LocalFeatures, extract_features, extract_legacy
 from shelfsight.edge_app.core.images import fit_square
+from shelfsight.edge_app.core.vocabulary import Vocabulary
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
-from shelfsight.edge_app.recognition.verify import (
-    MIN_MATCHES,
-    Features,
-    count_inliers,
-    extract,
-    match_references,
-)
+from shelfsight.edge_app.recognition.verify import MIN_MATCHES, count_inliers, match_references
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_META_KEY = "unknown_threshold"
-STAGES = ("preprocess", "invoke", "search", "verification", "decision")
+STAGES = ("preprocess", "invoke", "search", "local", "verification", "decision")
 _TEXTURE_GRID = 64
+
+
+class WordSearch(Protocol):
+    """The part of `catalog.index.SearchIndex` the local candidate source uses."""
+
+    @property
+    def words(self) -> Any: ...
+
+    def search_words(self, words: np.ndarray, k: int, embedding: np.ndarray) -> list[Any]: ...
 
 
 class CatalogLike(Protocol):
@@ -58,9 +72,43 @@ class CatalogLike(Protocol):
     def embedding_dim(self) -> int | None: ...
 
     def search(self, embedding: np.ndarray, k: int = 5) -> list[Any]: ...
-    def keypoints(self, reference_id: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def index(self) -> WordSearch: ...
+    def vocabulary(self) -> Vocabulary | None: ...
+    def features(self, reference_id: str) -> LocalFeatures: ...
     def product(self, product_id: str) -> dict[str, Any]: ...
     def get_meta(self, key: str) -> Any: ...
+
+
+class _Hit(NamedTuple):
+    """A candidate product from either source: its embedding cosine and the reference that found it."""
+
+    product_id: str
+    score: float
+    reference_id: str
+
+
+@dataclass
+class _Query:
+    """The query's local features, extracted once per frame (version 1 only if a candidate needs it)."""
+
+    roi: np.ndarray
+    config: RecognitionConfig
+    current: LocalFeatures | None = None
+    legacy: LocalFeatures | None = None
+
+    def features(self, version: int) -> LocalFeatures:
+        if version == 1:
+            if self.legacy is None:
+                self.legacy = extract_legacy(self.roi)
+            return self.legacy
+        if self.current is None:
+            self.current = extract_features(self.roi, self.config.orb_features, self.config.feature_side)
+        return self.current
+
+    def count(self) -> int:
+        """Keypoints found in the query (the newest extraction done), for the empty-view test."""
+        done = self.current if self.current is not None else self.legacy
+        return len(done) if done is not None else len(self.features(2))
 
 
 @dataclass(frozen=True)
@@ -166,6 +214,7 @@ class Recognizer(Generic[CatalogT]):
         self._public: dict[str, dict[str, Any]] = {}  # product_info per product: built once, not per frame
         self._threshold: float | None = None
         self._seen_version: int | None = None
+        self._vocabulary_cache: tuple[int | None, Vocabulary | None] | None = None
 
     # ------------------------------------------------------------------ catalog-derived state
 
@@ -211,14 +260,41 @@ class Recognizer(Generic[CatalogT]):
 
     # ------------------------------------------------------------------ stages
 
-    def _shortlist(self, square: np.ndarray, k: int, timings: dict[str, float]) -> list[Any]:
+    def _shortlist(self, square: np.ndarray, k: int, timings: dict[str, float]) -> tuple[np.ndarray, list[Any]]:
         t = time.perf_counter()
         embedding = self.embedder.embed_batch(square[None])[0]
         timings["invoke"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         hits = list(self.catalog.search(embedding, k=k))
         timings["search"] = (time.perf_counter() - t) * 1000
+        return embedding, hits
+
+    def _local_shortlist(self, query: _Query, embedding: np.ndarray, timings: dict[str, float]) -> list[Any]:
+        """Products sharing the most distinctive visual words with the query (none without a vocabulary)."""
+        cfg = self.config
+        vocabulary = self._vocabulary()
+        if not cfg.local_search or cfg.local_shortlist == 0 or vocabulary is None:
+            return []
+        t = time.perf_counter()
+        index = self.catalog.index()
+        hits: list[Any] = []
+        if index.words is not None:
+            features = query.features(2)
+            if len(features) >= MIN_MATCHES:
+                words = vocabulary.quantize(features.descriptors)
+                hits = list(index.search_words(words, cfg.local_shortlist, embedding))
+        timings["local"] = (time.perf_counter() - t) * 1000
         return hits
+
+    def _vocabulary(self) -> Vocabulary | None:
+        if self._vocabulary_cache is None or self._vocabulary_cache[0] != self._seen_version:
+            try:
+                vocabulary = self.catalog.vocabulary()
+            except CatalogError as exc:  # a damaged vocabulary row: keep recognising by embedding
+                log.error("local-feature search is off: %s", exc)
+                vocabulary = None
+            self._vocabulary_cache = (self._seen_version, vocabulary)
+        return self._vocabulary_cache[1]
 
     def _needs_verification(self, hits: list[Any]) -> bool:
         if not self.config.verify or not hits:
@@ -227,55 +303,100 @@ class Recognizer(Generic[CatalogT]):
         second = float(hits[1].score) if len(hits) > 1 else -1.0
         return not (top >= self.config.accept_similarity and top - second >= self.config.accept_margin)
 
-    def _reference_features(self, product_id: str, reference_id: str) -> Features | None:
+    def _reference_features(self, product_id: str, reference_id: str) -> LocalFeatures | None:
         try:
-            points, descriptors = self.catalog.keypoints(reference_id)
+            return self.catalog.features(reference_id)
         except CatalogError as exc:
             log.warning("cannot verify %s against %s: %s", product_id, reference_id, exc)
             return None
-        return Features(points, descriptors)
+
+    def _inliers(self, query: _Query, references: list[LocalFeatures]) -> list[int]:
+        """Inliers of each reference, each matched with the query features of its own extractor version."""
+        cfg = self.config
+        counts = [0] * len(references)
+        for version in sorted({r.version for r in references}):
+            mine = [i for i, r in enumerate(references) if r.version == version]
+            found = match_references(
+                query.features(version), [references[i] for i in mine], cfg.ratio, cfg.ransac_px, cfg.min_coverage
+            )
+            for i, n in zip(mine, found):
+                counts[i] = n
+        return counts
 
     def verify_shortlist(
         self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]
     ) -> tuple[dict[str, int], int]:
-        """Inliers per shortlisted product.
+        """Inliers per product of an embedding shortlist, and the query's keypoint count (benchmarks use it)."""
+        return self._verify(_Query(roi, self.config), hits[: self.config.shortlist], timings)
+
+    def _verify(
+        self, query: _Query, hits: list[Any], timings: dict[str, float], *, views: dict[str, list[str]] | None = None
+    ) -> tuple[dict[str, int], int]:
+        """Inliers per candidate product.
 
         Fast path: the top hit's best view alone; a match with `fast_inliers`
         or more is unambiguous (measured on the sample set: no wrong product
         reaches it) and ends verification at a fifth of the cost. Otherwise
-        pass j matches the j-th view of every shortlisted product at once,
-        until one of them is verified.
+        pass j matches the j-th view of every candidate at once, until one of
+        them is verified. `views` lists, per product, the references to try in
+        order (default: the one the search found, then the product's others).
         """
         t = time.perf_counter()
         cfg = self.config
-        query = extract(roi, cfg.orb_features)
-        shortlist = hits[: cfg.shortlist]
-        inliers = {h.product_id: 0 for h in shortlist}
-        top = shortlist[0]
-        first = self._reference_features(top.product_id, str(top.reference_id))
+        inliers = {h.product_id: 0 for h in hits}
+        top = hits[0]
+        order = views or {}
+        first_id = (order.get(top.product_id) or [str(top.reference_id)])[0]
+        first = self._reference_features(top.product_id, first_id)
         if first is not None:
-            inliers[top.product_id] = count_inliers(query, first, cfg.ratio, cfg.ransac_px, cfg.min_coverage)
+            inliers[top.product_id] = count_inliers(
+                query.features(first.version), first, cfg.ratio, cfg.ransac_px, cfg.min_coverage
+            )
         if inliers[top.product_id] < cfg.fast_inliers:
             # Below the fast bar a pairwise count is not evidence: only matches that survive the
-            # ratio test against the other shortlisted products count.
+            # ratio test against the other candidates count.
             inliers[top.product_id] = 0
-            views = {h.product_id: self._views(h) for h in shortlist}
+            tried = {h.product_id: order.get(h.product_id) or self._views(h) for h in hits}
             for j in range(cfg.max_references):
                 if j > 0 and any(n >= cfg.min_inliers for n in inliers.values()):
                     break
                 loaded = [
                     (pid, f)
-                    for pid, refs in views.items()
+                    for pid, refs in tried.items()
                     if len(refs) > j
                     if (f := self._reference_features(pid, refs[j])) is not None
                 ]
                 if not loaded:
                     break
-                counts = match_references(query, [f for _, f in loaded], cfg.ratio, cfg.ransac_px, cfg.min_coverage)
+                counts = self._inliers(query, [f for _, f in loaded])
                 for (pid, _), n in zip(loaded, counts):
                     inliers[pid] = max(inliers[pid], n)
         timings["verification"] = (time.perf_counter() - t) * 1000
-        return inliers, len(query)
+        return inliers, query.count()
+
+    def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, list[str]]]:
+        """The embedding's shortlist, then the word index's products it lacks; the references to try for each.
+
+        A product both sources found keeps its embedding rank and tries the reference the words
+        found first: that view shares the query's features.
+        """
+        shortlist = [
+            _Hit(str(h.product_id), float(h.score), str(h.reference_id)) for h in hits[: self.config.shortlist]
+        ]
+        known = {h.product_id: i for i, h in enumerate(shortlist)}
+        first_view: dict[str, str] = {}
+        for w in word_hits:
+            product = str(w.product_id)
+            if product in known:
+                first_view.setdefault(product, str(w.reference_id))
+            else:
+                known[product] = len(shortlist)
+                shortlist.append(_Hit(product, float(w.score), str(w.reference_id)))
+        views = {}
+        for hit in shortlist:
+            rest = [r for r in self._views(hit) if r != first_view.get(hit.product_id)]
+            views[hit.product_id] = ([first_view[hit.product_id]] if hit.product_id in first_view else []) + rest
+        return shortlist, views
 
     def _views(self, hit: Any) -> list[str]:
         """The product's reference ids, the one the search matched best first."""
@@ -318,11 +439,15 @@ class Recognizer(Generic[CatalogT]):
         timings["preprocess"] = (time.perf_counter() - t) * 1000
         if is_flat:
             return _Outcome(True, [], timings)
-        hits = self._shortlist(square, max(k, self.config.shortlist, self.config.top_k), timings)
+        embedding, hits = self._shortlist(square, max(k, self.config.shortlist, self.config.top_k), timings)
         inliers: dict[str, int] | None = None
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
-            inliers, n_query = self.verify_shortlist(crop, hits, timings)
+            query = _Query(crop, self.config)
+            candidates, views = self._candidates(hits, self._local_shortlist(query, embedding, timings))
+            inliers, n_query = self._verify(query, candidates, timings, views=views)
+            listed = {c.product_id for c in candidates}
+            hits = candidates + [h for h in hits if str(h.product_id) not in listed]
         t = time.perf_counter()
         ranked = self._rank(hits, inliers)
         timings["decision"] = (time.perf_counter() - t) * 1000

@@ -4,38 +4,27 @@ A flat printed face seen at an angle is a planar perspective warp of its
 catalog photo, so true matches agree on one homography while coincidental
 descriptor matches scatter. The inlier count after Lowe's ratio test and
 RANSAC is therefore strong evidence that global embeddings cannot give.
-It costs a few milliseconds per reference, so it runs on the shortlist only.
+It costs a few milliseconds per reference, so it runs on the candidates only
+(the embedding's shortlist and the visual-word index's, see `pipeline`).
+
+Query and reference features must come from the same extractor version
+(`core.features`): the pipeline extracts the query both ways only when a
+candidate still has version-1 features.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from shelfsight.edge_app.core.features import WORK_SIZE, compute_keypoints
+from shelfsight.edge_app.core.features import LocalFeatures
 
 log = logging.getLogger(__name__)
 
 MIN_MATCHES = 6  # below this RANSAC cannot separate a homography from chance
-
-
-@dataclass(frozen=True)
-class Features:
-    points: np.ndarray  # (K, 2) float32, in the keypoint work frame
-    descriptors: np.ndarray  # (K, 32) uint8
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-
-def extract(rgb: np.ndarray, n_features: int) -> Features:
-    """Query features, computed exactly like the catalog's reference keypoints."""
-    points, descriptors = compute_keypoints(rgb, n_features)
-    return Features(points, descriptors)
 
 
 def _plausible(h: np.ndarray) -> bool:
@@ -44,7 +33,7 @@ def _plausible(h: np.ndarray) -> bool:
     return 0.02 < det < 50.0 and abs(float(h[2, 0])) < 0.02 and abs(float(h[2, 1])) < 0.02
 
 
-def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float) -> int:
+def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float, area: float) -> int:
     homography, mask = cv2.findHomography(
         src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px, maxIters=500, confidence=0.99
     )
@@ -52,7 +41,7 @@ def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_
         return 0
     inlier_points = src[mask.ravel().astype(bool)]
     # Inliers bunched in one corner (a shared barcode, a common small print) do not identify a design.
-    if len(inlier_points) < 3 or cv2.contourArea(cv2.convexHull(inlier_points)) < min_coverage * WORK_SIZE**2:
+    if len(inlier_points) < 3 or cv2.contourArea(cv2.convexHull(inlier_points)) < min_coverage * area:
         return 0
     return int(len(inlier_points))
 
@@ -102,8 +91,8 @@ def ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float) -> np.ndar
 
 
 def match_references(
-    query: Features,
-    references: Sequence[Features],
+    query: LocalFeatures,
+    references: Sequence[LocalFeatures],
     ratio: float = 0.8,
     ransac_px: float = 6.0,
     min_coverage: float = 0.08,
@@ -116,11 +105,12 @@ def match_references(
     (a barcode, a white band) has a close second-best match and is discarded
     instead of counting as evidence for any of them. Pass at most one
     reference per product, or a product's views would cancel each other out.
-    The inliers must also cover `min_coverage` of the reference's work square
-    (convex hull area).
+    The inliers must also cover `min_coverage` of the reference's work frame
+    (convex hull area). References of another extractor version than the
+    query's score 0.
     """
     inliers = [0] * len(references)
-    usable = [i for i, r in enumerate(references) if len(r) >= MIN_MATCHES]
+    usable = [i for i, r in enumerate(references) if len(r) >= MIN_MATCHES and r.version == query.version]
     if len(query) < MIN_MATCHES or not usable:
         return inliers
     descriptors = np.concatenate([references[i].descriptors for i in usable])
@@ -130,12 +120,18 @@ def match_references(
     for i in usable:
         mine = good[owner[good[:, 1]] == i]
         if len(mine) >= MIN_MATCHES:
-            inliers[i] = _homography_inliers(points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage)
+            inliers[i] = _homography_inliers(
+                points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage, references[i].area
+            )
     return inliers
 
 
 def count_inliers(
-    query: Features, reference: Features, ratio: float = 0.8, ransac_px: float = 6.0, min_coverage: float = 0.08
+    query: LocalFeatures,
+    reference: LocalFeatures,
+    ratio: float = 0.8,
+    ransac_px: float = 6.0,
+    min_coverage: float = 0.08,
 ) -> int:
     """RANSAC-homography inliers of one reference (0 if no plausible homography)."""
     return match_references(query, [reference], ratio, ransac_px, min_coverage)[0]

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shelfsight.catalog.schema import RECORD_SCHEMA, SCHEMA_VERSION
 from shelfsight.catalog.store import INDEX_PRODUCTS_SQL, INDEX_REFERENCES_SQL, Catalog
 from shelfsight.edge_app.core.errors import CatalogError, ImageError, InputError
+from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
 from tests.support.fakes import ProjectionEmbedder, product_photo
 
 
@@ -104,9 +106,12 @@ def test_local_references_are_searchable_but_unversioned(filled: Catalog, embedd
 def test_keypoints_are_stored_and_cached(filled: Catalog) -> None:
     reference_id = filled.product("cola")["references"][0]
     points, descriptors = filled.keypoints(reference_id)
-    assert points.dtype == np.float32 and points.shape[1] == 2 and 20 <= len(points) <= 500
+    assert points.dtype == np.float32 and points.shape[1] == 2 and 20 <= len(points) <= 1000
     assert descriptors.dtype == np.uint8 and descriptors.shape == (len(points), 32)
     assert filled.keypoints(reference_id)[0] is points
+    features = filled.features(reference_id)  # version 2: the whole 160 x 120 photo at 640 px
+    assert features.version == 2 and features.frame == (640, 480)
+    assert points[:, 0].max() <= 640 and points[:, 1].max() <= 480
     with pytest.raises(CatalogError, match="no reference"):
         filled.keypoints("cola/nothing")
 
@@ -162,12 +167,52 @@ def test_unusable_files(tmp_path: Path) -> None:
         Catalog(newer)
 
 
+def as_schema_2(path: Path) -> None:
+    """Turn a catalog file back into what a schema-2 release left behind: version-1 keypoints, no words."""
+    with sqlite3.connect(path) as conn:
+        for (reference_id,) in conn.execute("SELECT id FROM reference_images").fetchall():
+            rgb = product_photo(abs(hash(reference_id)) % 1000)
+            conn.execute(
+                "UPDATE reference_images SET keypoints = ? WHERE id = ?",
+                [serialise_keypoints(*compute_keypoints(rgb)), reference_id],
+            )
+        conn.execute("DROP TRIGGER reference_words_cleanup")
+        conn.execute("DROP TABLE reference_words")
+        conn.execute("DROP TABLE vocabularies")
+        conn.execute("DELETE FROM meta WHERE key = 'vocabulary_fingerprint'")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("PRAGMA user_version = 2")
+
+
 def as_schema_1(path: Path) -> None:
     """Turn a catalog file back into what a schema-1 release left behind (no covering indexes)."""
+    as_schema_2(path)
     with sqlite3.connect(path) as conn:
         conn.execute("DROP INDEX reference_images_search")
         conn.execute("DROP INDEX products_fields")
         conn.execute("PRAGMA user_version = 1")
+
+
+def test_schema_2_file_is_migrated_and_its_old_features_still_verify(
+    tmp_path: Path, embedder: ProjectionEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Today's catalogs: the words table arrives empty, old references are found by embedding only."""
+    path = tmp_path / "v2.db"
+    with Catalog(path) as cat:
+        cat.add_product("cola", "Cola")
+        cat.add_reference("cola", product_photo(1), embedder)
+    as_schema_2(path)
+    with caplog.at_level("INFO", logger="shelfsight.catalog.store"), Catalog(path) as cat:
+        assert cat.stats()["schema_version"] == SCHEMA_VERSION == 3
+        assert cat.vocabulary() is None and cat.index().words is None
+        reference_id = cat.product("cola")["references"][0]
+        assert cat.features(reference_id).version == 1  # still there to verify against
+        assert cat.search_image(product_photo(1), embedder, k=1)[0].product_id == "cola"
+        # The next version-2 reference brings the vocabulary; the old one stays without words.
+        cat.add_reference("cola", product_photo(2), embedder)
+        index = cat.index()
+        assert index.words is not None and index.words.references_with_words == 1 == len(index) - 1
+    assert "1 of 2 references have no visual words" in caplog.text
 
 
 def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
@@ -179,8 +224,8 @@ def test_version_1_file_is_migrated_and_the_index_load_reads_covering_indexes(
         cat.add_reference("cola", product_photo(1), embedder)
     as_schema_1(path)
     with Catalog(path) as cat:
-        assert cat.stats()["schema_version"] == 2
-        assert cat.export_snapshot()["schema_version"] == 1  # an index changes no record: older peers still sync
+        assert cat.stats()["schema_version"] == SCHEMA_VERSION
+        assert cat.export_snapshot()["schema_version"] == RECORD_SCHEMA
         assert cat.search_image(product_photo(1), embedder, k=1)[0].product_id == "cola"
         fingerprint = cat.stats()["model_fingerprint"]
         plans = {
@@ -215,7 +260,7 @@ def test_upgrade_on_a_full_disk_opens_without_the_new_indexes_and_adds_them_late
     assert "cannot add the indexes of schema version 2" in caplog.text and "full" in caplog.text
     full.close()
     with Catalog(path) as cat:  # space again: the next open finishes the upgrade
-        assert cat.stats()["schema_version"] == 2
+        assert cat.stats()["schema_version"] == SCHEMA_VERSION
         assert cat.stats()["references"] == 40
 
 
@@ -252,3 +297,26 @@ def test_index_swaps_atomically_under_concurrent_search(filled: Catalog, embedde
     after = filled.index()
     assert after is not before and len(after) == len(before) + 6 and after.version == before.version + 6
     assert len(before) == 4  # the old index object was not modified
+
+
+def test_references_get_visual_words_from_the_catalog_vocabulary(filled: Catalog) -> None:
+    """The first version-2 reference installs the bundled vocabulary; every reference gets its words."""
+    vocabulary = filled.vocabulary()
+    assert vocabulary is not None and vocabulary.n_words == 65536
+    index = filled.index()
+    assert index.words is not None and index.words.n_references == len(index) == 4
+    assert index.words.references_with_words == 4
+    reference_id = filled.product("cola")["references"][0]
+    row = index.reference_ids.index(reference_id)
+    features = filled.features(reference_id)
+    words = vocabulary.quantize(features.descriptors)
+    assert index.words.search(words, 1).references.tolist() == [row]
+
+
+def test_removing_a_reference_drops_its_words(filled: Catalog) -> None:
+    reference_id = filled.product("chips")["references"][0]
+    filled.remove_reference(reference_id)
+    count = filled.db.execute("SELECT COUNT(*) FROM reference_words WHERE id = ?", [reference_id]).fetchone()[0]
+    assert count == 0
+    filled.remove_product("cola")
+    assert filled.db.execute("SELECT COUNT(*) FROM reference_words").fetchone()[0] == 1

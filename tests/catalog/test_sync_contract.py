@@ -188,3 +188,45 @@ def test_new_model_needs_a_snapshot(filled: Catalog, edge: Catalog) -> None:
         filled.changes_since(edge.version)
     edge.replace_with_snapshot(filled.export_snapshot())
     assert contents(edge) == contents(filled)
+
+
+def words_of(cat: Catalog) -> dict[str, bytes]:
+    return dict(cat.db.execute("SELECT id, words FROM reference_words ORDER BY id").fetchall())
+
+
+def test_visual_words_and_their_vocabulary_travel_with_deltas_and_snapshots(
+    filled: Catalog, edge: Catalog, tmp_path: Path
+) -> None:
+    assert len(words_of(filled)) == 4
+    sync(filled, edge)  # an empty kiosk adopts the bundled vocabulary the words came from
+    assert words_of(edge) == words_of(filled)
+    assert edge.vocabulary() is not None and edge.vocabulary().fingerprint == filled.vocabulary().fingerprint
+    snapshot = json.loads(json.dumps(filled.export_snapshot()))
+    assert snapshot["schema_version"] == 2 and snapshot["vocabulary"] is not None
+    with Catalog(tmp_path / "from-snapshot.db") as fresh:
+        fresh.replace_with_snapshot(snapshot)
+        assert words_of(fresh) == words_of(filled)
+        assert fresh.vocabulary().fingerprint == filled.vocabulary().fingerprint
+        assert fresh.index().words is not None and fresh.index().words.references_with_words == 4
+
+
+def test_words_from_another_vocabulary_are_refused(filled: Catalog, edge: Catalog) -> None:
+    changes = json.loads(json.dumps(filled.changes_since(0)))
+    for change in changes:
+        if change["op"] == "upsert_reference":
+            change["data"]["vocabulary"] = "0" * 64
+    with pytest.raises(CatalogError, match="vocabulary"):
+        edge.apply_changes(0, changes, changes[-1]["version"])
+    assert edge.version == 0 and words_of(edge) == {}
+
+
+def test_malformed_words_are_refused(filled: Catalog, edge: Catalog) -> None:
+    changes = json.loads(json.dumps(filled.changes_since(0)))
+    reference = next(c for c in changes if c["op"] == "upsert_reference")
+    reference["data"]["words"] = base64.b64encode(b"\x05\x00\x01\x00").decode()  # 5, 1: not sorted
+    with pytest.raises(CatalogError, match="sorted"):
+        edge.apply_changes(0, changes, changes[-1]["version"])
+    reference["data"]["words"] = base64.b64encode(b"\x05").decode()  # half a word
+    with pytest.raises(CatalogError, match="words"):
+        edge.apply_changes(0, changes, changes[-1]["version"])
+    assert edge.version == 0

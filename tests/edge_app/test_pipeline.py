@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,47 @@ def test_numpy_matcher_agrees_with_opencv(sample_set: SampleSet) -> None:
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(query, train, k=2)
     theirs = {(p[0].queryIdx, p[0].trainIdx) for p in pairs if p[0].distance < 0.8 * p[1].distance}
     assert ours == theirs and len(ours) > 10
+
+
+def test_visual_words_find_what_the_embedding_shortlist_misses(
+    sample_set: SampleSet, sample_catalog: Any, embedder: Embedder
+) -> None:
+    """With an embedding shortlist of one, the word index brings the right product to verification."""
+    base = {"shortlist": 1, "unknown_threshold": 0.5, "accept_similarity": 1.01}
+    results = {}
+    for local in (False, True):
+        recognizer = Recognizer(embedder, sample_catalog, RecognitionConfig(**base, local_search=local))
+        answers = [(truth, recognizer.recognize(load_rgb(path))) for truth, path in queries(sample_set)]
+        results[local] = sum(r.decision == "product" and r.product_id == truth for truth, r in answers)
+        if local:
+            assert not [truth for truth, r in answers if r.decision == "product" and r.product_id != truth]
+            assert all(r.timings["local"] > 0 for _, r in answers)
+    assert results[True] >= 0.8 * len(queries(sample_set)) and results[True] > results[False] + 5
+
+
+def test_a_catalog_without_vocabulary_or_new_features_still_verifies(
+    sample_set: SampleSet, sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig, tmp_path: Path
+) -> None:
+    """A catalog of the previous release (version-1 keypoints, no words): embedding shortlist + legacy verification."""
+    from shelfsight.catalog.store import Catalog
+    from shelfsight.edge_app.core.features import compute_keypoints, serialise_keypoints
+
+    with Catalog(tmp_path / "old.db") as old:
+        old.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
+        for reference in old.references():
+            source = sample_set.catalog_dir / reference["product_id"]
+            photo = sorted(iter_image_files(source))[0]
+            old.db.execute(
+                "UPDATE reference_images SET keypoints = ? WHERE id = ?",
+                [serialise_keypoints(*compute_keypoints(load_rgb(photo))), reference["id"]],
+            )
+        old.db.execute("DELETE FROM reference_words")
+        old.db.execute("DELETE FROM vocabularies")
+        old.db.execute("DELETE FROM meta WHERE key = 'vocabulary_fingerprint'")
+        old.reload()
+        assert old.vocabulary() is None and old.index().words is None
+        recognizer = Recognizer(embedder, old, full_config)
+        answers = [(truth, recognizer.recognize(load_rgb(path))) for truth, path in queries(sample_set)]
+    correct = sum(r.decision == "product" and r.product_id == truth for truth, r in answers)
+    assert correct >= 0.6 * len(answers)
+    assert all(r.timings["local"] == 0 for _, r in answers)

@@ -138,9 +138,7 @@ def test_grocery_list_iconic_and_image_folder_share_product_ids(tmp_path):
         == {"Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"}
     )
     assert [s.product for s in from_csv] == ["Fruit/Apple/Granny-Smith", "Packages/Milk/Arla-Milk"]
-    combined = load_sources(
-        [tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"]
-    )
+    combined = load_sources([tmp_path / "train.txt", tmp_path / "classes.csv"], exclude=["Packages/Milk/Arla-Milk"])
     assert {s.product for s in combined} == {"Fruit/Apple/Granny-Smith"} and len(combined) == 3
     # Arla-Milk has one listed photo: a clear error naming its folder
     with pytest.raises(InputError, match="Arla-Milk"):
