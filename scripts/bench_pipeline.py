@@ -6,6 +6,16 @@ Settings:
   grocery_iconic val photos vs the aligned iconic images (one per product)
   iconic_warped  iconic image as catalog; rotated/tilted/scaled/relit renderings of it on clutter as queries
   grozi_warped   GroZi-120: 3 largest crops per product as catalog; 4 others rotated/tilted/scaled onto clutter
+  packages_iconic        only the packaged products' val photos (cartons, juice, yoghurt) vs all iconic images
+  packages_iconic_5k     the same with >= 5,000 distractor products added to the catalog
+  iconic_warped_5k       iconic_warped with the same distractors
+
+Distractor products (`*_5k`) are one image each: every GroZi-120 crop, the Grocery Store train
+photos of fruit and vegetables, and 1,000 packages drawn by the demo's sample renderer (boxes,
+cartons, cans, pouches with text and logos). None shows a product the queries show, so ranking
+one first is a wrong answer (no "same product, other id" credit). The catalog build screens out
+GroZi crops under 64 px, so the full pipeline's catalog holds fewer than the global one's; both
+counts are in the JSON.
 
 For each: R@1, R@5, MAP@R, query p50/p95 ms with `ranker=None` (global) and
 with `PipelineRanker` (full: catalog build with ORB keypoints, shortlist,
@@ -37,6 +47,7 @@ from warped_queries import grozi_set, iconic_set  # noqa: E402
 
 from shelfsight.edge_app.core.images import iter_image_files  # noqa: E402
 from shelfsight.edge_app.core.labels import scan_folder  # noqa: E402
+from shelfsight.edge_app.demo.samples import generate_sample_set  # noqa: E402
 from shelfsight.edge_app.evaluation.pipeline import PipelineRanker, calibrate  # noqa: E402
 from shelfsight.edge_app.evaluation.retrieval import evaluate  # noqa: E402
 from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
@@ -57,6 +68,36 @@ def subsample(folder: Path, out: Path, per_product: int) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(path.resolve())
     return out
+
+
+def packaged_queries(val: Path, out: Path) -> Path:
+    """The val photos under Packages/ only (the printed products), keyed like the iconic catalog."""
+    for path in iter_image_files(val / "Packages"):
+        target = out / "Packages" / path.relative_to(val / "Packages")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+    return out
+
+
+def with_distractors(catalog: Path, pool: list[Path], out: Path) -> Path:
+    """`catalog` plus one product per image of `pool` (ids `zz-distractor/NNNNN`), as symlinks."""
+    for path in iter_image_files(catalog):
+        target = out / path.relative_to(catalog)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+    for i, path in enumerate(pool):
+        target = out / "zz-distractor" / f"{i:05d}" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+    return out
+
+
+def distractor_pool(grocery: Path, grozi: Path | None, rendered: Path) -> list[Path]:
+    pool = [p for group in ("Fruit", "Vegetables") for p in iter_image_files(grocery / "train" / group)]
+    if grozi is not None:
+        pool += list(iter_image_files(grozi))
+    drawn = generate_sample_set(rendered, n_products=1000, refs_per_product=1, queries_per_product=0, seed=7)
+    return pool + list(iter_image_files(drawn.catalog_dir))
 
 
 def _label(ranker: PipelineRanker, product_id: str) -> str:
@@ -170,8 +211,16 @@ def main() -> int:
         iconic = iconic_catalog(args.grocery, tmp / "iconic")
         settings["grocery_train"] = (args.grocery / "train", val)
         settings["grocery_iconic"] = (iconic, val)
-        if "iconic_warped" in wanted:
+        if "iconic_warped" in wanted or "iconic_warped_5k" in wanted:
             settings["iconic_warped"] = (iconic, iconic_set(iconic, tmp / "iconic_warped", seed=args.seed))
+        settings["packages_iconic"] = (iconic, packaged_queries(val, tmp / "packages"))
+        if any(name.endswith("_5k") for name in wanted):
+            pool = distractor_pool(args.grocery, args.grozi, tmp / "rendered")
+            crowded = with_distractors(iconic, pool, tmp / "iconic_5k")
+            print(f"distractors: {len(pool)} one-image products", flush=True)
+            settings["packages_iconic_5k"] = (crowded, settings["packages_iconic"][1])
+            if "iconic_warped" in settings:
+                settings["iconic_warped_5k"] = (crowded, settings["iconic_warped"][1])
     if args.grozi and "grozi_warped" in wanted:
         settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
 
