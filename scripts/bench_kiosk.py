@@ -62,10 +62,10 @@ STAGES = ("capture", "preprocess", "invoke", "search", "verification", "decision
 FILLER_REFS_PER_PRODUCT = 3
 
 
-def build_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, seed: int = 0) -> None:
+def build_bench_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, seed: int = 0) -> None:
     """Sample products (real references) + filler products up to `n_refs` references."""
     from shelfsight.catalog.store import Catalog
-    from shelfsight.edge_app.demo.run import build_catalog as build_sample
+    from shelfsight.edge_app.demo.run import build_sample_catalog as build_sample
 
     tmp = path.with_name(path.name + ".tmp")
     for p in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
@@ -102,7 +102,7 @@ def catalog_for(workdir: Path, sample_root: Path, embedder: Any, n_refs: int) ->
     path = workdir / f"catalog_{n_refs}_{embedder.fingerprint[:12]}.db"
     if not path.is_file():
         started = time.perf_counter()
-        build_catalog(path, sample_root, embedder, n_refs)
+        build_bench_catalog(path, sample_root, embedder, n_refs)
         log.info("built %s in %.1f s", path.name, time.perf_counter() - started)
     return path
 

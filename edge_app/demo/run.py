@@ -56,20 +56,21 @@ THUMBNAIL_SIDE = 160
 # --------------------------------------------------------------------------- catalog from folders
 
 
-def build_catalog(catalog_path: Path, references_dir: Path, products_csv: Path | None, embedder: Embedder) -> Any:
-    """Build a new catalog (replacing any file there) from an ImageFolder of reference photos and a products CSV; open it.
+def build_sample_catalog(
+    catalog_path: Path, references_dir: Path, products_csv: Path | None, embedder: Embedder
+) -> Any:
+    """Build a new demo catalog (replacing any file there) from an ImageFolder of reference photos and a products CSV; open it.
 
     Uses the catalog's own ingestion (quality checks, dedupe, all-or-nothing
     file replacement), then gives every product without a thumbnail one made
     from its first reference, for the kiosk's product card.
     """
-    from shelfsight.catalog.ingest import build_catalog as ingest_catalog
-    from shelfsight.catalog.ingest import collect_entries
+    from shelfsight.catalog.ingest import build_catalog, collect_entries
     from shelfsight.catalog.store import Catalog
 
     for stale in (catalog_path, *(catalog_path.with_name(catalog_path.name + s) for s in ("-wal", "-shm"))):
         stale.unlink(missing_ok=True)  # a fresh build, not an extension of an earlier demo's catalog
-    report = ingest_catalog(catalog_path, embedder, collect_entries(references_dir, products_csv))
+    report = build_catalog(catalog_path, embedder, collect_entries(references_dir, products_csv))
     for line in report.lines():
         log.info("%s", line)
     catalog = Catalog(catalog_path, create=False)
@@ -222,7 +223,7 @@ def run_demo(
                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
                 )
         t = time.perf_counter()
-        catalog = build_catalog(workdir / "catalog.db", catalog_dir, products, embedder)
+        catalog = build_sample_catalog(workdir / "catalog.db", catalog_dir, products, embedder)
         stats = catalog.stats()
         click.echo(
             f"catalog: {stats.get('products')} products, {stats.get('references')} references "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -86,6 +87,7 @@ def eval_command(
                 ),
                 json_out,
                 store_db,
+                embedder,
             )
             return
         ranker = (
@@ -121,8 +123,9 @@ def _write_json(path: str | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _calibrate(calibration, json_out: str | None, store_db: str | None) -> None:
-    from shelfsight.edge_app.recognition.pipeline import THRESHOLD_META_KEY
+def _calibrate(calibration, json_out: str | None, store_db: str | None, embedder: Any, config: Any = None) -> None:
+    from shelfsight.edge_app.recognition.config import RecognitionConfig
+    from shelfsight.edge_app.recognition.pipeline import CALIBRATION_META_KEY, THRESHOLD_META_KEY, Recognizer
 
     click.echo(
         f"threshold {calibration.threshold:.4f}  known products answered right {calibration.known_accept_rate:.4f}  "
@@ -134,8 +137,13 @@ def _calibrate(calibration, json_out: str | None, store_db: str | None) -> None:
         from shelfsight.catalog.store import Catalog
 
         with Catalog(store_db, create=False) as catalog:
+            # A threshold is only meaningful for the model (and vocabulary, and pipeline) it was measured with.
+            catalog.check_model(embedder.fingerprint)
+            recognition = config or RecognitionConfig(verify=calibration.pipeline == "full")
+            binding = Recognizer(embedder, catalog, recognition).calibration_binding()
             catalog.set_meta(THRESHOLD_META_KEY, calibration.threshold)
-        click.echo(f"stored in {store_db}")
+            catalog.set_meta(CALIBRATION_META_KEY, binding)
+        click.echo(f"stored in {store_db} (for model {binding['model'][:12]}, {binding['pipeline']} pipeline)")
 
 
 COMMANDS = [eval_command]

@@ -48,6 +48,9 @@ from shelfsight.edge_app.recognition.verify import MIN_MATCHES, count_inliers, m
 log = logging.getLogger(__name__)
 
 THRESHOLD_META_KEY = "unknown_threshold"
+# What the stored threshold was calibrated for: {"model", "vocabulary", "pipeline"}. Scores of
+# another model, vocabulary or pipeline are on another scale, so the threshold does not carry over.
+CALIBRATION_META_KEY = "unknown_threshold_calibration"
 STAGES = ("preprocess", "invoke", "search", "local", "verification", "decision")
 _TEXTURE_GRID = 64
 
@@ -236,13 +239,39 @@ class Recognizer(Generic[CatalogT]):
         if self.config.unknown_threshold is not None:
             return self.config.unknown_threshold
         if self._threshold is None:
-            raw = self.catalog.get_meta(THRESHOLD_META_KEY)
-            try:
-                self._threshold = float(raw) if raw is not None else self.config.default_unknown_threshold
-            except (TypeError, ValueError):
-                log.warning("catalog has an unreadable %s (%r); using the default", THRESHOLD_META_KEY, raw)
-                self._threshold = self.config.default_unknown_threshold
+            self._threshold = self._stored_threshold()
         return self._threshold
+
+    def calibration_binding(self) -> dict[str, Any]:
+        """What a threshold calibrated now would be valid for (stored beside it by `eval --calibrate`)."""
+        vocabulary = self._vocabulary()
+        local = self.config.verify and self.config.local_search and vocabulary is not None
+        return {
+            "model": self.embedder.fingerprint,
+            "vocabulary": vocabulary.fingerprint if local and vocabulary is not None else None,
+            "pipeline": "full" if self.config.verify else "global",
+        }
+
+    def _stored_threshold(self) -> float:
+        default = self.config.default_unknown_threshold
+        raw = self.catalog.get_meta(THRESHOLD_META_KEY)
+        if raw is None:
+            return default
+        try:
+            threshold = float(raw)
+        except (TypeError, ValueError):
+            log.warning("catalog has an unreadable %s (%r); using the default %.3f", THRESHOLD_META_KEY, raw, default)
+            return default
+        bound = self.catalog.get_meta(CALIBRATION_META_KEY)
+        wanted = self.calibration_binding()
+        if bound != wanted:
+            log.warning(
+                "the catalog's 'not in catalog' threshold %.3f was calibrated for %s, this kiosk runs %s; "
+                "using the default %.3f until `shelfsight eval --calibrate --store` is run again",
+                threshold, bound or "an earlier release", wanted, default,
+            )  # fmt: skip
+            return default
+        return threshold
 
     def _product_data(self, product_id: str) -> dict[str, Any]:
         data = self._products.get(product_id)

@@ -82,9 +82,9 @@ def sample_catalog(
     sample_set: SampleSet, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """A real SQLite catalog of the rendered sample products (references, thumbnails, ORB keypoints)."""
-    from shelfsight.edge_app.demo.run import build_catalog
+    from shelfsight.edge_app.demo.run import build_sample_catalog
 
-    catalog = build_catalog(
+    catalog = build_sample_catalog(
         tmp_path_factory.mktemp("catalog") / "catalog.db",
         sample_set.catalog_dir,
         sample_set.products_csv,

@@ -179,6 +179,17 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
     assert 0 <= data["unknown_reject_rate"] <= 1
     with Catalog(db) as catalog:
         assert float(catalog.get_meta(THRESHOLD_META_KEY)) == pytest.approx(data["threshold"])
+        # Bound to what it calibrated: the full pipeline reads it; the global one, whose scores are
+        # on another scale, gets the safe default instead (and a warning).
+        from shelfsight.edge_app.recognition import Recognizer
+        from shelfsight.edge_app.recognition.config import RecognitionConfig
+        from shelfsight.edge_app.runtime.factory import open_embedder
+
+        with open_embedder(tiny_model) as embedder:
+            full_kiosk = Recognizer(embedder, catalog, RecognitionConfig())
+            assert full_kiosk.unknown_threshold == pytest.approx(data["threshold"])
+            global_kiosk = Recognizer(embedder, catalog, RecognitionConfig(verify=False))
+            assert global_kiosk.unknown_threshold == RecognitionConfig().default_unknown_threshold
 
 
 def test_choose_threshold_separates_scores():
