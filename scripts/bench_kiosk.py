@@ -58,13 +58,20 @@ from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 
 log = logging.getLogger("bench_kiosk")
 
-STAGES = ("capture", "preprocess", "invoke", "search", "verification", "decision")
+STAGES = ("capture", "preprocess", "invoke", "search", "local", "verification", "decision")
+FILLER_WORDS = 700  # distinct visual words of a filler reference: what 1,000 ORB keypoints of a package give
 FILLER_REFS_PER_PRODUCT = 3
 
 
 def build_bench_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: int, seed: int = 0) -> None:
-    """Sample products (real references) + filler products up to `n_refs` references."""
+    """Sample products (real references) + filler products up to `n_refs` references.
+
+    Fillers have random embeddings and random visual words (no keypoints): they load, index and
+    compete in both candidate sources like real references, and quantising 10^5 x 1,000 real
+    descriptors would take minutes without changing what is timed.
+    """
     from shelfsight.catalog.store import Catalog
+    from shelfsight.catalog.word_index import encode_words
     from shelfsight.edge_app.demo.run import build_sample_catalog as build_sample
 
     tmp = path.with_name(path.name + ".tmp")
@@ -74,9 +81,6 @@ def build_bench_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: in
     rng = np.random.default_rng(seed)
     with Catalog(tmp) as catalog:
         real = [r["id"] for r in catalog.references()]
-        blobs = [
-            catalog.db.execute("SELECT keypoints FROM reference_images WHERE id = ?", [r]).fetchone()[0] for r in real
-        ]
         missing = n_refs - len(real)
         with catalog.batch():
             for i in range(max(0, missing)):
@@ -91,7 +95,14 @@ def build_bench_catalog(path: Path, sample_root: Path, embedder: Any, n_refs: in
                     phash="",
                     source=f"filler/{i}",
                     image_jpeg=None,
-                    keypoints=blobs[i % len(blobs)],
+                    keypoints=None,
+                )
+            vocabulary = catalog.ensure_vocabulary()
+            fillers = catalog.db.execute("SELECT id FROM reference_images WHERE source LIKE 'filler/%'").fetchall()
+            for (reference_id,) in fillers:
+                words = rng.choice(vocabulary.n_words, FILLER_WORDS, replace=False)
+                catalog.db.execute(
+                    "INSERT INTO reference_words (id, words) VALUES (?, ?)", [reference_id, encode_words(words)]
                 )
     for suffix in ("-wal", "-shm"):
         tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("capture", "preprocess", "invoke", "search", "verification", "decision", "total", "end_to_end")
+STAGES = ("capture", "preprocess", "invoke", "search", "local", "verification", "decision", "total", "end_to_end")
 
 
 def test_bench_kiosk_reports_stages_cold_start_and_host(tmp_path: Path) -> None:

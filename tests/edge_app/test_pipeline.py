@@ -97,11 +97,19 @@ def test_calibrated_threshold_is_read_from_the_catalog(sample_catalog: Any, embe
         sample_catalog.set_meta("unknown_threshold", previous)
 
 
-def test_numpy_matcher_agrees_with_opencv(sample_set: SampleSet) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+def test_matchers_agree_with_opencv(sample_set: SampleSet, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both descriptor matchers (faiss where its wheel exists, numpy elsewhere) give OpenCV's ratio-test matches."""
     import cv2
 
     from shelfsight.edge_app.core.features import compute_keypoints
+    from shelfsight.edge_app.recognition import verify
     from shelfsight.edge_app.recognition.verify import ratio_matches
+
+    if backend == "faiss":
+        pytest.importorskip("faiss", reason="faiss-cpu has no wheel for this platform")
+    else:
+        monkeypatch.setattr(verify, "_faiss", lambda: None)
 
     query = compute_keypoints(load_rgb(next(iter_image_files(sample_set.queries_dir))))[1]
     train = np.concatenate(
