@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from shelfsight.edge_app.core.config import StrictModel
 from shelfsight.edge_app.core.errors import ConfigError
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
 
-class BrokerConfig(BaseModel):
+class BrokerConfig(StrictModel):
     """How to reach the MQTT broker (paho adapter in `catalog/sync/transport/paho.py`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Descriptions are also the help of `shelfsight hq ...`'s options (catalog/hq/cli.py builds them from here).
     host: str = Field(default="localhost", description="Broker host.")

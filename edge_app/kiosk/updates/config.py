@@ -21,16 +21,25 @@ from shelfsight.edge_app.core.errors import ConfigError
 class SyncConfig(BrokerConfig):
     """Kiosk side: broker settings plus who we are and whom we trust."""
 
-    enabled: bool = True
-    prefix: str = "shelfsight"
-    fleet: str = "default"
-    kiosk_id: str = "kiosk"
-    public_key: Path = Path("hq_signing.pub")
-    # Out-of-order deltas wait this long for the missing one before we fetch a snapshot.
-    hold_s: float = Field(default=5.0, ge=0.0, le=3600.0)
-    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
-    # A snapshot or release larger than this is refused before any chunk is stored.
-    max_blob_bytes: int = Field(default=1 << 30, ge=1024)
+    enabled: bool = Field(True, description="Follow HQ's updates; false keeps the section but stays offline")
+    prefix: str = Field("shelfsight", description="First level of every topic (the same at HQ)")
+    fleet: str = Field("default", description="The store group this kiosk belongs to (second topic level)")
+    kiosk_id: str = Field("kiosk", description="This kiosk's name in status and enrollment topics; unique per fleet")
+    public_key: Path = Field(
+        Path("hq_signing.pub"), description="HQ's Ed25519 public key; messages it did not sign are refused"
+    )
+    hold_s: float = Field(
+        default=5.0, ge=0.0, le=3600.0,
+        description="How long an out-of-order delta waits for the missing one before a snapshot is fetched",
+    )  # fmt: skip
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="Largest MQTT message accepted (checked before decoding)",
+    )
+    max_blob_bytes: int = Field(
+        default=1 << 30, ge=1024, description="Largest snapshot or release accepted, refused before any chunk is stored"
+    )
 
     @field_validator("prefix", "fleet", "kiosk_id")
     @classmethod
