@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Collection
 
@@ -93,6 +93,9 @@ class Calibration:
     unknown_queries: int
     held_out_products: list[str]
     pipeline: str
+    # (threshold, known queries answered right, held-out queries announced as some product), from
+    # the loosest threshold to the strictest: the trade-off a store picks its threshold on.
+    curve: list[tuple[float, float, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +164,17 @@ def calibrate(
     if not unknown or not known_queries:
         raise InputError("calibration needs queries of both held-out and catalog products")
     threshold, _, _ = choose_threshold(np.asarray(correct), np.asarray(wrong + unknown))
+    scores = np.asarray(correct + wrong + unknown)
+    finite = scores[np.isfinite(scores)]
+    steps = np.unique(np.quantile(finite, np.linspace(0, 1, 21))) if len(finite) else np.zeros(0)
+    curve = [
+        (
+            round(float(t), 4),
+            round(sum(s >= t for s in correct) / known_queries, 4),
+            round(sum(s >= t for s in unknown) / len(unknown), 4),
+        )
+        for t in steps
+    ]
     return Calibration(
         threshold=threshold,
         known_accept_rate=sum(s >= threshold for s in correct) / known_queries,
@@ -169,4 +183,5 @@ def calibrate(
         unknown_queries=len(unknown),
         held_out_products=sorted(held_out),
         pipeline=pipeline,
+        curve=curve,
     )
