@@ -595,7 +595,10 @@ class Catalog:
             products = query_all(self.db, INDEX_PRODUCTS_SQL)
             rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
             vocabulary = self.vocabulary()
-            word_rows = self.db.execute(INDEX_WORDS_SQL).fetchall() if vocabulary is not None else []
+            words = None
+            if vocabulary is not None:
+                # Streamed inside the lock: the cursor must be read before another thread writes.
+                words = self._word_index(rows, iter(self.db.execute(INDEX_WORDS_SQL)), vocabulary)
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}
@@ -604,7 +607,6 @@ class Catalog:
         if not rows:
             return SearchIndex.empty(dim, fingerprint, version)
         codes = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8).reshape(len(rows), dim)
-        words = self._word_index(rows, word_rows, vocabulary) if vocabulary is not None else None
         return SearchIndex(
             reference_ids=[r[0] for r in rows],
             reference_products=np.fromiter((position[r[1]] for r in rows), np.int32, len(rows)),
@@ -618,19 +620,28 @@ class Catalog:
             words=words,
         )
 
-    def _word_index(self, rows: list[Any], word_rows: list[Any], vocabulary: Vocabulary) -> WordIndex:
-        """The inverted file, in the search index's reference order (both are sorted by id)."""
-        by_id = dict(word_rows)
-        empty = np.zeros(0, np.uint16)
-        lists = []
-        for reference_id, *_ in rows:
-            data = by_id.get(reference_id)
-            lists.append(empty if data is None else decode_words(data, vocabulary.n_words, f"words of {reference_id}"))
-        without = len(rows) - sum(1 for words in lists if len(words))
+    def _word_index(self, rows: list[Any], word_rows: Any, vocabulary: Vocabulary) -> WordIndex:
+        """The inverted file, in the search index's reference order (both are sorted by id).
+
+        A merge of the two id-ordered row streams into one flat buffer: no per-reference arrays
+        or dict of 10^5 rows, which the kiosk's memory would keep after the build.
+        """
+        buffer = bytearray()
+        lengths = np.zeros(len(rows), np.int64)
+        pending = next(word_rows, None)
+        for i, (reference_id, *_) in enumerate(rows):
+            while pending is not None and pending[0] < reference_id:
+                pending = next(word_rows, None)
+            if pending is not None and pending[0] == reference_id:
+                words = decode_words(pending[1], vocabulary.n_words, f"words of {reference_id}")
+                buffer += words.astype("<u2").tobytes()
+                lengths[i] = len(words)
+                pending = next(word_rows, None)
+        without = int(np.count_nonzero(lengths == 0))
         if without:
             # Catalogs built before version-2 features, plain box sides, fruit: found by embedding only.
             log.info("%s: %d of %d references have no visual words", self.name, without, len(rows))
-        return WordIndex(lists, vocabulary.n_words)
+        return WordIndex(np.frombuffer(bytes(buffer), dtype="<u2"), lengths, vocabulary.n_words)
 
     def index(self) -> SearchIndex:
         """The current immutable in-memory index, rebuilt (and swapped in) after writes.

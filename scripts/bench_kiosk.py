@@ -59,7 +59,7 @@ from shelfsight.edge_app.runtime.factory import open_embedder  # noqa: E402
 log = logging.getLogger("bench_kiosk")
 
 STAGES = ("capture", "preprocess", "invoke", "search", "local", "verification", "decision")
-FILLER_WORDS = 700  # distinct visual words of a filler reference: what 1,000 ORB keypoints of a package give
+FILLER_WORDS = 390  # distinct visual words of a filler: what the 400 indexed keypoints of a package give
 FILLER_REFS_PER_PRODUCT = 3
 
 

@@ -9,6 +9,8 @@ Settings:
   packages_iconic        only the packaged products' val photos (cartons, juice, yoghurt) vs all iconic images
   packages_iconic_5k     the same with >= 5,000 distractor products added to the catalog
   iconic_warped_5k       iconic_warped with the same distractors
+  iconic_warped_clean    iconic_warped with backgrounds of fruit/vegetable photos instead of catalog images
+                         (a catalog image in the background is a real match, so calibrate on this one)
 
 Distractor products (`*_5k`) are one image each: every GroZi-120 crop, the Grocery Store train
 photos of fruit and vegetables, and 1,000 packages drawn by the demo's sample renderer (boxes,
@@ -214,6 +216,15 @@ def main() -> int:
         if "iconic_warped" in wanted or "iconic_warped_5k" in wanted:
             settings["iconic_warped"] = (iconic, iconic_set(iconic, tmp / "iconic_warped", seed=args.seed))
         settings["packages_iconic"] = (iconic, packaged_queries(val, tmp / "packages"))
+        if "iconic_warped_clean" in wanted:
+            # Backgrounds from fruit and vegetable photos, no catalog image: the set to calibrate on.
+            clean = tmp / "clutter"
+            for group in ("Fruit", "Vegetables"):
+                for path in iter_image_files(args.grocery / "val" / group):
+                    (clean / path.name).parent.mkdir(parents=True, exist_ok=True)
+                    (clean / path.name).symlink_to(path.resolve())
+            queries = iconic_set(iconic, tmp / "iconic_warped_clean", seed=args.seed, clutter_from=clean)
+            settings["iconic_warped_clean"] = (iconic, queries)
         if any(name.endswith("_5k") for name in wanted):
             pool = distractor_pool(args.grocery, args.grozi, tmp / "rendered")
             crowded = with_distractors(iconic, pool, tmp / "iconic_5k")

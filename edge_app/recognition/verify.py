@@ -89,6 +89,10 @@ def _faiss() -> Any:
     except ImportError:
         log.info("faiss is not installed: descriptor matching uses numpy (about 3x slower)")
         return None
+    # One OpenMP thread: faiss' default (one per core) spins against the interpreter's threads on a
+    # 2-core kiosk and made one verification take 760 ms instead of 20 (bench_kiosk, same run).
+    # faiss keeps this setting process-wide; nothing else in the kiosk uses faiss.
+    faiss.omp_set_num_threads(1)
     return faiss
 
 

@@ -12,7 +12,7 @@ from shelfsight.edge_app.core.errors import CatalogError
 def test_the_reference_sharing_distinctive_words_ranks_first() -> None:
     rng = np.random.default_rng(0)
     references = [rng.choice(4096, 80, replace=False).astype(np.uint16) for _ in range(300)]
-    index = WordIndex(references, 4096)
+    index = WordIndex.from_lists(references, 4096)
     query = np.concatenate([references[42][:30], rng.choice(4096, 50).astype(np.uint16)])
     hits = index.search(query, 5)
     assert hits.references[0] == 42
@@ -22,21 +22,21 @@ def test_the_reference_sharing_distinctive_words_ranks_first() -> None:
 def test_repeated_words_count_once_and_common_words_are_skipped() -> None:
     common = np.uint16(7)
     references = [np.array([common, common, common, i + 100], np.uint16) for i in range(50)]
-    index = WordIndex(references, 256, stop_fraction=0.5)
+    index = WordIndex.from_lists(references, 256, stop_fraction=0.5)
     assert len(index.search(np.array([common]), 5)) == 0  # in every reference: says nothing
     hits = index.search(np.array([common, 120]), 5)
     assert hits.references.tolist() == [20]
 
 
 def test_no_shared_word_empty_catalog_and_filters() -> None:
-    index = WordIndex([np.array([1, 2], np.uint16), np.array([3], np.uint16), np.zeros(0, np.uint16)], 16)
+    index = WordIndex.from_lists([np.array([1, 2], np.uint16), np.array([3], np.uint16), np.zeros(0, np.uint16)], 16)
     assert len(index.search(np.array([9, 10]), 3)) == 0
     assert len(index.search(np.zeros(0, np.uint16), 3)) == 0
     assert index.references_with_words == 2
     assert index.search(np.array([1, 3]), 3, allowed=np.array([False, True, True])).references.tolist() == [1]
-    assert len(WordIndex([], 16).search(np.array([1]), 3)) == 0
+    assert len(WordIndex.from_lists([], 16).search(np.array([1]), 3)) == 0
 
 
 def test_word_ids_outside_the_vocabulary_are_refused() -> None:
     with pytest.raises(CatalogError, match="outside"):
-        WordIndex([np.array([300], np.uint16)], 256)
+        WordIndex.from_lists([np.array([300], np.uint16)], 256)

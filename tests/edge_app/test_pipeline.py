@@ -87,14 +87,21 @@ def test_bad_frames_and_incompatible_catalogs(sample_catalog: Any, embedder: Emb
 
 
 def test_calibrated_threshold_is_read_from_the_catalog(sample_catalog: Any, embedder: Embedder) -> None:
+    """Read when it was calibrated for this model, vocabulary and pipeline; otherwise the safe default."""
     previous = sample_catalog.get_meta("unknown_threshold")
+    previous_binding = sample_catalog.get_meta("unknown_threshold_calibration")
     sample_catalog.set_meta("unknown_threshold", 7.5)
     try:
         recognizer = Recognizer(embedder, sample_catalog, RecognitionConfig())
-        assert recognizer.unknown_threshold == 7.5
+        default = RecognitionConfig().default_unknown_threshold
+        assert recognizer.unknown_threshold == default  # no record of what it was calibrated for
+        sample_catalog.set_meta("unknown_threshold_calibration", recognizer.calibration_binding())
+        assert Recognizer(embedder, sample_catalog, RecognitionConfig()).unknown_threshold == 7.5
+        assert Recognizer(embedder, sample_catalog, RecognitionConfig(verify=False)).unknown_threshold == default
         assert Recognizer(embedder, sample_catalog, RecognitionConfig(unknown_threshold=0.3)).unknown_threshold == 0.3
     finally:
         sample_catalog.set_meta("unknown_threshold", previous)
+        sample_catalog.set_meta("unknown_threshold_calibration", previous_binding)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "numpy"])
