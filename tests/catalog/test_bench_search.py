@@ -33,7 +33,9 @@ def test_bench_search_writes_figures_and_host(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["host"]["cpus"] >= 1 and report["host"]["machine"]
     yardstick = report["host_reference"]
-    assert yardstick["p50_ms"] > 0 and yardstick["slowdown_vs_issue_machine"] == round(yardstick["p50_ms"] / 1.8, 2)
+    # Both figures are rounded from one unrounded measurement, so they agree to within the rounding.
+    assert yardstick["p50_ms"] > 0
+    assert abs(yardstick["slowdown_vs_issue_machine"] - yardstick["p50_ms"] / 1.8) <= 0.0051
     [row] = report["results"]
     assert row["references"] == 2000 and row["dim"] == 64 and row["queries"] == 20
     assert 0.9 <= row["recall_at_5"] <= 1.0 and row["p50_ms"] > 0
