@@ -64,3 +64,14 @@ def test_wrong_descriptor_shape_is_an_input_error(vocabulary) -> None:
     with pytest.raises(InputError):
         vocabulary.quantize(np.zeros((4, 61), np.uint8))
     assert vocabulary.quantize(np.zeros((0, 32), np.uint8)).shape == (0,)
+
+
+def test_a_vocabulary_that_would_inflate_past_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    """A zip bomb: small on disk, huge once inflated; the sizes its archive claims are checked first."""
+    from shelfsight.edge_app.core.vocabulary import MAX_FILE_BYTES
+
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, centres=np.zeros(MAX_FILE_BYTES + 1, np.uint8), meta=np.zeros(1, np.uint8))
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(ModelError, match="unpacks to"):
+        load_vocabulary(bomb)
