@@ -10,6 +10,7 @@ from typing import Any, Callable, get_args
 import click
 from pydantic import ValidationError
 
+from shelfsight.catalog.sync.topics import DEFAULT_FLEET, DEFAULT_PREFIX
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
 from shelfsight.edge_app.core.errors import ConfigError
@@ -46,8 +47,8 @@ def broker_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that talks to the broker shares."""
     options = [
         *(_field_option(name) for name in BROKER_FIELDS),
-        click.option("--prefix", default="shelfsight", show_default=True, help="Topic prefix."),
-        click.option("--fleet", default="default", show_default=True, help="Fleet (store group) name."),
+        click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix."),
+        click.option("--fleet", default=DEFAULT_FLEET, show_default=True, help="Fleet (store group) name."),
     ]
     for option in reversed(options):
         func = option(func)

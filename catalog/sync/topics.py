@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from shelfsight.edge_app.core.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The defaults of both sides (a kiosk's [sync] section, `shelfsight hq --prefix/--fleet`): they must agree.
+DEFAULT_PREFIX = "shelfsight"
+DEFAULT_FLEET = "default"
 
 
 def check_name(value: str, what: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shelfsight.catalog.sync.topics import Topics, check_name
+from shelfsight.catalog.sync.topics import DEFAULT_FLEET, DEFAULT_PREFIX, Topics, check_name
 from shelfsight.catalog.sync.transport.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     BrokerConfig,
@@ -22,8 +22,8 @@ class SyncConfig(BrokerConfig):
     """Kiosk side: broker settings plus who we are and whom we trust."""
 
     enabled: bool = Field(True, description="Follow HQ's updates; false keeps the section but stays offline")
-    prefix: str = Field("shelfsight", description="First level of every topic (the same at HQ)")
-    fleet: str = Field("default", description="The store group this kiosk belongs to (second topic level)")
+    prefix: str = Field(DEFAULT_PREFIX, description="First level of every topic (the same at HQ)")
+    fleet: str = Field(DEFAULT_FLEET, description="The store group this kiosk belongs to (second topic level)")
     kiosk_id: str = Field("kiosk", description="This kiosk's name in status and enrollment topics; unique per fleet")
     public_key: Path = Field(
         Path("hq_signing.pub"), description="HQ's Ed25519 public key; messages it did not sign are refused"
