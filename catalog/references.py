@@ -31,9 +31,9 @@ from shelfsight.catalog.schema import bump_version, write_meta
 from shelfsight.catalog.word_index import encode_words
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
-from shelfsight.edge_app.core.features import deserialise_features
+from shelfsight.edge_app.core.features import LocalFeatures, deserialise_features
 from shelfsight.edge_app.core.images import fit_square
-from shelfsight.edge_app.core.vocabulary import Vocabulary
+from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary
 
 
 class ModelCatalog(Protocol):
@@ -105,14 +105,25 @@ def unit_vector(embedding: np.ndarray, dim: int | None) -> np.ndarray:
 MAX_INDEXED_KEYPOINTS = 400
 
 
-def words_for(keypoints: bytes | None, vocabulary: Vocabulary | None, name: str = "reference") -> bytes | None:
-    """The stored words of a reference's keypoints: None without a vocabulary or version-2 keypoints."""
-    if keypoints is None or vocabulary is None:
-        return None
-    features = deserialise_features(keypoints, f"{name}: keypoints")
+def bundled_vocabulary() -> Vocabulary:
+    """The vocabulary every release ships (`edge_app/assets/default_vocabulary.npz`)."""
+    from shelfsight.edge_app.assets import default_vocabulary_path
+
+    return load_vocabulary(default_vocabulary_path())
+
+
+def words_of(features: LocalFeatures, vocabulary: Vocabulary) -> bytes | None:
+    """The stored words of a reference's features: None unless they are version 2 and not empty."""
     if features.version != 2 or len(features) == 0:
         return None
     return encode_words(vocabulary.quantize(features.descriptors[:MAX_INDEXED_KEYPOINTS]))
+
+
+def words_for(keypoints: bytes | None, vocabulary: Vocabulary | None, name: str = "reference") -> bytes | None:
+    """`words_of` the serialised keypoints (None without keypoints or a vocabulary)."""
+    if keypoints is None or vocabulary is None:
+        return None
+    return words_of(deserialise_features(keypoints, f"{name}: keypoints"), vocabulary)
 
 
 def reference_row(

@@ -26,7 +26,7 @@ import sqlite_utils
 
 from shelfsight.catalog import records
 from shelfsight.catalog.index import SearchIndex
-from shelfsight.catalog.references import words_for
+from shelfsight.catalog.references import bundled_vocabulary, words_for
 from shelfsight.catalog.schema import (
     PRODUCT_COLUMNS,
     RECORD_SCHEMA,
@@ -38,13 +38,16 @@ from shelfsight.catalog.schema import (
     log_change,
     query_all,
     read_meta,
+    read_vocabulary,
+    vocabulary_file,
     write_meta,
     write_product,
     write_reference,
+    write_vocabulary,
 )
 from shelfsight.catalog.word_index import decode_words
 from shelfsight.edge_app.core.errors import CatalogError, ModelError
-from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary, vocabulary_from_bytes
+from shelfsight.edge_app.core.vocabulary import Vocabulary, vocabulary_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +146,9 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
         references = query_all(db, f"SELECT {REFERENCE_COLUMNS} FROM reference_images WHERE local = 0 ORDER BY id")
         attach_words(db, references)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        vocabulary_fingerprint = json.loads(meta.get("vocabulary_fingerprint", "null"))
-        vocabulary = None
-        if vocabulary_fingerprint is not None:
-            row = db.execute("SELECT data FROM vocabularies WHERE fingerprint = ?", [vocabulary_fingerprint]).fetchone()
-            vocabulary = None if row is None else base64.b64encode(row[0]).decode("ascii")
+        stored = vocabulary_file(db, catalog.name)
+        vocabulary_fingerprint = None if stored is None else stored[0]
+        vocabulary = None if stored is None else base64.b64encode(stored[1]).decode("ascii")
     return {
         "format": SNAPSHOT_FORMAT,
         "schema_version": RECORD_SCHEMA,
@@ -217,16 +218,6 @@ def _decode_delta(base_version: int, changes: Any, target_version: int) -> list[
     return decoded
 
 
-def _stored_vocabulary(db: sqlite_utils.Database) -> Vocabulary | None:
-    fingerprint = read_meta(db, "vocabulary_fingerprint")
-    if fingerprint is None:
-        return None
-    row = db.execute("SELECT data FROM vocabularies WHERE fingerprint = ?", [fingerprint]).fetchone()
-    if row is None:
-        raise CatalogError(f"vocabulary {fingerprint[:12]} is missing from the catalog file")
-    return vocabulary_from_bytes(row[0], "catalog vocabulary", expect_fingerprint=fingerprint)
-
-
 def _adopt_bundled_vocabulary(db: sqlite_utils.Database, changes: Iterable[records.Change]) -> Vocabulary | None:
     """A catalog without a vocabulary takes the bundled one when the delta's words come from it.
 
@@ -236,16 +227,10 @@ def _adopt_bundled_vocabulary(db: sqlite_utils.Database, changes: Iterable[recor
     wanted = {c.row.get("words_vocabulary") for c in changes if c.row is not None and c.row.get("words") is not None}
     if not wanted:
         return None
-    from shelfsight.edge_app.assets import default_vocabulary_path
-
-    bundled = load_vocabulary(default_vocabulary_path())
+    bundled = bundled_vocabulary()
     if wanted != {bundled.fingerprint}:
         return None
-    db.execute(
-        "INSERT OR REPLACE INTO vocabularies (fingerprint, data) VALUES (?, ?)",
-        [bundled.fingerprint, bundled.to_bytes()],
-    )
-    write_meta(db, "vocabulary_fingerprint", bundled.fingerprint)
+    write_vocabulary(db, bundled)
     return bundled
 
 
@@ -347,7 +332,7 @@ def apply_changes(catalog: Replica, base_version: int, changes: list[dict[str, A
             raise CatalogError(f"{catalog.name}: delta is based on version {base_version}, catalog is at {current}")
         own_fingerprint, own_dim = read_meta(db, "model_fingerprint"), read_meta(db, "embedding_dim")
         fingerprint, dim = _validate_references(decoded, own_fingerprint, own_dim)
-        _check_words(decoded, _stored_vocabulary(db) or _adopt_bundled_vocabulary(db, decoded))
+        _check_words(decoded, read_vocabulary(db, catalog.name) or _adopt_bundled_vocabulary(db, decoded))
         for change in decoded:
             _apply(db, change)
         _check_no_orphans(db)
@@ -384,11 +369,9 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
         previous_vocabulary = read_meta(db, "vocabulary_fingerprint")
         for table in ("reference_images", "reference_words", "products", "changes", "vocabularies"):
             db.execute(f"DELETE FROM {table}")
-        if vocabulary is not None:
-            db.execute(
-                "INSERT INTO vocabularies (fingerprint, data) VALUES (?, ?)", [vocabulary[0].fingerprint, vocabulary[1]]
-            )
         db.execute("DELETE FROM meta WHERE key NOT IN ('schema_version')")
+        if vocabulary is not None:
+            write_vocabulary(db, *vocabulary)
         for change in decoded:
             assert change.row is not None
             (write_product if change.op == "upsert_product" else write_reference)(db, change.row)
@@ -409,7 +392,5 @@ def replace_with_snapshot(catalog: Replica, snapshot: dict[str, Any]) -> None:
         if fingerprint is not None:
             write_meta(db, "model_fingerprint", fingerprint)
             write_meta(db, "embedding_dim", dim)
-        if vocabulary is not None:
-            write_meta(db, "vocabulary_fingerprint", vocabulary[0].fingerprint)
     log.info("%s: replaced with snapshot at version %d (%d records)", catalog.name, version, len(decoded))
     catalog.index()

@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import sqlite_utils
 
-from shelfsight.edge_app.core.errors import CatalogError
+from shelfsight.edge_app.core.errors import CatalogError, ModelError
 from shelfsight.edge_app.core.sqlite import Migration, open_database, user_version
+from shelfsight.edge_app.core.vocabulary import Vocabulary, vocabulary_from_bytes
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -256,6 +257,38 @@ def write_reference(db: sqlite_utils.Database, row: Mapping[str, Any]) -> None:
         db.execute("INSERT OR REPLACE INTO reference_words (id, words) VALUES (?, ?)", [row["id"], words])
     else:
         db.execute("DELETE FROM reference_words WHERE id = ?", [row["id"]])
+
+
+def vocabulary_file(db: sqlite_utils.Database, name: str = "catalog") -> tuple[str, bytes] | None:
+    """(fingerprint, file bytes) of the catalog's vocabulary, None without one."""
+    fingerprint = read_meta(db, "vocabulary_fingerprint")
+    if fingerprint is None:
+        return None
+    row = db.execute("SELECT data FROM vocabularies WHERE fingerprint = ?", [fingerprint]).fetchone()
+    if row is None:
+        raise CatalogError(f"{name}: vocabulary {fingerprint[:12]} is missing from the file")
+    return fingerprint, bytes(row[0])
+
+
+def read_vocabulary(db: sqlite_utils.Database, name: str = "catalog") -> Vocabulary | None:
+    """The catalog's vocabulary, checked against the fingerprint its meta records (None without one)."""
+    stored = vocabulary_file(db, name)
+    if stored is None:
+        return None
+    try:
+        return vocabulary_from_bytes(stored[1], f"{name}: vocabulary", expect_fingerprint=stored[0])
+    except ModelError as exc:
+        raise CatalogError(str(exc)) from exc
+
+
+def write_vocabulary(db: sqlite_utils.Database, vocabulary: Vocabulary, data: bytes | None = None) -> None:
+    """Make `vocabulary` (whose file bytes are `data`, if already at hand) the catalog's only one."""
+    db.execute("DELETE FROM vocabularies")
+    db.execute(
+        "INSERT INTO vocabularies (fingerprint, data) VALUES (?, ?)",
+        [vocabulary.fingerprint, data if data is not None else vocabulary.to_bytes()],
+    )
+    write_meta(db, "vocabulary_fingerprint", vocabulary.fingerprint)
 
 
 def delete_product(db: sqlite_utils.Database, product_id: str) -> None:

@@ -47,7 +47,14 @@ import sqlite_utils
 
 from shelfsight.catalog import records, references, replication
 from shelfsight.catalog.index import SearchHit, SearchIndex
-from shelfsight.catalog.references import PreparedReference, prepare_reference, reference_row, words_for
+from shelfsight.catalog.references import (
+    PreparedReference,
+    bundled_vocabulary,
+    prepare_reference,
+    reference_row,
+    words_for,
+    words_of,
+)
 from shelfsight.catalog.schema import (
     LOCAL_VERSION,
     PRODUCT_COLUMNS,
@@ -60,16 +67,18 @@ from shelfsight.catalog.schema import (
     query_all,
     query_one,
     read_meta,
+    read_vocabulary,
     schema_version,
     write_meta,
     write_product,
     write_reference,
+    write_vocabulary,
 )
 from shelfsight.catalog.word_index import WordIndex, decode_words
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.features import LocalFeatures, deserialise_features
-from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary, vocabulary_from_bytes
+from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -169,28 +178,14 @@ class Catalog:
         with self.reading():
             fingerprint = read_meta(self.db, "vocabulary_fingerprint")
             cached = self._vocabulary
-            if cached is not None and cached[0] == fingerprint:
-                return cached[1]
-            vocabulary = None
-            if fingerprint is not None:
-                row = query_one(self.db, "SELECT data FROM vocabularies WHERE fingerprint = ?", [fingerprint])
-                if row is None:
-                    raise CatalogError(f"{self.name}: vocabulary {fingerprint[:12]} is missing from the file")
-                vocabulary = vocabulary_from_bytes(
-                    row["data"], f"{self.name}: vocabulary", expect_fingerprint=fingerprint
-                )
-            self._vocabulary = (fingerprint, vocabulary)
-            return vocabulary
+            if cached is None or cached[0] != fingerprint:
+                cached = self._vocabulary = (fingerprint, read_vocabulary(self.db, self.name))
+            return cached[1]
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
         """Make `vocabulary` the catalog's; every reference's words are recomputed from its keypoints."""
-        data = vocabulary.to_bytes()
         with self.batch():
-            self.db.execute("DELETE FROM vocabularies")
-            self.db.execute(
-                "INSERT INTO vocabularies (fingerprint, data) VALUES (?, ?)", [vocabulary.fingerprint, data]
-            )
-            write_meta(self.db, "vocabulary_fingerprint", vocabulary.fingerprint)
+            write_vocabulary(self.db, vocabulary)
             rows = self.db.execute("SELECT id, keypoints FROM reference_images").fetchall()
             self.db.execute("DELETE FROM reference_words")
             for reference_id, keypoints in rows:
@@ -203,9 +198,7 @@ class Catalog:
         """The catalog's vocabulary, installing `default` (or the bundled one) if it has none yet."""
         vocabulary = self.vocabulary()
         if vocabulary is None:
-            from shelfsight.edge_app.assets import default_vocabulary_path
-
-            vocabulary = load_vocabulary(default or default_vocabulary_path())
+            vocabulary = load_vocabulary(default) if default is not None else bundled_vocabulary()
             self.set_vocabulary(vocabulary)
         return vocabulary
 
@@ -392,10 +385,11 @@ class Catalog:
         The embedding is L2-normalised and stored as int8 + scale. The first reference fixes
         the catalog's model fingerprint and embedding dim; later ones must match them.
         """
-        if keypoints is not None:
-            deserialise_features(keypoints, f"reference of {product_id}: keypoints")
-        vocabulary = self.ensure_vocabulary() if keypoints is not None and keypoints[:4] == b"ORB2" else None
-        words = words_for(keypoints, vocabulary or self.vocabulary(), f"reference of {product_id}")
+        features = (
+            deserialise_features(keypoints, f"reference of {product_id}: keypoints") if keypoints is not None else None
+        )
+        # The first version-2 reference brings the bundled vocabulary; version 1 has no words.
+        words = words_of(features, self.ensure_vocabulary()) if features is not None and features.version == 2 else None
         with self.batch():
             product = self._product_row(product_id)
             if product is None:
