@@ -359,7 +359,7 @@ class Recognizer(Generic[CatalogT]):
         return self._verify(_Query(roi, self.config), hits[: self.config.shortlist], timings)
 
     def _verify(
-        self, query: _Query, hits: list[Any], timings: dict[str, float], *, views: dict[str, list[str]] | None = None
+        self, query: _Query, hits: list[Any], timings: dict[str, float], *, first_view: dict[str, str] | None = None
     ) -> tuple[dict[str, int], int]:
         """Inliers per candidate product.
 
@@ -367,16 +367,16 @@ class Recognizer(Generic[CatalogT]):
         or more is unambiguous (measured on the sample set: no wrong product
         reaches it) and ends verification at a fifth of the cost. Otherwise
         pass j matches the j-th view of every candidate at once, until one of
-        them is verified. `views` lists, per product, the references to try in
-        order (default: the one the search found, then the product's others).
+        them is verified. A product's views are tried in the order `_views`
+        gives: `first_view[product]` if given (the reference the visual words
+        found), then the one the embedding search found, then its others.
         """
         t = time.perf_counter()
         cfg = self.config
         inliers = {h.product_id: 0 for h in hits}
         top = hits[0]
-        order = views or {}
-        first_id = (order.get(top.product_id) or [str(top.reference_id)])[0]
-        first = self._reference_features(top.product_id, first_id)
+        first_view = first_view or {}
+        first = self._reference_features(top.product_id, first_view.get(top.product_id, str(top.reference_id)))
         if first is not None:
             inliers[top.product_id] = count_inliers(
                 query.features(first.version), first, cfg.ratio, cfg.ransac_px, cfg.min_coverage
@@ -385,7 +385,7 @@ class Recognizer(Generic[CatalogT]):
             # Below the fast bar a pairwise count is not evidence: only matches that survive the
             # ratio test against the other candidates count.
             inliers[top.product_id] = 0
-            tried = {h.product_id: order.get(h.product_id) or self._views(h) for h in hits}
+            tried = {h.product_id: self._views(h, first_view.get(h.product_id)) for h in hits}
             for j in range(cfg.max_references):
                 if j > 0 and any(n >= cfg.min_inliers for n in inliers.values()):
                     break
@@ -403,11 +403,9 @@ class Recognizer(Generic[CatalogT]):
         timings["verification"] = (time.perf_counter() - t) * 1000
         return inliers, query.count()
 
-    def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, list[str]]]:
-        """The embedding's shortlist, then the word index's products it lacks; the references to try for each.
-
-        A product both sources found keeps its embedding rank and tries the reference the words
-        found first: that view shares the query's features.
+    def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, str]]:
+        """The embedding's shortlist, then the word index's products it lacks; and, for products both
+        found, the reference the words found, to try first: that view shares the query's features.
         """
         shortlist = [
             _Hit(str(h.product_id), float(h.score), str(h.reference_id)) for h in hits[: self.config.shortlist]
@@ -421,16 +419,13 @@ class Recognizer(Generic[CatalogT]):
             else:
                 known[product] = len(shortlist)
                 shortlist.append(_Hit(product, float(w.score), str(w.reference_id)))
-        views = {}
-        for hit in shortlist:
-            rest = [r for r in self._views(hit) if r != first_view.get(hit.product_id)]
-            views[hit.product_id] = ([first_view[hit.product_id]] if hit.product_id in first_view else []) + rest
-        return shortlist, views
+        return shortlist, first_view
 
-    def _views(self, hit: Any) -> list[str]:
-        """The product's reference ids, the one the search matched best first."""
-        others = [r for r in self._product_data(hit.product_id).get("references", []) if r != hit.reference_id]
-        return [str(hit.reference_id), *others]
+    def _views(self, hit: Any, first: str | None = None) -> list[str]:
+        """The product's reference ids: `first`, then the one the search matched best, then the others."""
+        lead = list(dict.fromkeys(r for r in (first, str(hit.reference_id)) if r is not None))
+        others = [r for r in self._product_data(hit.product_id).get("references", []) if r not in lead]
+        return [*lead, *others]
 
     def _rank(self, hits: list[Any], inliers: dict[str, int] | None) -> list[Candidate]:
         """Candidates best first. `inliers` is None when verification did not run."""
@@ -473,8 +468,8 @@ class Recognizer(Generic[CatalogT]):
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
             query = _Query(crop, self.config)
-            candidates, views = self._candidates(hits, self._local_shortlist(query, embedding, timings))
-            inliers, n_query = self._verify(query, candidates, timings, views=views)
+            candidates, first_view = self._candidates(hits, self._local_shortlist(query, embedding, timings))
+            inliers, n_query = self._verify(query, candidates, timings, first_view=first_view)
             listed = {c.product_id for c in candidates}
             hits = candidates + [h for h in hits if str(h.product_id) not in listed]
         t = time.perf_counter()
