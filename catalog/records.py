@@ -87,7 +87,7 @@ class Change:
     row: dict[str, Any] | None
 
 
-def _b64(text: str | None, what: str) -> bytes | None:
+def decode_base64(text: str | None, what: str) -> bytes | None:
     if text is None:
         return None
     try:
@@ -96,7 +96,7 @@ def _b64(text: str | None, what: str) -> bytes | None:
         raise CatalogError(f"{what}: bad base64 ({exc})") from exc
 
 
-def _enc(data: bytes | None) -> str | None:
+def encode_base64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
@@ -160,7 +160,7 @@ def product_record(row: dict[str, Any], op_version: int | None = None) -> dict[s
             "category": row["category"],
             "price": row["price"],
             "attributes": json.loads(row["attributes"]),
-            "thumbnail": _enc(row["thumbnail"]),
+            "thumbnail": encode_base64(row["thumbnail"]),
         },
     }
 
@@ -174,15 +174,15 @@ def reference_record(row: dict[str, Any], vocabulary: str | None = None) -> dict
         "product_id": row["product_id"],
         "reference_id": row["id"],
         "data": {
-            "embedding": _enc(row["embedding"]),
+            "embedding": encode_base64(row["embedding"]),
             "scale": float(row["scale"]),
             "dim": int(row["dim"]),
             "fingerprint": row["fingerprint"],
             "phash": row["phash"],
             "source": row["source"],
-            "keypoints": _enc(row["keypoints"]),
-            "image_jpeg": _enc(row["image_jpeg"]),
-            "words": _enc(words) if words else None,
+            "keypoints": encode_base64(row["keypoints"]),
+            "image_jpeg": encode_base64(row["image_jpeg"]),
+            "words": encode_base64(words) if words else None,
             "vocabulary": vocabulary if words else None,
         },
     }
@@ -204,27 +204,27 @@ def _product_row(record: ChangeRecord, what: str) -> dict[str, Any]:
         "category": data.category,
         "price": data.price,
         "attributes": json.dumps(check_attributes(data.attributes, f"{what} attributes"), sort_keys=True),
-        "thumbnail": _b64(data.thumbnail, f"{what} thumbnail"),
+        "thumbnail": decode_base64(data.thumbnail, f"{what} thumbnail"),
         "version": record.version,
     }
 
 
 def _reference_row(record: ChangeRecord, what: str) -> dict[str, Any]:
     data = ReferenceData.model_validate(record.data)
-    embedding = _b64(data.embedding, f"{what} embedding")
+    embedding = decode_base64(data.embedding, f"{what} embedding")
     assert embedding is not None
     if len(embedding) != data.dim:
         raise CatalogError(f"{what}: embedding has {len(embedding)} values but dim says {data.dim}")
     if not _PHASH.match(data.phash):
         raise CatalogError(f"{what}: phash must be 16 lowercase hex digits")
-    keypoints = _b64(data.keypoints, f"{what} keypoints")
+    keypoints = decode_base64(data.keypoints, f"{what} keypoints")
     features = deserialise_features(keypoints, f"{what} keypoints") if keypoints is not None else None
-    words = _b64(data.words, f"{what} words")
+    words = decode_base64(data.words, f"{what} words")
     if words is not None:
         if data.vocabulary is None or features is None or features.version != 2:
             raise CatalogError(f"{what}: words need version-2 keypoints and the vocabulary they come from")
         decode_words(words, MAX_WORDS, f"{what} words")
-    image = _b64(data.image_jpeg, f"{what} image_jpeg")
+    image = decode_base64(data.image_jpeg, f"{what} image_jpeg")
     if image is not None and not image.startswith(b"\xff\xd8"):
         raise CatalogError(f"{what}: image_jpeg is not a JPEG")
     return {

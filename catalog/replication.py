@@ -15,8 +15,6 @@ one-line delegations that sync code and tests call, without an import cycle.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from contextlib import AbstractContextManager
@@ -148,7 +146,7 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         stored = vocabulary_file(db, catalog.name)
         vocabulary_fingerprint = None if stored is None else stored[0]
-        vocabulary = None if stored is None else base64.b64encode(stored[1]).decode("ascii")
+        vocabulary = None if stored is None else records.encode_base64(stored[1])
     return {
         "format": SNAPSHOT_FORMAT,
         "schema_version": RECORD_SCHEMA,
@@ -239,10 +237,8 @@ def _snapshot_vocabulary(encoded: Any) -> tuple[Vocabulary, bytes] | None:
         return None
     if not isinstance(encoded, str):
         raise CatalogError("snapshot: vocabulary must be base64 text or null")
-    try:
-        data = base64.b64decode(encoded.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-        raise CatalogError(f"snapshot: vocabulary is not base64 ({exc})") from exc
+    data = records.decode_base64(encoded, "snapshot vocabulary")
+    assert data is not None
     try:
         return vocabulary_from_bytes(data, "snapshot vocabulary"), data
     except ModelError as exc:
