@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import iconic_catalog  # noqa: E402
 from benchinfo import write_report  # noqa: E402
-from warped_queries import grozi_set, iconic_set  # noqa: E402
+from warped_queries import grozi_set, iconic_set, link  # noqa: E402
 
 from shelfsight.edge_app.core.images import iter_image_files  # noqa: E402
 from shelfsight.edge_app.core.labels import scan_folder  # noqa: E402
@@ -66,31 +66,23 @@ def subsample(folder: Path, out: Path, per_product: int) -> Path:
         by_product.setdefault(path.parent, []).append(path)
     for parent, paths in by_product.items():
         for path in sorted(paths)[:per_product]:
-            target = out / parent.relative_to(folder) / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
+            link(path, out / parent.relative_to(folder) / path.name)
     return out
 
 
 def packaged_queries(val: Path, out: Path) -> Path:
     """The val photos under Packages/ only (the printed products), keyed like the iconic catalog."""
     for path in iter_image_files(val / "Packages"):
-        target = out / "Packages" / path.relative_to(val / "Packages")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path.resolve())
+        link(path, out / "Packages" / path.relative_to(val / "Packages"))
     return out
 
 
 def with_distractors(catalog: Path, pool: list[Path], out: Path) -> Path:
     """`catalog` plus one product per image of `pool` (ids `zz-distractor/NNNNN`), as symlinks."""
     for path in iter_image_files(catalog):
-        target = out / path.relative_to(catalog)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path.resolve())
+        link(path, out / path.relative_to(catalog))
     for i, path in enumerate(pool):
-        target = out / "zz-distractor" / f"{i:05d}" / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path.resolve())
+        link(path, out / "zz-distractor" / f"{i:05d}" / path.name)
     return out
 
 
@@ -218,11 +210,8 @@ def main() -> int:
         settings["packages_iconic"] = (iconic, packaged_queries(val, tmp / "packages"))
         if "iconic_warped_clean" in wanted:
             # Backgrounds from fruit and vegetable photos, no catalog image: the set to calibrate on.
-            clean = tmp / "clutter"
-            for group in ("Fruit", "Vegetables"):
-                for path in iter_image_files(args.grocery / "val" / group):
-                    (clean / path.name).parent.mkdir(parents=True, exist_ok=True)
-                    (clean / path.name).symlink_to(path.resolve())
+            photos = [p for group in ("Fruit", "Vegetables") for p in iter_image_files(args.grocery / "val" / group)]
+            clean = sorted(photos, key=lambda p: p.name)
             queries = iconic_set(iconic, tmp / "iconic_warped_clean", seed=args.seed, clutter_from=clean)
             settings["iconic_warped_clean"] = (iconic, queries)
         if any(name.endswith("_5k") for name in wanted):

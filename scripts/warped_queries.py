@@ -84,7 +84,8 @@ def _save(rgb: np.ndarray, path: Path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def _link(src: Path, dst: Path) -> None:
+def link(src: Path, dst: Path) -> None:
+    """`dst` becomes a symlink to `src` (its folders made): sets are ImageFolder trees of links."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.symlink_to(src.resolve())
 
@@ -114,7 +115,7 @@ def grozi_set(
     for name, paths in per_product.items():
         catalog = set(sorted(paths, key=_largest_first)[:n_catalog])
         for path in sorted(catalog):
-            _link(path, out / "catalog" / name / path.name)
+            link(path, out / "catalog" / name / path.name)
         for path in [p for p in paths if p not in catalog][:max_queries]:
             background = clutter(rng, pool, params.out_size)
             _save(
@@ -131,11 +132,11 @@ def iconic_set(
     per_product: int = 3,
     seed: int = 0,
     params: WarpParams = WarpParams(),
-    clutter_from: Path | None = None,
+    clutter_from: Sequence[Path] | None = None,
 ) -> Path:
     """Warped and relit renderings of each iconic image (ImageFolder `catalog`) as queries.
 
-    `clutter_from`: a folder whose images make the backgrounds. Without it they come from the
+    `clutter_from`: images to make the backgrounds from, in a fixed order (the draw is seeded). Without it they come from the
     catalog itself, so a query's background can hold an unwarped piece of another catalog
     product, which local features then match (up to 183 inliers measured): fine for closed-set
     recall, wrong for "not in catalog" calibration, where it makes a held-out product's query
@@ -143,7 +144,7 @@ def iconic_set(
     """
     rng = np.random.default_rng(seed)
     images = sorted(p for p in iter_image_files(catalog) if p.parent != catalog)
-    pool = _pool(rng, sorted(iter_image_files(clutter_from)) if clutter_from is not None else images)
+    pool = _pool(rng, list(clutter_from) if clutter_from is not None else images)
     for path in images:
         product = path.parent.relative_to(catalog)
         rgb = load_rgb(path)
