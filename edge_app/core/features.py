@@ -116,8 +116,8 @@ def compute_keypoints(rgb: np.ndarray, n_features: int = LEGACY_FEATURES) -> tup
     return _orb(cv2.cvtColor(square, cv2.COLOR_RGB2GRAY), n_features)
 
 
-def serialise_keypoints(points: np.ndarray, descriptors: np.ndarray) -> bytes:
-    """Pack keypoints into bytes (see the module docstring for the layout)."""
+def _body(points: np.ndarray, descriptors: np.ndarray) -> tuple[int, bytes]:
+    """(K, the coordinates and descriptors as stored), checked: what both layouts share after their header."""
     points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     descriptors = np.asarray(descriptors, dtype=np.uint8)
     if descriptors.shape != (len(points), DESCRIPTOR_BYTES):
@@ -125,7 +125,25 @@ def serialise_keypoints(points: np.ndarray, descriptors: np.ndarray) -> bytes:
     if len(points) > MAX_KEYPOINTS:
         raise CatalogError(f"keypoints: {len(points)} exceeds the limit of {MAX_KEYPOINTS}")
     fixed = np.clip(np.round(points * _SUBPIXEL), 0, 65535).astype("<u2")
-    return _HEADER.pack(_MAGIC, len(points), WORK_SIZE) + fixed.tobytes() + descriptors.tobytes()
+    return len(points), fixed.tobytes() + descriptors.tobytes()
+
+
+def _check_size(data: bytes, header_size: int, count: int, name: str) -> None:
+    expected = header_size + count * (4 + DESCRIPTOR_BYTES)
+    if count > MAX_KEYPOINTS or len(data) != expected:
+        raise CatalogError(f"{name}: keypoint data has {len(data)} bytes, expected {expected} for {count} keypoints")
+
+
+def _read_body(data: bytes, offset: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    fixed = np.frombuffer(data, dtype="<u2", count=count * 2, offset=offset).reshape(count, 2)
+    descriptors = np.frombuffer(data, dtype=np.uint8, count=count * DESCRIPTOR_BYTES, offset=offset + count * 4)
+    return fixed.astype(np.float32) / _SUBPIXEL, descriptors.reshape(count, DESCRIPTOR_BYTES).copy()
+
+
+def serialise_keypoints(points: np.ndarray, descriptors: np.ndarray) -> bytes:
+    """Pack keypoints into bytes (see the module docstring for the layout)."""
+    count, body = _body(points, descriptors)
+    return _HEADER.pack(_MAGIC, count, WORK_SIZE) + body
 
 
 def deserialise_keypoints(data: bytes, name: str = "keypoints") -> tuple[np.ndarray, np.ndarray]:
@@ -137,31 +155,23 @@ def deserialise_keypoints(data: bytes, name: str = "keypoints") -> tuple[np.ndar
         raise CatalogError(f"{name}: not keypoint data (bad magic {magic!r})")
     if work_size != WORK_SIZE:
         raise CatalogError(f"{name}: keypoints computed at {work_size}px, this version uses {WORK_SIZE}px")
-    expected = _HEADER.size + count * (4 + DESCRIPTOR_BYTES)
-    if count > MAX_KEYPOINTS or len(data) != expected:
-        raise CatalogError(f"{name}: keypoint data has {len(data)} bytes, expected {expected} for {count} keypoints")
-    offset = _HEADER.size
-    fixed = np.frombuffer(data, dtype="<u2", count=count * 2, offset=offset).reshape(count, 2)
-    descriptors = np.frombuffer(data, dtype=np.uint8, count=count * DESCRIPTOR_BYTES, offset=offset + count * 4)
-    points = fixed.astype(np.float32) / _SUBPIXEL
-    return points, descriptors.reshape(count, DESCRIPTOR_BYTES).copy()
+    _check_size(data, _HEADER.size, count, name)
+    return _read_body(data, _HEADER.size, count)
+
+
+def _check_frame(width: int, height: int, name: str) -> None:
+    if not (1 <= width <= MAX_FRAME_SIDE and 1 <= height <= MAX_FRAME_SIDE):
+        raise CatalogError(f"{name}: work frame {width}x{height} outside 1..{MAX_FRAME_SIDE}")
 
 
 def serialise_features(features: LocalFeatures) -> bytes:
     """Pack either version (version 1 through `serialise_keypoints`, the layout older releases read)."""
     if features.version == 1:
         return serialise_keypoints(features.points, features.descriptors)
-    points = np.asarray(features.points, dtype=np.float32).reshape(-1, 2)
-    descriptors = np.asarray(features.descriptors, dtype=np.uint8)
+    count, body = _body(features.points, features.descriptors)
     width, height = features.frame
-    if descriptors.shape != (len(points), DESCRIPTOR_BYTES):
-        raise CatalogError(f"keypoints: {len(points)} points but descriptors of shape {descriptors.shape}")
-    if len(points) > MAX_KEYPOINTS:
-        raise CatalogError(f"keypoints: {len(points)} exceeds the limit of {MAX_KEYPOINTS}")
-    if not (1 <= width <= MAX_FRAME_SIDE and 1 <= height <= MAX_FRAME_SIDE):
-        raise CatalogError(f"keypoints: work frame {width}x{height} outside 1..{MAX_FRAME_SIDE}")
-    fixed = np.clip(np.round(points * _SUBPIXEL), 0, 65535).astype("<u2")
-    return _HEADER_V2.pack(_MAGIC_V2, len(points), width, height) + fixed.tobytes() + descriptors.tobytes()
+    _check_frame(width, height, "keypoints")
+    return _HEADER_V2.pack(_MAGIC_V2, count, width, height) + body
 
 
 def deserialise_features(data: bytes, name: str = "keypoints") -> LocalFeatures:
@@ -172,15 +182,9 @@ def deserialise_features(data: bytes, name: str = "keypoints") -> LocalFeatures:
     if len(data) < _HEADER_V2.size:
         raise CatalogError(f"{name}: truncated keypoint data ({len(data)} bytes)")
     _, count, width, height = _HEADER_V2.unpack_from(data)
-    expected = _HEADER_V2.size + count * (4 + DESCRIPTOR_BYTES)
-    if count > MAX_KEYPOINTS or len(data) != expected:
-        raise CatalogError(f"{name}: keypoint data has {len(data)} bytes, expected {expected} for {count} keypoints")
-    if not (1 <= width <= MAX_FRAME_SIDE and 1 <= height <= MAX_FRAME_SIDE):
-        raise CatalogError(f"{name}: work frame {width}x{height} outside 1..{MAX_FRAME_SIDE}")
-    offset = _HEADER_V2.size
-    fixed = np.frombuffer(data, dtype="<u2", count=count * 2, offset=offset).reshape(count, 2)
-    descriptors = np.frombuffer(data, dtype=np.uint8, count=count * DESCRIPTOR_BYTES, offset=offset + count * 4)
-    points = fixed.astype(np.float32) / _SUBPIXEL
+    _check_size(data, _HEADER_V2.size, count, name)
+    _check_frame(width, height, name)
+    points, descriptors = _read_body(data, _HEADER_V2.size, count)
     if count and (points[:, 0].max() > width or points[:, 1].max() > height):
         raise CatalogError(f"{name}: keypoints outside their {width}x{height} work frame")
-    return LocalFeatures(points, descriptors.reshape(count, DESCRIPTOR_BYTES).copy(), (width, height), 2)
+    return LocalFeatures(points, descriptors, (width, height), 2)

@@ -42,11 +42,16 @@ MAX_WORDS = 2**16  # word ids are stored as uint16
 MAX_FILE_BYTES = 64 * 2**20  # a 16 x 4 tree of 32-byte centres is ~2.3 MB; anything far larger is not ours
 
 
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between broadcastable (..., B) uint8 arrays (over 64-bit words when B allows)."""
+    if a.shape[-1] % 8 == 0:
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return np.bitwise_count(a ^ b).sum(axis=-1, dtype=np.int32)
+
+
 def _hamming_to(descriptors: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """(N, B) uint8 x (K, B) uint8 -> (N, K) Hamming distances."""
-    a = descriptors.view(np.uint64) if descriptors.shape[1] % 8 == 0 else descriptors
-    b = centres.view(np.uint64) if centres.shape[1] % 8 == 0 else centres
-    return np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
+    return _hamming(descriptors[:, None, :], centres[None, :, :])
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,7 @@ class Vocabulary:
         k = self.branching
         for level in range(1, self.depth + 1):
             children = self.centres[level_start + node[:, None] * k + np.arange(k)]  # (N, k, B)
-            a = descriptors.view(np.uint64) if self.descriptor_bytes % 8 == 0 else descriptors
-            b = children.view(np.uint64) if self.descriptor_bytes % 8 == 0 else children
-            distances = np.bitwise_count(a[:, None, :] ^ b).sum(axis=2, dtype=np.int32)
-            node = node * k + np.argmin(distances, axis=1)
+            node = node * k + np.argmin(_hamming(descriptors[:, None, :], children), axis=1)
             level_start += k**level
         return node.astype(np.uint16)
 
