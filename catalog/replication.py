@@ -15,6 +15,7 @@ one-line delegations that sync code and tests call, without an import cycle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from contextlib import AbstractContextManager
@@ -158,6 +159,36 @@ def export_snapshot(catalog: Replica) -> dict[str, Any]:
         "records": [records.product_record(r) for r in products]
         + [records.reference_record(r, vocabulary_fingerprint) for r in references],
     }
+
+
+def content_digest(catalog: Replica) -> tuple[int, str]:
+    """(version, SHA-256 hex) of the synced rows' content as records, read in one consistent read.
+
+    Every field a product or reference record carries is covered, so a row edited in place (same
+    id, same row version) changes the digest. Left out: local rows (a store's own teaching) and a
+    reference's visual words, which a kiosk computes itself when HQ's record has none (they follow
+    from its keypoints, which are covered). Records, not raw columns, are hashed: that is the form
+    both sides agree on exactly (a kiosk's rows are written from HQ's records).
+    """
+    digest = hashlib.sha256()
+
+    def add(record: dict[str, Any]) -> None:
+        record["data"].pop("words", None)
+        record["data"].pop("vocabulary", None)
+        digest.update(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\n")
+
+    with catalog.reading() as db:
+        version = int(read_meta(db, "version", 0))
+        for table, columns, where, to_record in (
+            ("products", f"{PRODUCT_COLUMNS}, thumbnail", SYNCED_PRODUCTS, records.product_record),
+            ("reference_images", REFERENCE_COLUMNS, "local = 0", records.reference_record),
+        ):
+            cursor = db.execute(f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id")
+            names = [c[0] for c in cursor.description]
+            for row in cursor:
+                add(to_record(dict(zip(names, row))))
+    return version, digest.hexdigest()
 
 
 # ---- validating what arrives ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Callable, get_args
 import click
 from pydantic import ValidationError
 
+from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES, largest_payload
 from shelfsight.catalog.sync.topics import DEFAULT_FLEET, DEFAULT_PREFIX
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
@@ -97,11 +98,34 @@ def keygen_command(out_dir: str, force: bool) -> None:
     click.echo(f"public key:  {public} (copy to every kiosk: sync.public_key)")
 
 
-def _publisher(db: str, key: str, model: str | None, chunk_kb: int, bus: Any, topics: Any) -> Any:
+def _publisher(
+    db: str,
+    key: str,
+    model: str | None,
+    chunk_kb: int,
+    content_digest: bool,
+    bus: Any,
+    config: BrokerConfig,
+    topics: Any,
+) -> Any:
     from shelfsight.catalog.hq.publisher import HqPublisher
     from shelfsight.catalog.sync.envelope import load_signer
 
-    return HqPublisher(db, load_signer(key), bus, topics, model=model, chunk_bytes=chunk_kb * 1024)
+    # The fleet's packet limit (kiosks receive as much as HQ does): chunks over it are refused here.
+    return HqPublisher(
+        db,
+        load_signer(key),
+        bus,
+        topics,
+        model=model,
+        chunk_bytes=chunk_kb * 1024,
+        max_packet_bytes=config.max_packet_bytes,
+        content_digest=content_digest,
+    )
+
+
+# The largest chunk that fits the default packet limit with its overhead (catalog/sync/limits.py).
+MAX_CHUNK_KB = largest_payload(MAX_PACKET_BYTES) // 1024
 
 
 publish_options = [
@@ -115,7 +139,17 @@ publish_options = [
         help="Roll out this .tflite (with sidecar) with the catalog.",
     ),
     click.option(
-        "--chunk-kb", type=click.IntRange(1, 65536), default=192, show_default=True, help="Snapshot chunk size."
+        "--chunk-kb",
+        type=click.IntRange(1, MAX_CHUNK_KB),
+        default=192,
+        show_default=True,
+        help="Snapshot chunk size; must fit the fleet's packet limit with its overhead.",
+    ),
+    click.option(
+        "--content-digest/--no-content-digest",
+        default=True,
+        show_default=True,
+        help="Put the content digest in the manifest; --no-content-digest while kiosks older than it remain.",
     ),
 ]
 
@@ -130,7 +164,7 @@ def _with_publish_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_with_publish_options
 @broker_options
 @domain_errors
-def publish_command(db: str, key: str, model: str | None, chunk_kb: int, **kwargs: Any) -> None:
+def publish_command(db: str, key: str, model: str | None, chunk_kb: int, content_digest: bool, **kwargs: Any) -> None:
     """Publish the master catalog's current version once (delta, snapshot, release, manifest).
 
     \b
@@ -142,7 +176,7 @@ def publish_command(db: str, key: str, model: str | None, chunk_kb: int, **kwarg
     config, topics = _broker(kwargs)
     with open_bus(config, client_id="hq-publish", on_message=lambda m: None, persistent=False) as bus:
         bus.connect()
-        manifest = _publisher(db, key, model, chunk_kb, bus, topics).publish(force=True)
+        manifest = _publisher(db, key, model, chunk_kb, content_digest, bus, config, topics).publish(force=True)
     assert manifest is not None
     click.echo(
         f"published v{manifest.version} to {topics.root}: snapshot {manifest.snapshot.size} bytes in "
@@ -164,6 +198,7 @@ def serve_command(
     key: str,
     model: str | None,
     chunk_kb: int,
+    content_digest: bool,
     inbox: str | None,
     poll: float,
     share_group: str | None,
@@ -190,10 +225,12 @@ def serve_command(
         on_connect=server.on_connect,
     )
     try:
+        # Before connecting: a chunk size the fleet cannot receive is an error, not a stalled fleet.
+        publisher = _publisher(db, key, model, chunk_kb, content_digest, bus, config, topics)
         with stop_on_signals(server.stop_event):
             bus.connect()
             click.echo(f"serving {topics.root} (Ctrl-C to stop)")
-            server.run(_publisher(db, key, model, chunk_kb, bus, topics), bus)
+            server.run(publisher, bus)
     finally:
         bus.close()
         if box is not None:
@@ -231,6 +268,29 @@ def status_command(wait_s: float, db: str | None, as_json: bool, **kwargs: Any) 
         click.echo(f"{len(statuses)} kiosks" + (f", master at v{target}" if target is not None else ""))
     for problem in problems:
         click.echo(f"unreadable status: {problem}", err=True)
+
+
+@hq_group.command("acl")
+@click.argument("kiosks", nargs=-1, required=True)
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix.")
+@click.option("--hq-user", default="hq", show_default=True, help="HQ's broker username.")
+@domain_errors
+def acl_command(kiosks: tuple[str, ...], prefix: str, hq_user: str) -> None:
+    """Print the broker's ACL file for KIOSKS, each given as FLEET/KIOSK-ID (bound to that fleet).
+
+    \b
+    Example:
+      shelfsight hq acl north/kiosk-0042 north/kiosk-0043 south/kiosk-0101 > /etc/mosquitto/shelfsight.acl
+    """
+    from shelfsight.catalog.hq.acl import render_acl
+
+    fleets: dict[str, list[str]] = {}
+    for item in kiosks:
+        fleet, slash, kiosk_id = item.partition("/")
+        if not slash:
+            raise ConfigError(f"{item!r}: give each kiosk as FLEET/KIOSK-ID")
+        fleets.setdefault(fleet, []).append(kiosk_id)
+    click.echo(render_acl(prefix, fleets, hq_user=hq_user), nl=False)
 
 
 inbox_option = click.option(

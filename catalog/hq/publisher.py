@@ -11,7 +11,9 @@ One `publish()`:
 HQ's own bookkeeping (last published version, sequence number) lives in a
 sidecar `<master>.sync.json`, not in the catalog, so it never travels in a
 snapshot. `serve()` repeats this whenever the master changes and answers
-kiosks' resync requests.
+kiosks' resync requests: on the requester's own `reply/<kiosk-id>/` topics,
+duplicate chunk indices collapsed, within a per-kiosk budget (`ResyncLimits`),
+so no request makes HQ send more than a bounded amount, and to one kiosk only.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from shelfsight.catalog.sync.codec import (
     encode_delta,
     encode_release,
 )
-from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.catalog.sync.digest import content_digest, row_digest
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer
+from shelfsight.catalog.sync.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_PACKET_BYTES, check_payload_limit
 from shelfsight.catalog.sync.messages import (
     MAX_ENROLL_BYTES,
     MAX_STATUS_BYTES,
@@ -58,7 +61,31 @@ from shelfsight.edge_app.core.spec import load_spec
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 192 * 1024
-_RESYNC_ANSWER_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class ResyncLimits:
+    """What one kiosk may make HQ send in answers to its resync requests, per `window_s`.
+
+    A kiosk legitimately needs a missing delta or some chunks of one blob; the defaults leave room
+    for a whole 100k-product snapshot (17.5 MB) per window, and nothing a kiosk asks for goes to
+    any other kiosk.
+    """
+
+    window_s: float = 60.0
+    requests: int = 30
+    bytes: int = 32 * 1024 * 1024
+    # Chunks resent per request (after duplicates are collapsed); the kiosk asks again for the rest.
+    chunks_per_answer: int = 64
+
+
+@dataclass
+class _Allowance:
+    """One kiosk's use of its `ResyncLimits` in the current window."""
+
+    since: float
+    requests: int = 0
+    bytes: int = 0
 
 
 class PublishedState(BaseModel):
@@ -88,8 +115,19 @@ class HqPublisher:
         *,
         model: str | Path | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        max_message_bytes: int = 256 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_packet_bytes: int = MAX_PACKET_BYTES,
+        resync_limits: ResyncLimits = ResyncLimits(),
+        content_digest: bool = True,
     ) -> None:
+        """`max_packet_bytes` is the fleet's packet limit (every kiosk receives that much, `BrokerConfig`).
+
+        `content_digest` False publishes only the row digest, for a fleet that still has kiosks older
+        than the content digest (they refuse a manifest with a field they do not know).
+        """
+        # Refused before anything is published: chunks or deltas over the limit would never reach a kiosk.
+        check_payload_limit(chunk_bytes, max_packet_bytes, "chunk size")
+        check_payload_limit(max_message_bytes, max_packet_bytes, "message limit")
         self.master = Path(master)
         if not self.master.is_file():
             raise CatalogError(f"{self.master}: no such master catalog")
@@ -99,9 +137,14 @@ class HqPublisher:
         self.topics = topics
         self.chunk_bytes = chunk_bytes
         self.max_message_bytes = max_message_bytes
+        self.max_packet_bytes = max_packet_bytes
+        self.resync_limits = resync_limits
+        self.content_digest = content_digest
         self.state_path = self.master.with_name(self.master.name + ".sync.json")
         self._blobs: dict[str, _Blob] = {}
-        self._answered: dict[int, float] = {}
+        self._allowances: dict[str, _Allowance] = {}
+        # Delta envelopes by base version, for the master version they lead to: one computation serves many kiosks.
+        self._deltas: tuple[int, dict[int, bytes | None]] = (-1, {})
 
     # -- state -------------------------------------------------------------------
     def load_state(self) -> PublishedState | None:
@@ -127,8 +170,9 @@ class HqPublisher:
             if not force and state is not None and state.version == version and state.model_fingerprint == fingerprint:
                 return None
             exported = catalog.export_snapshot()
-            digest_version, digest = content_digest(catalog)
-            if exported["version"] != version or digest_version != version:
+            digest_version, digest = row_digest(catalog)
+            content_version, content = content_digest(catalog) if self.content_digest else (version, None)
+            if exported["version"] != version or digest_version != version or content_version != version:
                 log.info("master changed while publishing v%d; publishing again next round", version)
                 return None
             delta_sent = False
@@ -150,10 +194,13 @@ class HqPublisher:
             release=release,
             delta_floor=floor,
             digest=digest,
+            content_digest=content,
         )
         seq = self._next_seq(state)
+        # Fields left unset are left out, so kiosks of earlier releases (which refuse unknown keys) can read it.
         envelope = self._signer.seal(
-            EnvelopeHeader(kind="manifest", fleet=self.topics.fleet, seq=seq), manifest.model_dump_json().encode()
+            EnvelopeHeader(kind="manifest", fleet=self.topics.fleet, seq=seq),
+            manifest.model_dump_json(exclude_none=True).encode(),
         )
         self._bus.publish(self.topics.manifest, envelope, retain=True)
         new_state = PublishedState(
@@ -212,16 +259,11 @@ class HqPublisher:
             model_fingerprint=fingerprint,
             chunk_size=self.chunk_bytes,  # type: ignore[arg-type]
         )
-        manifest.check_fits(self._bus.max_packet_bytes)
+        manifest.check_fits(self._bus.max_packet_bytes, self.max_packet_bytes)
         self._blobs[manifest.blob_id] = _Blob(manifest, pieces)
-        self._send_chunks(manifest.blob_id, range(len(pieces)))
+        for index, piece in enumerate(pieces):
+            self._bus.publish(self.topics.blob_chunk(manifest.blob_id, index), piece, retain=True)
         return manifest
-
-    def _send_chunks(self, blob_id: str, indexes: Any) -> None:
-        blob = self._blobs[blob_id]
-        for index in indexes:
-            if 0 <= index < len(blob.pieces):
-                self._bus.publish(self.topics.blob_chunk(blob_id, index), blob.pieces[index], retain=True)
 
     def _release(
         self, state: PublishedState | None, version: int, fingerprint: str, snapshot_blob: bytes
@@ -253,26 +295,71 @@ class HqPublisher:
             keep = keep | {manifest.blob_id}
 
     # -- answering kiosks ----------------------------------------------------------
-    def answer(self, request: ResyncRequest) -> None:
+    def answer(self, request: ResyncRequest) -> int:
+        """Answer one kiosk's resync request on its own reply topics; returns the payload bytes sent.
+
+        Within the kiosk's `ResyncLimits`: a request over its window's count or bytes gets nothing (the
+        kiosk asks again later, and converges from the retained snapshot meanwhile).
+        """
+        allowance = self._allowance(request.kiosk_id)
+        limits = self.resync_limits
+        if allowance.requests >= limits.requests:
+            log.info(
+                "resync from %s: over %d requests in %.0fs, ignored", request.kiosk_id, limits.requests, limits.window_s
+            )
+            return 0
+        allowance.requests += 1
         if request.blob_id is not None:
-            if request.blob_id in self._blobs:
-                log.info("resending %d chunks of %s to %s", len(request.chunks), request.blob_id, request.kiosk_id)
-                self._send_chunks(request.blob_id, request.chunks)
-            return
+            blob = self._blobs.get(request.blob_id)
+            if blob is None:
+                return 0
+            # Each index once, in range, at most chunks_per_answer of them, within the byte budget.
+            wanted = sorted({i for i in request.chunks if 0 <= i < len(blob.pieces)})[: limits.chunks_per_answer]
+            sent = 0
+            for index in wanted:
+                piece = blob.pieces[index]
+                if allowance.bytes + len(piece) > limits.bytes:
+                    log.info("resync from %s: byte budget spent, %d chunks not resent", request.kiosk_id, len(wanted))
+                    break
+                self._bus.publish(self.topics.reply_chunk(request.kiosk_id, request.blob_id, index), piece)
+                allowance.bytes += len(piece)
+                sent += len(piece)
+            log.info("resent %d bytes of %s to %s", sent, request.blob_id, request.kiosk_id)
+            return sent
         if request.from_version is None:
-            return
+            return 0
+        envelope = self._delta_from(request.from_version)
+        if envelope is None or allowance.bytes + len(envelope) > limits.bytes:
+            return 0
+        self._bus.publish(self.topics.reply_delta(request.kiosk_id), envelope)
+        allowance.bytes += len(envelope)
+        return len(envelope)
+
+    def _allowance(self, kiosk_id: str) -> _Allowance:
         now = time.monotonic()
-        # Many kiosks at the same version ask at once after an outage; one answer serves them all.
-        if now - self._answered.get(request.from_version, 0.0) < _RESYNC_ANSWER_EVERY_S:
-            return
-        self._answered[request.from_version] = now
+        allowance = self._allowances.get(kiosk_id)
+        if allowance is None or now - allowance.since >= self.resync_limits.window_s:
+            if len(self._allowances) > 10_000:  # forget kiosks whose window is over
+                self._allowances = {
+                    k: a for k, a in self._allowances.items() if now - a.since < self.resync_limits.window_s
+                }
+            allowance = self._allowances[kiosk_id] = _Allowance(since=now)
+        return allowance
+
+    def _delta_from(self, base: int) -> bytes | None:
+        """The signed delta from `base` to the master's current version (cached per version), or None."""
         with Catalog(self.master, create=False) as catalog:
             version = catalog.version
-            if request.from_version >= version:
-                return
-            envelope = self._delta_envelope(catalog, request.from_version, version)
-        if envelope is not None:
-            self._bus.publish(self.topics.delta, envelope)
+            if base >= version:
+                return None
+            if self._deltas[0] != version:
+                self._deltas = (version, {})
+            cache = self._deltas[1]
+            if base not in cache:
+                if len(cache) >= 256:
+                    cache.clear()
+                cache[base] = self._delta_envelope(catalog, base, version)
+            return cache[base]
 
 
 EnrollmentSink = Callable[[Enrollment], object]

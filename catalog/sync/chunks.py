@@ -14,10 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shelfsight.catalog.sync.limits import PACKET_OVERHEAD
 from shelfsight.edge_app.core.errors import SyncError
 
-# Topic name + MQTT fixed/variable header + properties, rounded up generously.
-PACKET_OVERHEAD = 512
 _HEX64 = r"^[0-9a-f]{64}$"
 
 
@@ -52,13 +51,14 @@ class BlobManifest(BaseModel):
             return self.size - index * self.chunk_size
         return self.chunk_size
 
-    def check_fits(self, max_packet_bytes: int | None) -> None:
-        """Raise if the broker cannot carry these chunks (they would never arrive)."""
-        if max_packet_bytes is not None and self.chunk_size + PACKET_OVERHEAD > max_packet_bytes:
-            raise SyncError(
-                f"{self.kind} v{self.version}: chunks of {self.chunk_size} bytes do not fit the broker's "
-                f"maximum packet size of {max_packet_bytes} bytes; republish with a smaller chunk size"
-            )
+    def check_fits(self, broker_limit: int | None, receive_limit: int | None = None) -> None:
+        """Raise if the broker or this client cannot carry these chunks (they would never arrive)."""
+        for limit, whose in ((receive_limit, "this client's receive limit"), (broker_limit, "the broker's limit")):
+            if limit is not None and self.chunk_size + PACKET_OVERHEAD > limit:
+                raise SyncError(
+                    f"{self.kind} v{self.version}: chunks of {self.chunk_size} bytes do not fit {whose} of "
+                    f"{limit} bytes per packet; HQ must republish with a smaller chunk size"
+                )
 
 
 def split(

@@ -41,8 +41,11 @@ class LatestManifest(BaseModel):
     release: BlobManifest | None = None
     # Oldest base version from which HQ still publishes deltas; older kiosks go straight to the snapshot.
     delta_floor: int = Field(ge=0)
-    # `catalog.sync.digest.content_digest` of the master at `version`: same version must mean same rows.
+    # `catalog.sync.digest.row_digest` of the master at `version` (ids and row versions; what older kiosks check).
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # `catalog.sync.digest.content_digest` at `version`: same version must mean same content. Left out of the
+    # JSON when None (HQ's `content_digest=False`), so kiosks that predate it can still read the manifest.
+    content_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 def validation_problems(exc: ValidationError) -> str:

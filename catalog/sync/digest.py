@@ -1,19 +1,29 @@
-"""A cheap fingerprint of a catalog's synced content, so a kiosk can prove it holds exactly HQ's version.
+"""Fingerprints of a catalog's synced content, so a kiosk can prove it holds exactly HQ's version.
 
 The same version number must mean the same rows. If a kiosk's catalog was
-changed behind sync's back (a versioned local edit, a restored backup), its
-version can match HQ's while its content does not; comparing this digest with
-the one in HQ's manifest turns that silent divergence into a snapshot fetch.
+changed behind sync's back (a versioned local edit, a row edited in place, a
+restored backup), its version can match HQ's while its content does not;
+comparing a digest with the one in HQ's manifest turns that silent divergence
+into a snapshot fetch.
 
-Computed from (id, row version) of every non-local product and reference
-(what a clerk taught one store is not HQ's), in one SQL statement (one
-consistent read), not from the blobs.
+Two digests, both of the synced (non-local) rows only (what a clerk taught one
+store is not HQ's), each read in one consistent read:
+
+- `content_digest` (manifest field `content_digest`): the rows' content, as the
+  records that travel (`catalog.replication.content_digest`). A direct edit of
+  a row, at the same row version, is detected.
+- `row_digest` (manifest field `digest`, the first digest): (id, row version)
+  of every row. Kept in the manifest because kiosks of earlier releases compare
+  it; it misses an edit that keeps the row version.
+
+A kiosk checks `content_digest` when the manifest has it, else `digest`.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from shelfsight.catalog import replication
 from shelfsight.catalog.store import LOCAL_VERSION, Catalog
 
 _QUERY = (
@@ -24,8 +34,8 @@ _QUERY = (
 )
 
 
-def content_digest(catalog: Catalog) -> tuple[int, str]:
-    """(catalog version, SHA-256 hex of its synced rows), read consistently."""
+def row_digest(catalog: Catalog) -> tuple[int, str]:
+    """(catalog version, SHA-256 hex of its synced rows' ids and row versions), read consistently."""
     digest = hashlib.sha256()
     version = 0
     for kind, row_id, row_version in catalog.db.execute(_QUERY):
@@ -34,3 +44,8 @@ def content_digest(catalog: Catalog) -> tuple[int, str]:
         else:
             digest.update(f"{kind}\t{row_id}\t{row_version}\n".encode())
     return version, digest.hexdigest()
+
+
+def content_digest(catalog: Catalog) -> tuple[int, str]:
+    """(catalog version, SHA-256 hex of its synced rows' content), read consistently."""
+    return replication.content_digest(catalog)

@@ -15,11 +15,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shelfsight.catalog.sync.codec import validation_problems
+from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES, largest_payload
 from shelfsight.catalog.sync.topics import check_name
 from shelfsight.edge_app.core.errors import ConfigError, SyncError
 
 MAX_STATUS_BYTES = 8 * 1024
-MAX_ENROLL_BYTES = 2 * 1024 * 1024
+# An enrollment travels in one packet, so one packet is its limit (kiosks check before sending).
+MAX_ENROLL_BYTES = largest_payload(MAX_PACKET_BYTES)
 MAX_ENROLL_FRAMES = 16
 
 

@@ -1,7 +1,9 @@
 """The topic tree, in one place (documented in docs/sync.md).
 
-Everything lives under `<prefix>/<fleet>/`. HQ alone writes `catalog/#`;
-each kiosk writes only `status/<id>`, `enroll/<id>` and `resync/<id>`.
+Everything lives under `<prefix>/<fleet>/`. HQ alone writes `catalog/#` and
+`reply/#`; each kiosk writes only `status/<id>`, `enroll/<id>` and `resync/<id>`
+and reads `catalog/#` and its own `reply/<id>/#` (HQ's answers to its resync
+requests, which no other kiosk receives).
 """
 
 from __future__ import annotations
@@ -61,12 +63,25 @@ class Topics:
     def resync(self, kiosk_id: str) -> str:
         return f"{self.root}/resync/{kiosk_id}"
 
+    def replies(self, kiosk_id: str) -> str:
+        """What HQ sends one kiosk alone: `reply/<id>/delta` and `reply/<id>/blob/<blob-id>/<i>`."""
+        return f"{self.root}/reply/{kiosk_id}/#"
+
+    def reply_delta(self, kiosk_id: str) -> str:
+        return f"{self.root}/reply/{kiosk_id}/delta"
+
+    def reply_chunk(self, kiosk_id: str, blob_id: str, index: int) -> str:
+        return f"{self.root}/reply/{kiosk_id}/blob/{blob_id}/{index}"
+
     def all_of(self, leaf: str) -> str:
         """`status`, `enroll`, `resync` -> a filter for every kiosk's topic of that kind."""
         return f"{self.root}/{leaf}/+"
 
-    def parse_blob_chunk(self, topic: str) -> tuple[str, int] | None:
+    def parse_blob_chunk(self, topic: str, kiosk_id: str | None = None) -> tuple[str, int] | None:
+        """(blob id, index) of a retained chunk, or of a chunk resent to `kiosk_id` alone; else None."""
         head = f"{self.root}/catalog/blob/"
+        if kiosk_id is not None and topic.startswith(f"{self.root}/reply/{kiosk_id}/blob/"):
+            head = f"{self.root}/reply/{kiosk_id}/blob/"
         if not topic.startswith(head):
             return None
         parts = topic[len(head) :].split("/")

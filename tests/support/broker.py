@@ -14,7 +14,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES
 from shelfsight.edge_app.core.errors import SyncError
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "mosquitto.conf"
+# The example config's settings that decide what a client can receive and how much may be in flight.
+LIMIT_SETTINGS = ("max_packet_size", "message_size_limit", "max_inflight_messages", "max_queued_messages")
+
+
+def example_settings(path: Path = EXAMPLE_CONFIG) -> dict[str, str]:
+    """`setting value` lines of a Mosquitto config (comments and blank lines skipped; the last one wins)."""
+    settings: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        words = line.split(None, 1)
+        if words and not words[0].startswith("#"):
+            settings[words[0]] = words[1].strip() if len(words) > 1 else ""
+    return settings
+
+
+def example_limits() -> list[str]:
+    """The example config's size and in-flight limit lines, for a test broker that behaves like it."""
+    settings = example_settings()
+    return [f"{key} {settings[key]}" for key in LIMIT_SETTINGS if key in settings]
 
 
 def mosquitto_binary() -> str | None:
@@ -37,7 +58,8 @@ class Broker:
     workdir: Path
     port: int = field(default_factory=free_port)
     max_queued_messages: int = 1000
-    max_packet_size: int = 2 * 1024 * 1024
+    # The fleet's packet limit, as in deploy/mosquitto/mosquitto.conf (a bigger one would stall clients).
+    max_packet_size: int = MAX_PACKET_BYTES
     extra: list[str] = field(default_factory=list)
     anonymous: bool = True
     process: subprocess.Popen[bytes] | None = None

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from shelfsight.catalog.store import Catalog
-from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
+from shelfsight.catalog.sync.codec import encode_delta
 from shelfsight.catalog.sync.envelope import (
     EnvelopeHeader,
     Signer,
@@ -195,47 +193,33 @@ def test_corrupted_and_truncated_chunks_are_refetched(
     assert kiosk_records(kiosk) == hq.catalog.export_snapshot()["records"]
 
 
-def test_chunks_over_the_broker_limit_are_reported(
-    broker_factory, tmp_path: Path, hq_keys: tuple[Signer, Verifier, Path], kiosk_factory
+def test_chunks_a_kiosk_cannot_receive_are_reported_and_a_republish_recovers_it_without_restart(
+    hq: Hq, broker: Broker, kiosk_factory
 ) -> None:
-    small = broker_factory(max_packet_size=8 * 1024)
-    hq = Hq(tmp_path / "hq-small", small, hq_keys[0], chunk_bytes=32 * 1024)
-    try:
-        hq.add(range(150))
-        # HQ itself refuses to publish chunks the broker would drop.
-        with pytest.raises(Exception, match="maximum packet size"):
-            hq.publisher.publish()
-        # A manifest that names oversized chunks (e.g. from an HQ behind a different broker) is reported by the kiosk.
-        hq.publisher.chunk_bytes = 4 * 1024
-        hq.publisher.publish()
-        good = hq.publisher.load_state()
-        assert good is not None and good.snapshot is not None
-        big = good.snapshot.model_copy(
-            update={"chunk_size": 32 * 1024, "chunks": good.snapshot.chunks[:1], "size": 100}
-        )
-        manifest = LatestManifest(
-            version=good.version + 5, model_fingerprint=hq.fingerprint, snapshot=big, delta_floor=good.version + 5
-        )
-        payload = hq_keys[0].seal(
-            EnvelopeHeader(kind="manifest", fleet=hq.topics.fleet, seq=good.seq + 1),
-            manifest.model_dump_json().encode(),
-        )
-        data_dir = tmp_path / "k-small"
-        from tests.support.sync import kiosk_config, seed_kiosk
-
-        seed_kiosk(data_dir, hq)
-        kiosk = KioskSync(kiosk_config(small, hq_keys[2], "k-small"), data_dir)
-        kiosk.start()
-        try:
-            status_tap = Tap(small, hq.topics.status("k-small"), client_id="watcher")
-            status_tap.inject(hq.topics.manifest, payload, retain=True)
-            assert kiosk.wait_for(lambda k: "maximum packet size" in (k.last_error or ""), WAIT)
-            assert status_tap.wait(lambda ms: any(b"maximum packet size" in m.payload for m in ms))
-            status_tap.close()
-        finally:
-            kiosk.stop()
-    finally:
-        hq.close()
+    # A kiosk left on a 16 KiB receive limit; HQ publishes 32 KiB chunks (the broker would carry them).
+    small = {"max_packet_bytes": 16 * 1024, "max_message_bytes": 8 * 1024}
+    hq.add(range(3))
+    hq.publisher.publish()
+    kiosk = kiosk_factory("k1", hq=hq, **small)
+    assert kiosk.wait_for(lambda k: k.target_version == hq.catalog.version, WAIT)
+    status = Tap(broker, hq.topics.status("k1"), client_id="watcher")
+    hq.publisher.chunk_bytes = 32 * 1024
+    hq.publisher.max_message_bytes = 1024  # no delta: the snapshot is the only way
+    hq.add(range(3, 400))
+    hq.publisher.publish()
+    assert kiosk.wait_for(lambda k: "receive limit" in (k.last_error or ""), WAIT), kiosk.last_error
+    assert status.wait(lambda ms: any(b"receive limit" in m.payload for m in ms))
+    status.close()
+    # Two restarts on the same persistent session: nothing it queued wedges the kiosk.
+    for _ in range(2):
+        kiosk.stop()
+        kiosk = kiosk_factory("k1", **small)
+        assert kiosk.wait_for(lambda k: "receive limit" in (k.last_error or ""), WAIT), kiosk.last_error
+    # HQ republishes in chunks the kiosk can take (same content, same blob id): it converges, no restart.
+    hq.publisher.chunk_bytes = 4 * 1024
+    hq.publisher.publish(force=True)
+    assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, WAIT), kiosk.last_error
+    assert kiosk_records(kiosk) == hq.catalog.export_snapshot()["records"]
 
 
 def test_same_version_different_content_is_detected_and_repaired(hq: Hq, kiosk_factory) -> None:

@@ -9,6 +9,7 @@ so nothing here depends on timing.
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from shelfsight.catalog.hq import publisher as publisher_module
+from shelfsight.catalog.hq.publisher import ResyncLimits
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier, generate_keys, load_signer
@@ -27,6 +28,7 @@ from shelfsight.catalog.sync.transport.memory import InMemoryBus, MemoryBroker, 
 from shelfsight.edge_app.core.errors import SyncError
 from shelfsight.edge_app.kiosk.updates.config import SyncConfig
 from shelfsight.edge_app.kiosk.updates.releases import current_release
+from shelfsight.edge_app.kiosk.updates.state import SyncState
 from shelfsight.edge_app.kiosk.updates.worker import TRANSITIONS, KioskSync, Phase
 from tests.support.sync import FLEET, MemoryHq, seed_kiosk
 
@@ -101,8 +103,14 @@ def hq(tmp_path: Path, memory_broker: MemoryBroker, hq_keys: Keys) -> Iterator[M
 def stores(tmp_path: Path, memory_broker: MemoryBroker, hq: MemoryHq, hq_keys: Keys) -> Iterator[Callable[..., Store]]:
     made: list[Store] = []
 
-    def make(kiosk_id: str = "k1", *, on_applied: Callable[[int], None] | None = None, **overrides: Any) -> Store:
-        """A kiosk seeded with HQ's current master (not started); `overrides` go to its SyncConfig."""
+    def make(
+        kiosk_id: str = "k1",
+        *,
+        on_applied: Callable[[int], None] | None = None,
+        hooks: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Store:
+        """A kiosk seeded with HQ's current master (not started); `overrides` go to its SyncConfig, `hooks` to it."""
         data_dir = tmp_path / "kiosks" / kiosk_id
         seed_kiosk(data_dir, hq)
         values: dict[str, Any] = dict(fleet=FLEET, kiosk_id=kiosk_id, public_key=hq_keys[2], hold_s=60.0)
@@ -119,6 +127,7 @@ def stores(tmp_path: Path, memory_broker: MemoryBroker, hq: MemoryHq, hq_keys: K
             bus_factory=bus_factory,
             on_applied=on_applied,
             on_phase=lambda old, new: phases.append(new),
+            **(hooks or {}),
         )
         made.append(Store(sync, phases, buses))
         return made[-1]
@@ -254,8 +263,8 @@ def test_same_version_with_other_content_takes_the_snapshot(hq: MemoryHq, stores
 # -- resync requests and HQ's answers ----------------------------------------------------------------
 
 
-def test_hq_answers_resyncs_once_per_version_and_window(
-    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+def test_hq_answers_each_resync_to_the_asker_alone_within_its_budget(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
 ) -> None:
     base = hq.catalog.version
     fleet = [stores("k1"), stores("k2")]
@@ -270,31 +279,28 @@ def test_hq_answers_resyncs_once_per_version_and_window(
     fleet[0].bus.drop()
     fleet[0].bus.connect()
     assert fleet[0].sync.wait_for(lambda k: len(hq.resync_requests()) >= 3, LIMIT)
-    deltas = Recorder(memory_broker, hq.topics.delta, client_id="delta-tap")
+    broadcast = Recorder(memory_broker, hq.topics.delta, client_id="delta-tap")
+    replies = Recorder(memory_broker, f"{hq.topics.root}/reply/+/delta", client_id="reply-tap")
     assert hq.serve() == 3
-    assert len(deltas.payloads()) == 1  # three questions from the same version within a second: one answer
-    # From now on "within the window" however slow this machine is (not before: the window counts from
-    # time.monotonic() == 0, and a machine booted less than that long ago would never answer at all).
-    monkeypatch.setattr(publisher_module, "_RESYNC_ANSWER_EVERY_S", 3600.0)
+    # Each answer goes to the kiosk that asked, on its own topic; nothing is broadcast to the fleet.
+    assert sorted(m.topic.split("/")[-2] for m in replies.messages) == ["k1", "k1", "k2"]
+    assert broadcast.payloads() == []
     for kiosk in fleet:
         kiosk.reach(Phase.CURRENT, hq.catalog.version)
         assert kiosk.sync.counters["snapshots"] == 0
-    # Each worker handled the echoed manifest before the delta, so every request it would make is in by now.
-    assert sorted(r["kiosk_id"] for r in hq.resync_requests()) == ["k1", "k1", "k2"]
     assert {r["from_version"] for r in hq.resync_requests()} == {base}
+    # A kiosk gets at most `requests` answers per window, however often it asks.
+    hq.publisher.resync_limits = ResyncLimits(requests=2)
     asker = Recorder(memory_broker, client_id="k3")
     question = ResyncRequest(kiosk_id="k3", from_version=base).model_dump_json(exclude_defaults=True).encode()
-    asker.inject(hq.topics.resync("k3"), question)
+    for _ in range(5):
+        asker.inject(hq.topics.resync("k3"), question)
     hq.serve()
-    assert len(deltas.payloads()) == 1  # still within the window
-    monkeypatch.setattr(publisher_module, "_RESYNC_ANSWER_EVERY_S", 0.0)  # the window is over
-    asker.inject(hq.topics.resync("k3"), question)
+    assert sum(m.topic == hq.topics.reply_delta("k3") for m in replies.messages) == 2
+    current = ResyncRequest(kiosk_id="k4", from_version=hq.catalog.version).model_dump_json().encode()
+    asker.inject(hq.topics.resync("k4"), current)
     hq.serve()
-    assert len(deltas.payloads()) == 2
-    current = ResyncRequest(kiosk_id="k3", from_version=hq.catalog.version).model_dump_json().encode()
-    asker.inject(hq.topics.resync("k3"), current)
-    hq.serve()
-    assert len(deltas.payloads()) == 2  # nothing newer than the asker's version: no answer
+    assert not any(m.topic == hq.topics.reply_delta("k4") for m in replies.messages)  # nothing newer: no answer
 
 
 def test_delta_redelivered_after_a_reconnect_is_a_no_op(
@@ -384,7 +390,7 @@ def test_chunks_the_broker_cannot_carry_stall_the_kiosk_and_are_reported(tmp_pat
         central = MemoryHq(tmp_path / "hq-small", small, hq_keys[0], chunk_bytes=32 * 1024)
         try:
             central.add(range(50))
-            with pytest.raises(SyncError, match="maximum packet size"):  # HQ refuses to publish them itself
+            with pytest.raises(SyncError, match="do not fit"):  # HQ refuses to publish them itself
                 central.publisher.publish()
             central.publisher.chunk_bytes = 4 * 1024
             central.publisher.publish()
@@ -409,11 +415,11 @@ def test_chunks_the_broker_cannot_carry_stall_the_kiosk_and_are_reported(tmp_pat
             kiosk.start()
             try:
                 assert kiosk.wait_for(lambda k: k.phase is Phase.STALLED, LIMIT), (kiosk.phase, kiosk.last_error)
-                assert "maximum packet size" in (kiosk.progress.reason or "")
-                assert "maximum packet size" in (kiosk.last_error or "")
+                assert "do not fit" in (kiosk.progress.reason or "")
+                assert "do not fit" in (kiosk.last_error or "")
                 assert kiosk.fetching is None
                 reported = [json.loads(p) for p in status.payloads()]
-                assert any("maximum packet size" in (r.get("last_error") or "") for r in reported)
+                assert any("do not fit" in (r.get("last_error") or "") for r in reported)
             finally:
                 kiosk.stop()
             assert kiosk.phase is Phase.STOPPED
@@ -479,3 +485,179 @@ def test_memory_broker_filters_retains_and_redelivers_unacknowledged_messages() 
         assert watcher.payloads() == [b"gone"]  # a clean close publishes no will
         with pytest.raises(SyncError, match="not connected"):
             client.publish("s/x", b"", timeout=1)
+
+
+# -- limits: chunks a kiosk cannot receive ---------------------------------------------------------
+
+
+def test_chunks_over_the_kiosks_own_limit_are_reported_and_a_smaller_republish_recovers(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    # The kiosk receives 16 KiB packets; the broker (1 MiB) would carry HQ's 32 KiB chunks and drop them on the way.
+    kiosk = stores("k1", max_packet_bytes=16 * 1024, max_message_bytes=8 * 1024)
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    status = Recorder(memory_broker, hq.topics.status("k1"), client_id="watcher")
+    hq.publisher.chunk_bytes = 32 * 1024
+    hq.publisher.max_message_bytes = 1024  # no delta: the kiosk is below the floor and needs the snapshot
+    hq.add(range(3, 400))
+    manifest = hq.publisher.publish()
+    assert manifest is not None and manifest.snapshot.size > 16 * 1024
+    kiosk.reach(Phase.STALLED)
+    assert "receive limit" in (kiosk.sync.last_error or "")
+    assert any("receive limit" in (json.loads(p).get("last_error") or "") for p in status.payloads())
+    # HQ republishes the same content in chunks the kiosk can take: same blob id, new chunk size. No restart.
+    hq.publisher.chunk_bytes = 4 * 1024
+    hq.publisher.publish(force=True)
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+# -- resync amplification --------------------------------------------------------------------------
+
+
+def test_resync_answers_collapse_duplicates_and_stay_within_the_kiosks_budget(
+    hq: MemoryHq, memory_broker: MemoryBroker
+) -> None:
+    hq.publisher.chunk_bytes = 1024
+    hq.add(range(3, 60))
+    manifest = hq.publisher.publish(force=True)
+    assert manifest is not None and len(manifest.snapshot.chunks) >= 4
+    blob = manifest.snapshot.blob_id
+    fleet_chunks = Recorder(memory_broker, f"{hq.topics.root}/catalog/blob/#", client_id="fleet")
+    memory_broker.drain()
+    fleet_chunks.messages.clear()  # the retained chunks every subscriber gets at once
+    replies = Recorder(memory_broker, f"{hq.topics.root}/reply/#", client_id="replies")
+    asker = Recorder(memory_broker, client_id="k9")
+
+    def ask(chunks: list[int]) -> int:
+        before = sum(len(m.payload) for m in replies.messages)
+        request = ResyncRequest(kiosk_id="k9", blob_id=blob, chunks=chunks).model_dump_json().encode()
+        asker.inject(hq.topics.resync("k9"), request)
+        hq.serve()
+        return sum(len(m.payload) for m in replies.messages) - before
+
+    # 256 copies of one index: one chunk, to the asker alone.
+    assert ask([0] * 256) == 1024
+    assert {m.topic for m in replies.messages} == {hq.topics.reply_chunk("k9", blob, 0)}
+    assert fleet_chunks.payloads() == []
+    # A byte budget of three chunks per window (one is spent): two more, whatever is asked.
+    hq.publisher.resync_limits = ResyncLimits(bytes=3 * 1024)
+    assert ask(list(range(len(manifest.snapshot.chunks)))) == 2 * 1024
+    assert ask([1]) == 0
+    # A request budget: the sixth request in a window gets nothing.
+    hq.publisher.resync_limits = ResyncLimits(requests=5)
+    hq.publisher._allowances.clear()  # noqa: SLF001 - a new window
+    assert [ask([i % 2]) > 0 for i in range(6)] == [True] * 5 + [False]
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+
+
+class FullDisk:
+    """The write seam: while `full`, every write of the kiosk's catalog and sync state fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.failed = 0
+
+    def check(self) -> None:
+        if self.full:
+            self.failed += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def state(self, path: Path) -> SyncState:
+        disk = self
+
+        class State(SyncState):
+            def set(self, key: str, value: Any) -> None:
+                disk.check()
+                super().set(key, value)
+
+            def hold(self, base: int, target: int, envelope: bytes) -> bool:
+                disk.check()
+                return super().hold(base, target, envelope)
+
+        return State(path)
+
+    def catalog(self, path: Path) -> Catalog:
+        disk = self
+
+        class Full(Catalog):
+            def apply_changes(self, *args: Any, **kwargs: Any) -> None:
+                disk.check()
+                super().apply_changes(*args, **kwargs)
+
+            def replace_with_snapshot(self, *args: Any, **kwargs: Any) -> None:
+                disk.check()
+                super().replace_with_snapshot(*args, **kwargs)
+
+        return Full(path)
+
+
+def test_a_full_disk_acknowledges_nothing_unwritten_and_catches_up_when_space_returns(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    disk = FullDisk()
+    kiosk = stores("k1", hooks={"open_state": disk.state, "open_catalog": disk.catalog})
+    kiosk.sync.start()
+    base = hq.catalog.version
+    kiosk.reach(Phase.CURRENT, base)
+    disk.full = True
+    hq.add(range(3, 5))
+    hq.publisher.publish()  # a delta and a manifest that cannot be written
+    assert kiosk.sync.wait_for(lambda k: "No space left" in (k.last_error or ""), LIMIT)
+    assert kiosk.sync.wait_for(lambda k: disk.failed >= 3, LIMIT)  # tried again on its own
+    assert memory_broker.unacked("k1") == 2  # neither was acknowledged
+    assert kiosk.sync.version == base
+    disk.full = False  # space returns; HQ publishes nothing more
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    # The manifest is written (and acknowledged) right after the delta.
+    assert kiosk.sync.wait_for(lambda k: k.target_version == hq.catalog.version, LIMIT)
+    assert kiosk.sync.wait_for(lambda k: memory_broker.unacked("k1") == 0, LIMIT)
+    assert kiosk.sync.last_error is None
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+# -- the content digest ----------------------------------------------------------------------------
+
+
+def test_a_row_edited_in_place_is_detected_and_replaced_with_hqs(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    kiosk = stores("k1")
+    version = hq.catalog.version
+    _, path = current_release(kiosk.sync.data_dir)
+    with Catalog(path, create=False) as local:  # same id, same row version, other content
+        with local.batch():
+            local.db.execute("UPDATE products SET name = 'Edited at the store', price = 0 WHERE id = 'p000001'")
+        assert local.version == version
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, version)
+    assert kiosk.sync.counters["snapshots"] == 1
+    assert kiosk.records() == hq.catalog.export_snapshot()["records"]
+
+
+def test_existing_kiosks_converge_under_the_content_digest_and_older_ones_can_read_a_legacy_manifest(
+    hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store], hq_keys: Keys
+) -> None:
+    # A kiosk whose catalog holds HQ's rows (seeded before HQ had the content digest) computes the same digest:
+    # no snapshot, straight to current.
+    kiosk = stores("k1")
+    manifest = hq.publisher.publish(force=True)
+    assert manifest is not None and manifest.content_digest is not None and manifest.digest is not None
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    assert kiosk.phases == [Phase.WAITING, Phase.CURRENT] and kiosk.sync.counters["snapshots"] == 0
+    # With content_digest=False the manifest has exactly the keys the previous release knows (it refuses others).
+    hq.publisher.content_digest = False
+    legacy = hq.publisher.publish(force=True)
+    assert legacy is not None and legacy.content_digest is None
+    payload = memory_broker.retained(hq.topics.manifest)
+    assert payload is not None
+    envelope = hq_keys[1].open(payload, max_bytes=1 << 20)
+    previous_release_keys = {"version", "model_fingerprint", "snapshot", "release", "delta_floor", "digest"}
+    assert set(json.loads(envelope.payload)) <= previous_release_keys
+    memory_broker.drain()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)  # the row digest still matches
+    assert kiosk.sync.counters["snapshots"] == 0

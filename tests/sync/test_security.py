@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shelfsight.catalog.hq.acl import render_acl
 from shelfsight.catalog.sync.chunks import BlobManifest
 from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier
@@ -27,10 +28,14 @@ from tests.support.sync import WAIT, Hq, Tap
 ACL = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "shelfsight.acl"
 
 
+# The example ACL's kiosks: kiosk-0042 and kiosk-0043 in fleet north, kiosk-0101 in fleet south.
+K1, K2, SOUTH = "kiosk-0042", "kiosk-0043", "kiosk-0101"
+
+
 @pytest.fixture
 def secured(broker_factory, tmp_path: Path) -> Broker:
     passwords = tmp_path / "passwd"
-    for user in ("hq", "k1", "k2"):
+    for user in ("hq", K1, K2, SOUTH):
         add_password(passwords, user, f"{user}-secret")
     return broker_factory(anonymous=False, extra=[f"password_file {passwords}", f"acl_file {ACL}"])
 
@@ -48,8 +53,8 @@ def test_anonymous_and_wrong_password_are_refused(secured: Broker, tmp_path: Pat
     bus.close()
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("guess\n")
-    config = BrokerConfig(host="127.0.0.1", port=secured.port, username="k1", password_file=wrong)
-    bus = open_bus(config, client_id="k1", on_message=lambda m: None)
+    config = BrokerConfig(host="127.0.0.1", port=secured.port, username=K1, password_file=wrong)
+    bus = open_bus(config, client_id=K1, on_message=lambda m: None)
     with pytest.raises(SyncError, match="refused"):
         bus.connect(timeout=10)
     bus.close()
@@ -57,26 +62,60 @@ def test_anonymous_and_wrong_password_are_refused(secured: Broker, tmp_path: Pat
 
 def test_kiosk_cannot_publish_catalog_or_foreign_status(secured: Broker) -> None:
     hq = _tap(secured, "hq", "shelfsight/#")
-    kiosk = _tap(secured, "k1", None)
+    kiosk = _tap(secured, K1, None)
     try:
         forbidden = [
-            ("shelfsight/f/catalog/delta", b"forged delta"),
-            ("shelfsight/f/catalog/manifest", b"forged manifest"),
-            ("shelfsight/f/status/k2", b"impersonation"),
+            ("shelfsight/north/catalog/delta", b"forged delta"),
+            ("shelfsight/north/catalog/manifest", b"forged manifest"),
+            (f"shelfsight/north/status/{K2}", b"impersonation"),
+            (f"shelfsight/north/reply/{K2}/delta", b"forged reply"),
         ]
         for topic, payload in forbidden:
             try:
                 kiosk.inject(topic, payload)
             except SyncError as exc:  # MQTT 5 brokers may say so in the PUBACK
                 assert "refused" in str(exc)
-        kiosk.inject("shelfsight/f/status/k1", b"own status")  # allowed
-        hq.inject("shelfsight/f/catalog/delta", b"marker")  # HQ may write catalog topics
+        kiosk.inject(f"shelfsight/north/status/{K1}", b"own status")  # allowed
+        hq.inject("shelfsight/north/catalog/delta", b"marker")  # HQ may write catalog topics
         assert hq.wait(lambda ms: {m.payload for m in ms} >= {b"own status", b"marker"})
         seen = {m.payload for m in hq.messages}
         assert not seen & {payload for _, payload in forbidden}
     finally:
         hq.close()
         kiosk.close()
+
+
+def test_a_kiosk_can_neither_write_nor_read_another_fleets_topics(secured: Broker) -> None:
+    hq = _tap(secured, "hq", "shelfsight/#")
+    kiosk = _tap(secured, K1, "shelfsight/south/#")  # fleet north; tries to listen to south as well
+    try:
+        forbidden = [
+            (f"shelfsight/south/status/{K1}", b"status into south"),
+            (f"shelfsight/south/enroll/{K1}", b"enrollment into south"),
+            (f"shelfsight/south/resync/{K1}", b"resync into south"),
+        ]
+        for topic, payload in forbidden:
+            try:
+                kiosk.inject(topic, payload)
+            except SyncError as exc:
+                assert "refused" in str(exc)
+        kiosk.inject(f"shelfsight/north/status/{K1}", b"own fleet")
+        hq.inject("shelfsight/south/catalog/manifest", b"south's manifest", retain=True)
+        assert hq.wait(lambda ms: {m.payload for m in ms} >= {b"own fleet", b"south's manifest"})
+        assert not {m.payload for m in hq.messages} & {payload for _, payload in forbidden}
+        marker = _tap(secured, SOUTH, "shelfsight/south/catalog/#")  # south's own kiosk does see it
+        assert marker.wait(lambda ms: any(m.payload == b"south's manifest" for m in ms))
+        marker.close()
+        assert not kiosk.messages  # nothing of south's reached the north kiosk
+    finally:
+        hq.close()
+        kiosk.close()
+
+
+def test_the_example_acl_is_what_hq_acl_generates() -> None:
+    expected = render_acl("shelfsight", {"north": [K1, K2], "south": [SOUTH]})
+    assert ACL.read_text() == expected
+    assert "pattern" not in expected and "/+/" not in expected  # no line may span fleets
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:

@@ -52,6 +52,11 @@ class MessageBus(abc.ABC):
     def max_packet_bytes(self) -> int | None:
         """The broker's maximum packet size, if it announced one."""
 
+    @property
+    @abc.abstractmethod
+    def receive_limit(self) -> int | None:
+        """The largest packet this client accepts (announced to the broker at connect), if any."""
+
     @abc.abstractmethod
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout: float | None = 10.0

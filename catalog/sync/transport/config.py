@@ -7,10 +7,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES
 from shelfsight.edge_app.core.config import StrictModel
 from shelfsight.edge_app.core.errors import ConfigError
-
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
 
 class BrokerConfig(StrictModel):
@@ -28,9 +27,12 @@ class BrokerConfig(StrictModel):
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="Seconds between keepalive pings.")
     # The broker keeps a disconnected kiosk's subscriptions and queued messages this long.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="Seconds the broker keeps our session.")
-    # Largest packet we accept from the broker; the broker drops bigger ones instead of sending them.
+    # Largest packet we accept from the broker. It must not be below the broker's max_packet_size: the broker
+    # would drop bigger ones and Mosquitto never frees their in-flight slots (catalog/sync/limits.py).
     max_packet_bytes: int = Field(
-        default=DEFAULT_MAX_MESSAGE_BYTES + 4096, ge=1024, description="Largest packet we accept from the broker."
+        default=MAX_PACKET_BYTES,
+        ge=1024,
+        description="Largest packet we accept from the broker; at least the broker's max_packet_size.",
     )
 
     def password(self) -> str | None:

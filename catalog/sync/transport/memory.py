@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES
 from shelfsight.catalog.sync.transport.base import (
     ConnectHandler,
     Message,
@@ -137,7 +138,9 @@ class _Delivery:
 class MemoryBroker:
     """The shared "broker": every `InMemoryBus` made on it talks to every other. Thread-safe."""
 
-    def __init__(self, *, max_packet_bytes: int | None = None, max_queued_messages: int = DEFAULT_MAX_QUEUED) -> None:
+    def __init__(
+        self, *, max_packet_bytes: int | None = MAX_PACKET_BYTES, max_queued_messages: int = DEFAULT_MAX_QUEUED
+    ) -> None:
         self.max_packet_bytes = max_packet_bytes
         self.max_queued_messages = max_queued_messages
         self.dropped = 0  # messages dropped at a session's queue bound or a client's packet limit
@@ -422,6 +425,10 @@ class InMemoryBus(MessageBus):
     def max_packet_bytes(self) -> int | None:
         # Like CONNACK's Maximum Packet Size: known only once connected.
         return self.broker.max_packet_bytes if self._ever_connected else None
+
+    @property
+    def receive_limit(self) -> int | None:
+        return self.max_packet_limit
 
     def close(self) -> None:
         self._lost(publish_will=False)

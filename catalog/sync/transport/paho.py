@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from shelfsight.catalog.sync.limits import check_broker_limit
 from shelfsight.catalog.sync.transport.base import (
     ConnectHandler,
     Message,
@@ -110,6 +111,8 @@ class PahoBus(MessageBus):
             raise SyncError(f"broker {self._config.host}:{self._config.port}: no answer within {timeout:.0f}s")
         if self._refusal is not None:
             raise SyncError(f"broker {self._config.host}:{self._config.port} refused the connection: {self._refusal}")
+        # A caller that waits (HQ, the CLI) refuses to run on a broker that could stall it with oversized messages.
+        check_broker_limit(self._max_packet, self._config.max_packet_bytes, f"broker {self._config.host}")
 
     @property
     def connected(self) -> bool:
@@ -118,6 +121,10 @@ class PahoBus(MessageBus):
     @property
     def max_packet_bytes(self) -> int | None:
         return self._max_packet
+
+    @property
+    def receive_limit(self) -> int:
+        return self._config.max_packet_bytes
 
     def close(self) -> None:
         if not self._started:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from shelfsight.catalog.sync.limits import DEFAULT_MAX_MESSAGE_BYTES, check_payload_limit
 from shelfsight.catalog.sync.topics import DEFAULT_FLEET, DEFAULT_PREFIX, Topics, check_name
-from shelfsight.catalog.sync.transport.config import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    BrokerConfig,
-)
+from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.edge_app.core.errors import ConfigError
 
 
@@ -48,6 +46,15 @@ class SyncConfig(BrokerConfig):
             return check_name(value, "name")
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _fits_packets(self) -> "SyncConfig":
+        # A message limit above what one packet carries would accept what can never arrive.
+        try:
+            check_payload_limit(self.max_message_bytes, self.max_packet_bytes, "sync.max_message_bytes")
+        except ConfigError as exc:
+            raise ValueError(f"{exc}; raise max_packet_bytes (and the broker's max_packet_size) with it") from exc
+        return self
 
     @property
     def topics(self) -> Topics:

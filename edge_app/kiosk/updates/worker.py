@@ -3,7 +3,10 @@
 `KioskSync` runs one worker thread next to the kiosk. The bus thread only
 queues messages; the worker verifies, applies and then acknowledges them, so
 a message is acknowledged to the broker only after its effect is committed
-(or after it was refused for good). Rules, in every phase:
+(or after it was refused for good). A manifest or delta that could not be
+written (a full disk: OSError, SQLite's "database or disk is full") is not
+acknowledged: it is kept and tried again, with a growing pause, until a write
+succeeds, and the status shows the error until then. Rules, in every phase:
 
 - every envelope: size, then signature, then header; other fleets are refused;
 - manifest: a lower sequence number than one already accepted is a replay;
@@ -51,6 +54,7 @@ catalog)` and swaps its index itself.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import queue
@@ -71,9 +75,10 @@ from shelfsight.catalog.sync.codec import (
     decode_snapshot,
     parse_manifest,
 )
-from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.catalog.sync.digest import content_digest, row_digest
 from shelfsight.catalog.sync.envelope import Envelope, Verifier, load_verifier
-from shelfsight.catalog.sync.messages import Enrollment, KioskStatus, ResyncRequest
+from shelfsight.catalog.sync.limits import broker_limit_problem
+from shelfsight.catalog.sync.messages import MAX_ENROLL_BYTES, Enrollment, KioskStatus, ResyncRequest
 from shelfsight.catalog.sync.transport.base import Message, MessageBus, Will
 from shelfsight.catalog.sync.transport.factory import open_bus
 from shelfsight.edge_app.core.errors import ShelfsightError, SyncError
@@ -88,6 +93,7 @@ from shelfsight.edge_app.kiosk.updates.state import SyncState
 log = logging.getLogger(__name__)
 
 CatalogOpener = Callable[[Path], Catalog]
+StateOpener = Callable[[Path], SyncState]
 BusFactory = Callable[..., MessageBus]
 STATE_NAME = "sync_state.db"
 _TICK_S = 0.2
@@ -96,6 +102,26 @@ _STATUS_EVERY_S = 30.0
 _RETRY_FAILED_S = 30.0
 # `Progress.behind_since` once deltas are given up on: "behind for ever", so the snapshot is due at once.
 _GAVE_UP = -math.inf
+# Messages that could not be written are tried again after this pause, doubled up to _RETRY_WRITE_MAX_S.
+_RETRY_WRITE_S = 0.5
+_RETRY_WRITE_MAX_S = 30.0
+# Unwritten messages kept for a retry; the broker's in-flight window (20 in the example config) bounds them first.
+_MAX_UNWRITTEN = 1000
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """A failure to persist (full disk, I/O error) rather than a bad message: worth trying again later."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.OperationalError):
+            text = str(seen).lower()
+            if "full" in text or "disk i/o" in text or "readonly" in text or "locked" in text:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Phase(str, Enum):
@@ -158,6 +184,7 @@ class KioskSync:
         on_phase: Callable[[Phase, Phase], None] | None = None,
         open_catalog: CatalogOpener = Catalog,
         bus_factory: BusFactory = open_bus,
+        open_state: StateOpener = SyncState,
     ) -> None:
         self.config = config
         self.topics = config.topics
@@ -170,6 +197,7 @@ class KioskSync:
         self._on_phase = on_phase  # (old, new) on every change, on the worker thread: e.g. "updating..." on the page
         self._open_catalog = open_catalog
         self._bus_factory = bus_factory
+        self._open_state = open_state
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._changed = threading.Condition()
@@ -185,10 +213,16 @@ class KioskSync:
         # The plan: see `Phase`.
         self._phase = Phase.STOPPED
         self._progress = Progress()
-        # What we learnt on the way. Blobs not to fetch before a time (inf: never), with why:
-        self._blocked: dict[str, tuple[float, str]] = {}
+        # What we learnt on the way. Blobs (by id and chunk size) not to fetch before a time (inf: never), with why:
+        self._blocked: dict[tuple[str, int], tuple[float, str]] = {}
         # (version, HQ's digest, whether ours matched): the digest is computed once per manifest.
         self._checked: tuple[int, str, bool] | None = None
+        # Manifests and deltas received but not written (disk full), unacknowledged, and when to try again.
+        self._unwritten: list[Message] = []
+        self._retry_at = 0.0
+        self._retry_pause = _RETRY_WRITE_S
+        # Why the broker's packet limit could stall us (checked on every connect); shown while nothing else is.
+        self._limit_problem: str | None = None
         self._last_error: str | None = None
         self._last_status = 0.0
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
@@ -208,6 +242,7 @@ class KioskSync:
         )
         self._bus.subscribe(self.topics.manifest)
         self._bus.subscribe(self.topics.delta)
+        self._bus.subscribe(self.topics.replies(self.config.kiosk_id))  # HQ's answers to our resync requests
         self._bus.connect(timeout=None)
         self._thread = threading.Thread(target=self._run, name=f"sync-{self.config.kiosk_id}", daemon=True)
         self._thread.start()
@@ -286,11 +321,15 @@ class KioskSync:
         """Queue a locally taught product for HQ; it survives restarts until the broker has it."""
         if enrollment.kiosk_id != self.config.kiosk_id:
             raise SyncError(f"enrollment names kiosk {enrollment.kiosk_id!r}, we are {self.config.kiosk_id!r}")
-        self._queue.put(("enroll", enrollment.model_dump_json().encode()))
+        payload = enrollment.model_dump_json().encode()
+        # Checked here, not at sending: one that can never be delivered would block the outbox behind it.
+        if len(payload) > MAX_ENROLL_BYTES:
+            raise SyncError(f"enrollment: {len(payload)} bytes, over the {MAX_ENROLL_BYTES}-byte message limit")
+        self._queue.put(("enroll", payload))
 
     # -- worker ------------------------------------------------------------------
     def _open_local(self) -> None:
-        self._state = SyncState(self.data_dir / STATE_NAME)
+        self._state = self._open_state(self.data_dir / STATE_NAME)
         saved = self._state.get("manifest")
         if saved is not None:
             self._target = LatestManifest.model_validate(saved)
@@ -319,6 +358,7 @@ class KioskSync:
                     self._handle(item)
                 elif kind == "connected":
                     self._progress.resync_sent = None
+                    self._check_limits()
                     self._publish_status()
                 elif kind == "enroll":
                     self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
@@ -327,28 +367,72 @@ class KioskSync:
                 log.exception("sync worker error")
                 self._note_error(f"internal error: {exc}")
 
-    def _handle(self, message: Message) -> None:
+    def _check_limits(self) -> None:
+        """After a connect: can the broker hand us a packet we would refuse? (It would stall our session.)"""
+        if self._bus is None:
+            return
+        receive = self._bus.receive_limit
+        problem = None if receive is None else broker_limit_problem(self._bus.max_packet_bytes, receive)
+        if problem != self._limit_problem and problem is not None:
+            log.error("sync: %s", problem)
+        self._limit_problem = problem
+
+    def _handle(self, message: Message, *, retry: bool = False) -> bool:
+        """Act on one message; False if it could not be written (kept unacknowledged, tried again later)."""
+        delta_topics = (self.topics.delta, self.topics.reply_delta(self.config.kiosk_id))
+        written = True
         try:
             if message.topic == self.topics.manifest:
                 if message.payload:
                     self._on_manifest(message.payload)
-            elif message.topic == self.topics.delta:
+            elif message.topic in delta_topics:
                 self._on_delta(message.payload)
             else:
-                parsed = self.topics.parse_blob_chunk(message.topic)
+                parsed = self.topics.parse_blob_chunk(message.topic, self.config.kiosk_id)
                 if parsed is not None and message.payload:
                     self._on_chunk(parsed[0], parsed[1], message.payload)
             self._drain_held()
         except (ShelfsightError, sqlite3.Error, OSError) as exc:
-            self.counters["refused"] += 1
-            log.warning("refused %s: %s", message.topic, exc)
+            # Only a manifest or delta is kept: a chunk's install failure has its own retry (`_block`).
+            written = not (
+                is_write_failure(exc) and (message.topic == self.topics.manifest or message.topic in delta_topics)
+            )
+            if written:
+                self.counters["refused"] += 1
+                log.warning("refused %s: %s", message.topic, exc)
+            else:
+                log.warning("could not write %s (%s); keeping it to try again", message.topic, exc)
+                self._keep_unwritten(message, retry=retry)
             self._note_error(str(exc))
         finally:
             # Acknowledge only now: after the commit, or after deciding the message is useless.
-            if self._bus is not None:
+            if written and self._bus is not None:
                 self._bus.ack(message)
             with self._changed:
                 self._changed.notify_all()
+        return written
+
+    def _keep_unwritten(self, message: Message, *, retry: bool) -> None:
+        now = time.monotonic()
+        if retry:
+            self._retry_pause = min(self._retry_pause * 2, _RETRY_WRITE_MAX_S)
+        else:
+            self._unwritten.append(message)
+            if len(self._unwritten) > _MAX_UNWRITTEN:
+                # Not acknowledged either: the broker sends it again after a reconnect, and the manifest is retained.
+                self._unwritten.pop(0)
+        self._retry_at = now + self._retry_pause
+
+    def _retry_unwritten(self) -> None:
+        """Try the kept messages again, oldest first, until one still cannot be written."""
+        if not self._unwritten or time.monotonic() < self._retry_at:
+            return
+        while self._unwritten:
+            if not self._handle(self._unwritten[0], retry=True):
+                return
+            self._unwritten.pop(0)
+        self._retry_pause = _RETRY_WRITE_S
+        log.info("writes succeed again; caught up with what was kept")
 
     def _open(self, payload: bytes, what: str) -> Envelope:
         envelope = self._verifier.open(payload, max_bytes=self.config.max_message_bytes, what=what)
@@ -375,6 +459,7 @@ class KioskSync:
         self._pursue()
 
     def _on_delta(self, payload: bytes) -> None:
+        """A delta, broadcast on `catalog/delta` or answering our resync on `reply/<id>/delta`."""
         envelope = self._open(payload, "delta")
         base, target = envelope.header.base, envelope.header.target
         what = f"delta v{base}->v{target}"
@@ -506,6 +591,7 @@ class KioskSync:
 
     # -- pursuing the manifest ---------------------------------------------------
     def _tick(self) -> None:
+        self._retry_unwritten()
         state = self._require_state()
         oldest = state.oldest_pending()
         if oldest is not None and time.time() - oldest > self.config.hold_s:
@@ -555,12 +641,18 @@ class KioskSync:
 
     def _same_content(self, target: LatestManifest) -> bool:
         """Does our catalog hold exactly HQ's rows at this version? Checked once per manifest."""
-        if target.digest is None or self._catalog is None:
+        # The content digest when HQ sends it; the row digest (ids and row versions) from an older HQ.
+        theirs, digest = (
+            (target.content_digest, content_digest)
+            if target.content_digest is not None
+            else (target.digest, row_digest)
+        )
+        if theirs is None or self._catalog is None:
             return True
-        if self._checked is None or self._checked[:2] != (target.version, target.digest):
-            _, ours = content_digest(self._catalog)
-            self._checked = (target.version, target.digest, ours == target.digest)
-            if ours != target.digest:
+        if self._checked is None or self._checked[:2] != (target.version, theirs):
+            _, ours = digest(self._catalog)
+            self._checked = (target.version, theirs, ours == theirs)
+            if ours != theirs:
                 log.error(
                     "catalog v%d differs from HQ's v%d (changed outside sync?); fetching the snapshot",
                     self._version,
@@ -582,12 +674,14 @@ class KioskSync:
                 self._request(ResyncRequest(kiosk_id=self.config.kiosk_id, blob_id=blob.blob_id, chunks=missing[:256]))
                 progress.last_chunk = now
             return
-        blocked = self._blocked.get(blob.blob_id)
+        # By id and chunk size: HQ republishing the same content in smaller chunks is a new chance.
+        blocked = self._blocked.get((blob.blob_id, blob.chunk_size))
         if blocked is not None and now < blocked[0]:
             self._enter(Phase.STALLED, reason=blocked[1])
             return
         try:
-            blob.check_fits(self._bus.max_packet_bytes)
+            # Our own receive limit too: the broker would drop chunks we refuse, and they would never come.
+            blob.check_fits(self._bus.max_packet_bytes, self._bus.receive_limit)
             assembly = Assembler(blob, max_bytes=self.config.max_blob_bytes)
         except SyncError as exc:
             self._block(blob, math.inf, str(exc))  # HQ must publish another blob; this one can never arrive
@@ -602,7 +696,7 @@ class KioskSync:
     def _block(self, blob: BlobManifest, for_s: float, reason: str) -> None:
         now = time.monotonic()
         self._blocked = {k: v for k, v in self._blocked.items() if v[0] > now}  # forget what may be retried
-        self._blocked[blob.blob_id] = (now + for_s, reason)
+        self._blocked[(blob.blob_id, blob.chunk_size)] = (now + for_s, reason)
 
     def _enter(self, phase: Phase, *, assembly: Assembler | None = None, reason: str | None = None) -> None:
         """Change phase (or the phase's blob or reason): the only place that does; checked and logged."""
@@ -665,7 +759,7 @@ class KioskSync:
             catalog_version=self._version,
             target_version=self._target.version if self._target else None,
             model_fingerprint=self._model_fp,
-            last_error=self._last_error,
+            last_error=self._last_error or self._limit_problem,
             fps=metrics.get("fps"),
             uptime_s=round(time.monotonic() - self._started_at, 1),
             pending_deltas=self._state.pending_count() if self._state else 0,
