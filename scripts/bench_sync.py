@@ -9,15 +9,29 @@ Scenarios (the same ones tests/sync runs small):
   forgeries      forged / tampered / foreign-fleet / replayed updates: accepted must be 0
   kill           kill -9 of a kiosk process at random moments during apply (>= 200 trials): inconsistent DBs must be 0
   fleet          50 kiosk clients on one broker converging on a 10k-product update
+  amplification  resync requests from one kiosk (duplicate chunk indices, many from_versions): bytes HQ sends
+                 per request byte, and what another kiosk receives of it (issue 13, item 8)
+  oversize       HQ on the example broker limits after 25 oversized enrollments: does the next one arrive, how
+                 fast; a kiosk on a smaller receive limit than HQ's chunks: time to converge after HQ
+                 republishes in smaller chunks, across two restarts (items 6, 7)
+  disk_full      a kiosk whose writes fail (ENOSPC) while HQ publishes 6 versions: time to converge after space
+                 returns, without a restart (item 9)
+
+The last three use only APIs that the previous release has too, so the same scenario can be run on both:
+--before FIGURES.json pairs each scenario's figures with that file's as {"before": ..., "after": ...}, and
+--merge keeps the other scenarios already in --json.
 
 Usage:
   .venv/bin/python scripts/bench_sync.py --json out/bench_sync.json
   .venv/bin/python scripts/bench_sync.py --quick --json out/bench_sync_quick.json   # smaller, ~1 minute
+  .venv/bin/python scripts/bench_sync.py --only amplification oversize disk_full \
+      --before out/sync_previous.json --merge --json docs/benchmarks/sync.json
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -34,12 +48,14 @@ sys.path.insert(0, str(ROOT / "tests" / "sync"))  # the test harness: HQ, kiosks
 
 from benchinfo import write_report  # noqa: E402
 
+from shelfsight.catalog.hq.inbox import EnrollmentInbox  # noqa: E402
 from shelfsight.catalog.store import Catalog  # noqa: E402
 from shelfsight.catalog.sync.codec import encode_delta  # noqa: E402
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, generate_keys, load_signer  # noqa: E402
 from shelfsight.edge_app.kiosk.updates.releases import seed_release  # noqa: E402
+from shelfsight.edge_app.kiosk.updates.state import SyncState  # noqa: E402
 from shelfsight.edge_app.kiosk.updates.worker import KioskSync  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
+from tests.support.broker import Broker, example_limits  # noqa: E402
 from tests.support.sync import (  # noqa: E402
     Hq,
     RunningServer,
@@ -286,6 +302,208 @@ def scenario_fleet(b: Bench, kiosks: int) -> dict[str, Any]:
         hq.close()
 
 
+def _settle(tap: Tap, quiet_s: float = 1.5, limit_s: float = 120.0) -> None:
+    """Wait until `tap` has seen nothing new for `quiet_s` (HQ has finished answering)."""
+    deadline = time.monotonic() + limit_s
+    seen = -1
+    while time.monotonic() < deadline and seen != len(tap.messages):
+        seen = len(tap.messages)
+        time.sleep(quiet_s)
+
+
+def _bytes(tap: Tap) -> int:
+    return sum(len(m.payload) for m in tap.messages)
+
+
+def scenario_amplification(b: Bench) -> dict[str, Any]:
+    """One kiosk's resync requests: what HQ sends for them, and what reaches another kiosk of the fleet."""
+    hq = b.hq("hq-amp", 400 if b.quick else 2000)
+    state = hq.publisher.load_state()
+    assert state is not None and state.snapshot is not None
+    blob, chunks = state.snapshot.blob_id, len(state.snapshot.chunks)
+    root = hq.topics.root
+    server = RunningServer(hq, b.signer, poll_s=0.5)
+    everything = Tap(b.broker, f"{root}/#", client_id="amp-all")
+    # Another kiosk: what it subscribes to while fetching that snapshot (+ its own replies, on this release).
+    bystander = Tap(b.broker, hq.topics.delta, client_id="amp-bystander")
+    bystander.bus.subscribe(f"{root}/catalog/blob/{blob}/+")
+    bystander.bus.subscribe(f"{root}/reply/bystander/#")
+    attacker = Tap(b.broker, client_id="attacker")
+    results: dict[str, Any] = {"snapshot_chunks": chunks, "chunk_bytes": state.snapshot.chunk_size}
+    try:
+        _settle(everything)
+        for name, requests in (
+            ("chunk_requests", [{"blob_id": blob, "chunks": [i % chunks for i in range(256)]}] * 5),
+            ("delta_requests", [{"from_version": v} for v in range(1, 61)]),
+        ):
+            everything.messages.clear()
+            bystander.messages.clear()
+            sent = 0
+            for request in requests:
+                payload = json.dumps({"kiosk_id": "attacker", **request}).encode()
+                sent += len(payload)
+                attacker.inject(hq.topics.resync("attacker"), payload)
+            _settle(everything)
+            answered = sum(len(m.payload) for m in everything.messages if "/resync/" not in m.topic)
+            results[name] = {
+                "requests": len(requests),
+                "request_bytes": sent,
+                "hq_answer_bytes": answered,
+                "amplification": round(answered / sent, 1),
+                "other_kiosk_received_bytes": _bytes(bystander),
+                "other_kiosk_received_messages": len(bystander.messages),
+            }
+    finally:
+        for tap in (everything, bystander, attacker):
+            tap.close()
+        server.stop()
+        hq.close()
+    return results
+
+
+def _enrollment(kiosk_id: str, fingerprint: str) -> bytes:
+    frame = {"embedding": [0.5] * DIM, "fingerprint": fingerprint}
+    return json.dumps({"kiosk_id": kiosk_id, "product_id": "taught", "name": "Taught", "frames": [frame]}).encode()
+
+
+def scenario_oversize(b: Bench) -> dict[str, Any]:
+    limits = example_limits()
+    broker = Broker(b.work / "broker-example", extra=limits).start()
+    results: dict[str, Any] = {"broker": limits}
+    try:
+        hq = Hq(b.work / "hq-oversize", broker, b.signer, dim=DIM)
+        hq.add(range(200))
+        hq.publisher.publish()
+        inbox = EnrollmentInbox(b.work / "inbox.db")
+        server = RunningServer(hq, b.signer, inbox, poll_s=0.5)
+        attacker = Tap(broker, client_id="k-attacker")
+        try:
+            for _ in range(25):
+                attacker.inject(hq.topics.enroll("k-attacker"), b"x" * 1_000_000)
+            start = time.monotonic()
+            attacker.inject(hq.topics.enroll("k-attacker"), _enrollment("k-attacker", hq.fingerprint))
+            deadline = start + 30
+            while not inbox.entries() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            results["hq_after_25_oversized"] = {
+                "hq_receive_limit": server.publisher._bus._config.max_packet_bytes,  # noqa: SLF001
+                "next_enrollment_arrived": bool(inbox.entries()),
+                "seconds": round(time.monotonic() - start, 2) if inbox.entries() else None,
+                "waited_s": 30,
+            }
+        finally:
+            attacker.close()
+            server.stop()
+            inbox.close()
+        results["kiosk_unreceivable_chunks"] = _kiosk_after_republish(b, hq, broker)
+        hq.close()
+    finally:
+        broker.stop()
+    return results
+
+
+def _kiosk_after_republish(b: Bench, hq: Hq, broker: Broker) -> dict[str, Any]:
+    """A kiosk on 266,240-byte packets (the previous default) while HQ publishes 300 KiB chunks."""
+    limits = {"max_packet_bytes": 266_240, "max_message_bytes": 256 * 1024}
+    data_dir = b.work / "kiosks" / "oversize"
+    seed_kiosk(data_dir, hq)
+    config = kiosk_config(broker, b.public, "k-small", hold_s=2.0, **limits)
+    kiosk = KioskSync(config, data_dir)
+    kiosk.start()
+    try:
+        converge(kiosk, hq.catalog.version)
+        hq.publisher.chunk_bytes = 300 * 1024
+        hq.publisher.max_message_bytes = 1024  # the snapshot is the only way
+        hq.add(range(200, 3000))
+        hq.publisher.publish()
+        time.sleep(3)
+        for _ in range(2):  # two restarts on the same persistent session
+            kiosk.stop()
+            kiosk = KioskSync(config, data_dir)
+            kiosk.start()
+            time.sleep(2)
+        reported = kiosk.last_error
+        hq.publisher.chunk_bytes = 64 * 1024
+        start = time.monotonic()
+        hq.publisher.publish(force=True)
+        converged = kiosk.wait_for(lambda k: k.version == hq.catalog.version, 30)
+        return {
+            "kiosk_receive_limit": limits["max_packet_bytes"],
+            "reported_before_republish": reported,
+            "converged_after_republish": converged,
+            "seconds": round(time.monotonic() - start, 2) if converged else None,
+            "waited_s": 30,
+        }
+    finally:
+        kiosk.stop()
+
+
+class _FullDisk:
+    """Every write of the kiosk's catalog and sync state fails with ENOSPC while `full` (a test seam)."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def check(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def catalog(self, path: Path) -> Catalog:
+        disk = self
+
+        class Full(Catalog):
+            def apply_changes(self, *args: Any, **kwargs: Any) -> None:
+                disk.check()
+                super().apply_changes(*args, **kwargs)
+
+        return Full(path)
+
+
+def scenario_disk_full(b: Bench) -> dict[str, Any]:
+    hq = b.hq("hq-disk", 200)
+    server = RunningServer(hq, b.signer, poll_s=0.5)
+    disk = _FullDisk()
+    original_set, original_hold = SyncState.set, SyncState.hold
+
+    def failing_set(self: SyncState, key: str, value: Any) -> None:
+        disk.check()
+        original_set(self, key, value)
+
+    def failing_hold(self: SyncState, base: int, target: int, envelope: bytes) -> bool:
+        disk.check()
+        return original_hold(self, base, target, envelope)
+
+    SyncState.set, SyncState.hold = failing_set, failing_hold  # type: ignore[method-assign]
+    kiosk = b.kiosk(hq, "disk", open_catalog=disk.catalog)
+    try:
+        kiosk.start()
+        converge(kiosk, hq.catalog.version)
+        disk.full = True
+        for step in range(6):
+            hq.add([step], seed=step + 1)
+            hq.publisher.publish()
+        time.sleep(3)
+        behind = hq.catalog.version - kiosk.version
+        reported = kiosk.last_error
+        disk.full = False
+        start = time.monotonic()
+        converged = kiosk.wait_for(lambda k: k.version == hq.catalog.version, 60)
+        return {
+            "versions_behind_while_full": behind,
+            "status_error_while_full": reported,
+            "converged_after_space_returns": converged,
+            "seconds": round(time.monotonic() - start, 2) if converged else None,
+            "waited_s": 60,
+            # A kiosk that did not converge is behind, not wrong: only a converged one is compared.
+            "wrong_applies": wrong_apply(kiosk, hq) if converged else 0,
+        }
+    finally:
+        SyncState.set, SyncState.hold = original_set, original_hold  # type: ignore[method-assign]
+        kiosk.stop()
+        server.stop()
+        hq.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="Write the figures here.")
@@ -293,6 +511,8 @@ def main() -> int:
     parser.add_argument("--kill-trials", type=int, default=None, help="kill -9 trials (default 200, quick 30).")
     parser.add_argument("--kiosks", type=int, default=50, help="Kiosk clients in the fleet simulation.")
     parser.add_argument("--only", nargs="*", help="Run only these scenarios.")
+    parser.add_argument("--before", type=Path, help="Figures of the same scenarios on the previous release.")
+    parser.add_argument("--merge", action="store_true", help="Keep the other scenarios already in --json.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     trials = args.kill_trials if args.kill_trials is not None else (30 if args.quick else 200)
@@ -303,6 +523,9 @@ def main() -> int:
         "forgeries": scenario_forgeries,
         "kill": lambda b: scenario_kill(b, trials),
         "fleet": lambda b: scenario_fleet(b, args.kiosks),
+        "amplification": scenario_amplification,
+        "oversize": scenario_oversize,
+        "disk_full": scenario_disk_full,
     }
     figures: dict[str, Any] = {"quick": args.quick, "embedding_dim": DIM}
     with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
@@ -327,6 +550,17 @@ def main() -> int:
         summary["inconsistent_after_kill9"] = f"{figures['kill']['inconsistent']} of {figures['kill']['trials']}"
     figures["summary"] = summary
     print(f"summary: {json.dumps(summary)}")
+    if args.before is not None:
+        previous = json.loads(args.before.read_text())
+        for name in scenarios:
+            if name in figures and name in previous:
+                figures[name] = {"before": previous[name], "after": figures[name]}
+    if args.json and args.merge and args.json.exists():
+        kept = json.loads(args.json.read_text())
+        kept.pop("host", None)
+        # Merged scenarios say themselves whether they ran --quick (the file's own flag is for the others).
+        merged = {k: {**v, "quick": args.quick} for k, v in figures.items() if k in scenarios}
+        figures = {**kept, **merged}
     if args.json:
         write_report(args.json, figures)
     return 0

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,86 @@ class Broker:
     def restart(self, *, hard: bool = False) -> None:
         self.kill() if hard else self.stop()
         self.start()
+
+
+def bridge_lines(remote_port: int, *, client_id: str = "store-north") -> list[str]:
+    """The example store bridge (deploy/mosquitto/bridge-store.conf) pointed at 127.0.0.1:`remote_port`, no TLS."""
+    keep = ("topic ", "cleansession ", "restart_timeout ")
+    example = (EXAMPLE_CONFIG.parent / "bridge-store.conf").read_text().splitlines()
+    return [
+        "connection hq",
+        f"address 127.0.0.1:{remote_port}",
+        f"remote_clientid {client_id}",
+        *(line for line in example if line.startswith(keep)),
+    ]
+
+
+class TcpRelay:
+    """A TCP forwarder between a client and a server that can be cut (a network outage) and restored."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._up = threading.Event()
+        self._up.set()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        """Cut every connection and refuse new ones."""
+        self._up.clear()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def up(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.down()
+        self._listener.close()
 
 
 def add_password(password_file: Path, username: str, password: str) -> None:

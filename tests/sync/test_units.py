@@ -27,6 +27,7 @@ from shelfsight.catalog.sync.envelope import (
     load_signer,
     load_verifier,
 )
+from shelfsight.catalog.sync.limits import PACKET_OVERHEAD
 from shelfsight.catalog.sync.messages import (
     MAX_STATUS_BYTES,
     Enrollment,
@@ -97,8 +98,11 @@ def test_chunks_reassemble_in_any_order_and_bad_chunks_are_named() -> None:
     assert assembler.result() == data
     with pytest.raises(SyncError, match="over the"):
         Assembler(manifest, max_bytes=100)
-    with pytest.raises(SyncError, match="maximum packet size"):
+    with pytest.raises(SyncError, match="do not fit the broker's limit"):
         manifest.check_fits(1200)
+    with pytest.raises(SyncError, match="do not fit this client's receive limit"):
+        manifest.check_fits(None, 1200)
+    manifest.check_fits(1000 + PACKET_OVERHEAD, 1000 + PACKET_OVERHEAD)
     with pytest.raises(ValidationError):
         manifest.model_validate({**manifest.model_dump(), "chunks": manifest.chunks[:3]})
 
