@@ -112,6 +112,21 @@ def test_a_kiosk_can_neither_write_nor_read_another_fleets_topics(secured: Broke
         kiosk.close()
 
 
+def test_only_the_asking_kiosk_reads_hqs_reply(secured: Broker) -> None:
+    hq = _tap(secured, "hq", None)
+    asker = _tap(secured, K1, f"shelfsight/north/reply/{K1}/#")
+    other = _tap(secured, K2, "shelfsight/north/reply/#")  # another kiosk of the fleet tries to listen in
+    try:
+        hq.inject(f"shelfsight/north/reply/{K1}/delta", b"for the asker")
+        assert asker.wait(lambda ms: any(m.payload == b"for the asker" for m in ms))
+        hq.inject(f"shelfsight/north/reply/{K2}/delta", b"for the other")
+        assert other.wait(lambda ms: any(m.payload == b"for the other" for m in ms))  # its own: yes
+        assert [m.payload for m in other.messages] == [b"for the other"]
+    finally:
+        for tap in (hq, asker, other):
+            tap.close()
+
+
 def test_the_example_acl_is_what_hq_acl_generates() -> None:
     expected = render_acl("shelfsight", {"north": [K1, K2], "south": [SOUTH]})
     assert ACL.read_text() == expected
