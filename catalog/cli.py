@@ -151,40 +151,31 @@ def build_command(model, images, products, db, dedupe, min_side, min_sharpness, 
 @threads_option
 @domain_errors
 def add_command(db, product_id, name, description, category, price, attrs, image_paths, model, threads) -> None:
-    """Add a product (or update its fields) and optionally reference photos.
+    """Add a product (or update its fields) and optionally reference photos, all or nothing.
 
     \b
     Example:
       shelfsight catalog add --db store.db cola-330 --name "Cola 330ml" --category drinks \\
         --price 1.20 --attr brand=Fizz --image cola-front.jpg --image cola-side.jpg
     """
-    from shelfsight.edge_app.core.errors import CatalogError
-    from shelfsight.edge_app.core.images import load_rgb
+    from shelfsight.catalog.ingest import add_product_photos
 
     fields = {
         k: v for k, v in {"description": description, "category": category, "price": price}.items() if v is not None
     }
     fields.update(_pairs(attrs, "--attr"))
-    with _open(db, create=True) as catalog:
-        try:
-            catalog.product(product_id)
-            exists = True
-        except CatalogError:
-            exists = False
-        if not exists:
-            if not name:
-                raise click.UsageError(f"product {product_id} is new: --name is required")
-            catalog.add_product(product_id, name, **fields)
-            click.echo(f"added product {product_id}")
-        elif fields or name:
-            catalog.update_product(product_id, **({"name": name} if name else {}), **fields)
-            click.echo(f"updated product {product_id}")
-        if image_paths:
-            with _embedder(model, threads) as embedder:
-                for path in image_paths:
-                    catalog.add_reference(product_id, load_rgb(path), embedder, str(Path(path).resolve()))
-                    click.echo(f"added reference {path}")
-        click.echo(f"catalog version {catalog.version}")
+    with contextlib.ExitStack() as stack:
+        catalog = stack.enter_context(_open(db, create=True))
+        embedder = stack.enter_context(_embedder(model, threads)) if image_paths else None
+        added = add_product_photos(catalog, embedder, product_id, image_paths, name=name, **fields)
+    # Printed only after the one transaction committed: nothing is reported that was not stored.
+    if added.created:
+        click.echo(f"added product {product_id}")
+    elif added.updated:
+        click.echo(f"updated product {product_id}")
+    for path in image_paths:
+        click.echo(f"added reference {path}")
+    click.echo(f"catalog version {added.version}")
 
 
 @catalog_group.command("remove")

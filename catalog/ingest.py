@@ -35,7 +35,7 @@ from shelfsight.catalog.quality import (
     stored_jpeg,
 )
 from shelfsight.catalog.records import check_product_id
-from shelfsight.catalog.references import reference_id_for
+from shelfsight.catalog.references import prepare_reference, reference_id_for
 from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
@@ -317,6 +317,56 @@ def ingest(
         log.warning("%d products have no usable reference photo", len(report.unrecognisable))
     report.version = catalog.version
     return report
+
+
+@dataclass(frozen=True)
+class Added:
+    """What `add_product_photos` stored."""
+
+    product_id: str
+    created: bool  # a new product (else its fields were updated, or left as they were)
+    updated: bool
+    references: tuple[str, ...]  # ids of the photos' references
+    version: int
+
+
+def add_product_photos(
+    catalog: Catalog,
+    embedder: Embedder | None,
+    product_id: str,
+    photos: Sequence[str | Path] = (),
+    *,
+    name: str | None = None,
+    **fields: Any,
+) -> Added:
+    """Create a product (or update its fields) and add reference photos, in one transaction.
+
+    All or nothing: a bad photo, a full disk or a kill leaves the catalog as it was. The photos
+    are read, checked and embedded before the transaction, so it holds the write lock only
+    for the writes. A new product needs a `name`; photos need an `embedder`.
+    """
+    prepared = []
+    if photos:
+        if embedder is None:
+            raise InputError("reference photos need the model")
+        catalog.check_model(embedder.fingerprint)
+        prepared = [prepare_reference(load_rgb(path), embedder, str(Path(path).resolve())) for path in photos]
+    with catalog.batch():
+        try:
+            catalog.product(product_id)
+            created = False
+        except CatalogError:
+            created = True
+        if created:
+            if not name:
+                raise InputError(f"product {product_id} is new: a name is required")
+            catalog.add_product(product_id, name, **fields)
+        elif fields or name:
+            catalog.update_product(product_id, **({"name": name} if name else {}), **fields)
+        for reference in prepared:
+            catalog.add_prepared(product_id, reference)
+    references = tuple(reference_id_for(product_id, r.image_jpeg, b"") for r in prepared)
+    return Added(product_id, created, bool(fields or name) and not created, references, catalog.version)
 
 
 # ---- whole-file operations ------------------------------------------------------------------

@@ -85,9 +85,53 @@ def test_add_remove_and_errors(tmp_path: Path, tiny_model: Path, tiny_dataset: d
 
     missing = run("remove", "--db", db, "cola")
     assert missing.exit_code == 1 and "Error: no product 'cola'" in missing.output and "Traceback" not in missing.output
-    assert "is new: --name is required" in run("add", "--db", db, "new-thing").output
+    assert "is new: a name is required" in run("add", "--db", db, "new-thing").output
     nodb = run("stats", "--db", str(tmp_path / "nope.db"))
     assert nodb.exit_code == 1 and "no such catalog" in nodb.output
+
+
+def _page_count(db: Path) -> int:
+    with Catalog(db) as catalog:
+        return int(catalog.db.execute("PRAGMA page_count").fetchone()[0])
+
+
+def test_add_on_a_full_disk_changes_nothing_and_says_so(
+    tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own "database or disk is full" (a page limit) after the product and some photos were written."""
+    import shelfsight.catalog.store as store
+
+    photos = [
+        str(p) for folder in ("product-01", "product-02") for p in sorted((tiny_dataset["catalog"] / folder).iterdir())
+    ]
+    args = ["cola", "--name", "Cola", *(a for p in photos for a in ("--image", p)), "--model", str(tiny_model)]
+    seed = tmp_path / "seed.db"
+    with Catalog(seed) as catalog:
+        catalog.add_product("other", "Other")
+    scratch, db = tmp_path / "scratch.db", tmp_path / "store.db"
+    for copy in (scratch, db):
+        copy.write_bytes(seed.read_bytes())
+    before = _page_count(db)
+    assert run("add", "--db", str(scratch), *args).exit_code == 0
+    needed = _page_count(scratch) - before
+    assert needed > 2  # the product and every photo take pages: the limit below fails on the last ones
+
+    opened = store.open_catalog
+
+    def full_disk(*a: object, **kw: object):  # type: ignore[no-untyped-def]
+        conn = opened(*a, **kw)  # type: ignore[arg-type]
+        conn.execute(f"PRAGMA max_page_count = {before + needed - 1}")
+        return conn
+
+    monkeypatch.setattr(store, "open_catalog", full_disk)
+    result = CliRunner().invoke(build_cli(), ["catalog", "add", "--db", str(db), *args])
+    monkeypatch.undo()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "database or disk is full" in result.output and "nothing was changed" in result.output
+    assert "added" not in result.output
+    with Catalog(db) as catalog:
+        assert [p["id"] for p in catalog.products()] == ["other"] and catalog.stats()["references"] == 0
+        assert catalog.version == 1
 
 
 def test_other_model_then_reembed(tmp_path: Path, tiny_model: Path, tiny_dataset: dict[str, Path]) -> None:
