@@ -38,6 +38,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -74,7 +75,7 @@ from shelfsight.catalog.schema import (
     write_reference,
     write_vocabulary,
 )
-from shelfsight.catalog.word_index import WordIndex, decode_words
+from shelfsight.catalog.word_index import MAX_WORDS_PER_REFERENCE, WordIndex
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.features import LocalFeatures, deserialise_features
@@ -88,7 +89,11 @@ INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes 
 INDEX_REFERENCES_SQL = (
     "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id"
 )
-INDEX_WORDS_SQL = "SELECT id, words FROM reference_words ORDER BY id"
+# Each indexed reference's words (NULL: none) in INDEX_REFERENCES_SQL's order, so no merge is needed.
+INDEX_WORDS_SQL = (
+    "SELECT w.words FROM reference_images r LEFT JOIN reference_words w ON w.id = r.id"
+    " WHERE r.fingerprint = ? AND r.dim = ? ORDER BY r.id"
+)
 
 
 class Catalog:
@@ -103,6 +108,7 @@ class Catalog:
         self._lock = threading.RLock()
         self._build_lock = threading.Lock()
         self._index: SearchIndex | None = None
+        self._words_thread: threading.Thread | None = None  # start_index's background build
         self._stale = True
         self._keypoint_cache: OrderedDict[str, LocalFeatures] = OrderedDict()
         self._vocabulary: tuple[str | None, Vocabulary | None] | None = None
@@ -116,6 +122,7 @@ class Catalog:
 
     def close(self) -> None:
         """Close the connection if this Catalog opened it. Idempotent."""
+        self.wait_for_index()  # the background build reads through the connection
         with self._lock:
             if self._owns_connection:
                 with contextlib.suppress(sqlite3.Error):
@@ -581,18 +588,18 @@ class Catalog:
 
     # ---- search -----------------------------------------------------------------------------
 
-    def _build_index(self) -> SearchIndex:
+    def _build_index(self, *, with_words: bool = True) -> SearchIndex:
         with self.reading():
             version = int(read_meta(self.db, "version", 0))
             fingerprint = read_meta(self.db, "model_fingerprint")
             dim = int(read_meta(self.db, "embedding_dim", 0) or 0)
             products = query_all(self.db, INDEX_PRODUCTS_SQL)
             rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
-            vocabulary = self.vocabulary()
+            vocabulary = self.vocabulary() if with_words else None
             words = None
             if vocabulary is not None:
                 # Streamed inside the lock: the cursor must be read before another thread writes.
-                words = self._word_index(rows, iter(self.db.execute(INDEX_WORDS_SQL)), vocabulary)
+                words = self._word_index(rows, self.db.execute(INDEX_WORDS_SQL, [fingerprint, dim]), vocabulary)
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}
@@ -614,28 +621,34 @@ class Catalog:
             words=words,
         )
 
-    def _word_index(self, rows: list[Any], word_rows: Any, vocabulary: Vocabulary) -> WordIndex:
-        """The inverted file, in the search index's reference order (both are sorted by id).
+    def _word_index(self, rows: list[Any], word_rows: sqlite3.Cursor, vocabulary: Vocabulary) -> WordIndex:
+        """The inverted file, in the search index's reference order.
 
-        A merge of the two id-ordered row streams into one flat buffer: no per-reference arrays
-        or dict of 10^5 rows, which the kiosk's memory would keep after the build.
+        The blobs are joined batch by batch into one flat buffer and checked by `WordIndex` in
+        vectorised passes: no per-reference arrays, Python checks or list of 10^5 blobs, which
+        cost seconds at 100k references and memory the kiosk would keep after the build.
         """
         buffer = bytearray()
         lengths = np.zeros(len(rows), np.int64)
-        pending = next(word_rows, None)
-        for i, (reference_id, *_) in enumerate(rows):
-            while pending is not None and pending[0] < reference_id:
-                pending = next(word_rows, None)
-            if pending is not None and pending[0] == reference_id:
-                words = decode_words(pending[1], vocabulary.n_words, f"words of {reference_id}")
-                buffer += words.astype("<u2").tobytes()
-                lengths[i] = len(words)
-                pending = next(word_rows, None)
+        done = 0
+        while batch := word_rows.fetchmany(4096):
+            blobs = [blob or b"" for (blob,) in batch]
+            buffer += b"".join(blobs)
+            lengths[done : done + len(blobs)] = [len(blob) for blob in blobs]
+            done += len(blobs)
+        bad = np.flatnonzero((lengths % 2 == 1) | (lengths > 2 * MAX_WORDS_PER_REFERENCE))
+        if len(bad):
+            raise CatalogError(
+                f"words of {rows[int(bad[0])][0]}: {int(lengths[bad[0]])} bytes is not a list of at most "
+                f"{MAX_WORDS_PER_REFERENCE} words"
+            )
+        lengths //= 2
         without = int(np.count_nonzero(lengths == 0))
         if without:
             # Catalogs built before version-2 features, plain box sides, fruit: found by embedding only.
             log.info("%s: %d of %d references have no visual words", self.name, without, len(rows))
-        return WordIndex(np.frombuffer(bytes(buffer), dtype="<u2"), lengths, vocabulary.n_words)
+        flat = np.frombuffer(buffer, dtype="<u2")
+        return WordIndex(flat, lengths, vocabulary.n_words, names=[row[0] for row in rows])
 
     def index(self) -> SearchIndex:
         """The current immutable in-memory index, rebuilt (and swapped in) after writes.
@@ -664,6 +677,49 @@ class Catalog:
             return self._index
         finally:
             self._build_lock.release()
+
+    def start_index(self) -> SearchIndex:
+        """Load the index to serve at once: the embedding half now, the visual words in the background.
+
+        At 100k references the inverted file takes seconds to build, and a kiosk that waited for
+        it would show nothing meanwhile. Until it lands, searches use the embedding shortlist alone
+        (verified as usual); then the complete index of the same catalog version is swapped in like
+        any rebuild. A failure to build it is logged and the embedding-only index keeps serving.
+        `index()` (evaluation, tools) always waits for the complete index.
+        """
+        with self._build_lock:
+            if self._index is not None:
+                return self._index
+            self._stale = False  # as in index(): a write during the build marks it stale again
+            partial = self._build_index(with_words=False)
+            self._index = partial
+            if self.vocabulary() is None:
+                return partial  # no visual words to index: this is the complete index
+        self._words_thread = threading.Thread(
+            target=self._complete_index, args=(partial,), name=f"words-{self.name}", daemon=True
+        )
+        self._words_thread.start()
+        return partial
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for `start_index`'s background build; True when none is still running."""
+        thread = self._words_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _complete_index(self, partial: SearchIndex) -> None:
+        started = time.perf_counter()
+        with self._build_lock:
+            if self._index is not partial:
+                return  # a rebuild after a write has already replaced it
+            try:
+                self._index = self._build_index()
+            except (CatalogError, sqlite3.Error):
+                log.exception("%s: no visual-word index; products are found by their embedding only", self.name)
+                return
+        log.info("%s: visual-word index ready after %.1f s", self.name, time.perf_counter() - started)
 
     def reload(self) -> None:
         """Re-read the catalog from disk (after another process or connection changed it)."""

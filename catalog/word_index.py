@@ -12,12 +12,15 @@ once per image, which keeps repeated texture such as a barcode from dominating):
 Words found in more than `stop_fraction` of the references say nothing about
 which product this is and cost the most to look up, so queries skip them.
 
-The index is immutable and built in one pass when the catalog's search index is
-built: unique words per reference are sorted by word (uint16 keys, which numpy
-sorts by radix in linear time), giving one contiguous posting list of reference
-numbers per word. References index the words of their 400 strongest keypoints
+The index is immutable and built when the catalog's search index is built, in
+two vectorised passes over chunks of references: the first checks the stored
+words (in range, sorted and unique per reference) and counts each word's
+references, the second sorts a chunk by word (uint16 keys, which numpy sorts by
+radix in linear time) and drops its reference numbers into each word's posting
+list. References index the words of their 400 strongest keypoints
 (`catalog.references`), ~390 distinct, so 100k references make ~39M uint32
-postings (~150 MB).
+postings (~150 MB); the build takes ~2-3 s there, which is why a kiosk starts
+serving by embedding first (`Catalog.start_index`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from shelfsight.edge_app.core.errors import CatalogError
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_FRACTION = 0.05
-_BUILD_CHUNK = 2048  # references per build pass: ~25 MB of temporaries
+_BUILD_CHUNK = 16384  # references per build pass: ~25 MB of temporaries
 MAX_WORDS_PER_REFERENCE = 4096  # one word per keypoint at most (core.features.MAX_KEYPOINTS)
 
 
@@ -73,11 +76,14 @@ class WordIndex:
         n_words: int,
         *,
         stop_fraction: float = DEFAULT_STOP_FRACTION,
+        names: Sequence[str] | None = None,
     ) -> None:
         """`words`: every reference's word ids one after another (uint16); `lengths[i]`: reference i's count.
 
-        One flat buffer rather than 10^5 small arrays: at 100k references those cost the kiosk
-        ~100 MB more memory, which Python's allocator keeps after the build.
+        Each reference's words must be sorted and unique, as `encode_words` stores them (checked:
+        CatalogError naming the reference, from `names` when given). One flat buffer rather than
+        10^5 small arrays: at 100k references those cost the kiosk ~100 MB more memory, which
+        Python's allocator keeps after the build.
         """
         self.n_references = len(lengths)
         self.n_words = int(n_words)
@@ -85,60 +91,72 @@ class WordIndex:
         offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))])
         if int(offsets[-1]) != len(flat):
             raise CatalogError(f"word index: lengths add up to {int(offsets[-1])}, not {len(flat)} words")
-        # Two passes over chunks of references, so the build's temporaries (sort order, copies) are
-        # one chunk's, never all 40M entries' at once: the kiosk's memory holds little more than the
-        # final posting lists. Pass 1 counts each word's references, pass 2 sorts a chunk by word
-        # and drops it into its slots.
+        # Two passes over chunks of references, so the build's temporaries (sort order, owners) are
+        # one chunk's, never all 40M entries' at once. Pass 1 checks the words and counts each word's
+        # references (no sort: a word appears once per reference); pass 2 sorts a chunk by word and
+        # drops its owners into their slots.
         starts = range(0, self.n_references, _BUILD_CHUNK)
         df = np.zeros(self.n_words, np.int64)
         for start in starts:
-            df += self._sorted_chunk(flat, offsets, start)[2]
+            df += np.bincount(self._checked_chunk(flat, offsets, start, names), minlength=self.n_words)
         self._starts = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
         self._postings = np.empty(int(self._starts[-1]), np.uint32)
         filled = self._starts[:-1].copy()  # next free slot of each word's list
-        norms = np.zeros(self.n_references, np.float64)
-        with_words = np.zeros(self.n_references, bool)
         with np.errstate(divide="ignore"):
             idf = np.where(df > 0, np.log(max(self.n_references, 1) / np.maximum(df, 1)), 0.0)
         self._weight = (idf**2).astype(np.float32)  # what one shared word adds to the dot product
+        norms = np.zeros(self.n_references, np.float64)
         for start in starts:
-            words, owners, counts = self._sorted_chunk(flat, offsets, start)
-            chunk_starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            self._postings[filled[words] + (np.arange(len(words)) - chunk_starts[words])] = owners
+            last = min(start + _BUILD_CHUNK, self.n_references)
+            chunk = flat[offsets[start] : offsets[last]]
+            owners = np.repeat(np.arange(start, last, dtype=np.uint32), np.diff(offsets[start : last + 1]))
+            # Each reference's words are one run of the chunk: its norm is a difference of running sums.
+            running = np.concatenate([[0.0], np.cumsum(self._weight[chunk], dtype=np.float64)])
+            norms[start:last] = np.diff(running[offsets[start : last + 1] - offsets[start]])
+            # A stable radix sort by word keeps each word's owners ascending, as search expects.
+            order = np.argsort(chunk, kind="stable")
+            sorted_words = chunk[order]
+            counts = np.bincount(sorted_words, minlength=self.n_words)
+            first_of_word = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            slots = filled[sorted_words] + (np.arange(len(order)) - first_of_word[sorted_words])
+            np.put(self._postings, slots, owners[order])  # put: ~40% faster than item assignment here
             filled += counts
-            norms += np.bincount(owners, weights=self._weight[words].astype(np.float64), minlength=self.n_references)
-            with_words[owners] = True
+        empty = np.diff(offsets) == 0
         self._usable = (df > 0) & (df <= max(1.0, stop_fraction * self.n_references))
         self._inverse_norm = np.where(norms > 0, 1.0 / np.sqrt(np.maximum(norms, 1e-12)), 0.0).astype(np.float32)
-        self.references_with_words = int(np.count_nonzero(with_words))
+        self.references_with_words = int(np.count_nonzero(~empty))
         for array in (self._postings, self._starts, self._weight, self._usable, self._inverse_norm):
             array.setflags(write=False)
 
     @classmethod
-    def from_lists(cls, lists: Sequence[np.ndarray], n_words: int, **options: float) -> "WordIndex":
-        """From one array of word ids per reference."""
-        arrays = [np.asarray(w, dtype=np.uint16).ravel() for w in lists]
+    def from_lists(
+        cls, lists: Sequence[np.ndarray], n_words: int, *, stop_fraction: float = DEFAULT_STOP_FRACTION
+    ) -> "WordIndex":
+        """From one array of word ids per reference (any order, repeats allowed: a word counts once)."""
+        arrays = [np.unique(np.asarray(w, dtype=np.uint16).ravel()) for w in lists]
         flat = np.concatenate(arrays) if arrays else np.zeros(0, np.uint16)
-        return cls(flat, np.fromiter((len(a) for a in arrays), np.int64, count=len(arrays)), n_words, **options)
+        lengths = np.fromiter((len(a) for a in arrays), np.int64, count=len(arrays))
+        return cls(flat, lengths, n_words, stop_fraction=stop_fraction)
 
-    def _sorted_chunk(
-        self, flat: np.ndarray, offsets: np.ndarray, first: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One chunk's (word, owner) pairs sorted by word, a word repeated in one reference once, and counts per word."""
+    def _checked_chunk(
+        self, flat: np.ndarray, offsets: np.ndarray, first: int, names: Sequence[str] | None
+    ) -> np.ndarray:
+        """One chunk's words after checking them: inside the vocabulary, sorted and unique per reference."""
         last = min(first + _BUILD_CHUNK, self.n_references)
-        all_words = flat[offsets[first] : offsets[last]]
-        if len(all_words) and int(all_words.max()) >= self.n_words:
-            raise CatalogError(f"word index: word id {int(all_words.max())} outside a {self.n_words}-word vocabulary")
-        lengths = np.diff(offsets[first : last + 1])
-        all_owners = np.repeat(np.arange(first, last, dtype=np.uint32), lengths)
-        # Stable radix sort by word keeps each word's owners ascending, so a word repeated in one
-        # reference lands on adjacent entries and one comparison drops it (binary term frequency).
-        order = np.argsort(all_words, kind="stable")
-        sorted_words, sorted_owners = all_words[order], all_owners[order]
-        keep = np.ones(len(order), bool)
-        keep[1:] = (sorted_words[1:] != sorted_words[:-1]) | (sorted_owners[1:] != sorted_owners[:-1])
-        words, owners = sorted_words[keep], sorted_owners[keep]
-        return words, owners, np.bincount(words, minlength=self.n_words).astype(np.int64)
+        chunk = flat[offsets[first] : offsets[last]]
+        if len(chunk) == 0:
+            return chunk
+        if int(chunk.max()) >= self.n_words:
+            raise CatalogError(f"word index: word id {int(chunk.max())} outside a {self.n_words}-word vocabulary")
+        rises = np.diff(chunk.astype(np.int32)) > 0
+        reference_starts = offsets[first + 1 : last] - offsets[first]  # where a new reference begins
+        rises[reference_starts[(reference_starts > 0) & (reference_starts < len(chunk))] - 1] = True
+        if not bool(rises.all()):
+            position = int(offsets[first]) + int(np.argmin(rises)) + 1
+            reference = int(np.searchsorted(offsets, position, side="right")) - 1
+            name = names[reference] if names is not None else f"reference {reference}"
+            raise CatalogError(f"words of {name}: word ids must be sorted and unique")
+        return chunk
 
     @property
     def nbytes(self) -> int:

@@ -16,6 +16,6 @@ log = logging.getLogger(__name__)
 
 def build_kiosk(config: KioskConfig, *, with_camera: bool = True) -> Kiosk:
     """Open the model, the catalog and the camera described by a validated config."""
-    recognizer = open_recognizer(*current_sources(config), config)
+    recognizer = open_recognizer(*current_sources(config), config, serve_at_once=True)
     source = open_source(config.camera) if with_camera else None
     return Kiosk(recognizer, source, jpeg_quality=config.web.jpeg_quality)

@@ -41,8 +41,16 @@ def resolve_model(path: Path | None) -> Path:
     return model
 
 
-def open_recognizer(model_path: Path, catalog_path: Path, config: KioskConfig) -> Recognizer[Catalog]:
-    """Model + catalog + pipeline; nothing is left open if any part is refused."""
+def open_recognizer(
+    model_path: Path, catalog_path: Path, config: KioskConfig, *, serve_at_once: bool = False
+) -> Recognizer[Catalog]:
+    """Model + catalog + pipeline with its search index built; nothing is left open if any part is refused.
+
+    `serve_at_once` (a kiosk's start, when there is nothing else to serve): the embedding index is
+    ready on return and the visual-word index follows in the background (`Catalog.start_index`).
+    Otherwise (a release switch, while the previous release keeps serving) the complete index is
+    built before returning.
+    """
     embedder = open_embedder(model_path, threads=config.model.threads)
     try:
         catalog = open_catalog(catalog_path)
@@ -50,7 +58,12 @@ def open_recognizer(model_path: Path, catalog_path: Path, config: KioskConfig) -
         embedder.close()
         raise
     try:
-        return Recognizer(embedder, catalog, config.recognition, config.roi)
+        recognizer = Recognizer(embedder, catalog, config.recognition, config.roi)
+        if serve_at_once:
+            catalog.start_index()
+        else:
+            catalog.index()
+        return recognizer
     except Exception:
         catalog.close()
         embedder.close()

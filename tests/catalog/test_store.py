@@ -320,3 +320,35 @@ def test_removing_a_reference_drops_its_words(filled: Catalog) -> None:
     assert count == 0
     filled.remove_product("cola")
     assert filled.db.execute("SELECT COUNT(*) FROM reference_words").fetchone()[0] == 1
+
+
+def test_start_index_serves_the_embedding_at_once_and_the_words_after(
+    tmp_path: Path, filled: Catalog, embedder: ProjectionEmbedder
+) -> None:
+    """A kiosk's start: searches work before the visual words are indexed; the complete index follows."""
+    with Catalog(tmp_path / "catalog.db", create=False) as fresh:
+        first = fresh.start_index()
+        assert len(first) == len(filled.index()) and first.version == filled.version
+        assert fresh.search(embedder.embed_image(product_photo(1)), 1)[0].product_id == "cola"  # searchable now
+        assert fresh.wait_for_index(timeout=30)
+        complete = fresh.index()
+        assert complete.words is not None and complete.words.references_with_words == 4
+        assert complete.version == first.version
+        assert fresh.start_index() is complete  # loaded once
+
+
+def test_corrupt_words_keep_the_embedding_index_serving(
+    tmp_path: Path, filled: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A words blob edited into nonsense: `index()` names the reference, a kiosk's start keeps serving."""
+    reference_id = filled.product("chips")["references"][1]
+    filled.db.execute("UPDATE reference_words SET words = ? WHERE id = ?", [b"\x05\x00\x05\x00", reference_id])
+    filled.db.conn.commit()
+    with Catalog(tmp_path / "catalog.db", create=False) as fresh:
+        with pytest.raises(CatalogError, match=f"words of {reference_id}: word ids must be sorted and unique"):
+            fresh.index()
+    with Catalog(tmp_path / "catalog.db", create=False) as fresh:
+        served = fresh.start_index()
+        assert fresh.wait_for_index(timeout=30)
+        assert fresh.index() is served and served.words is None and len(served) == 4
+    assert "found by their embedding only" in caplog.text

@@ -40,3 +40,15 @@ def test_no_shared_word_empty_catalog_and_filters() -> None:
 def test_word_ids_outside_the_vocabulary_are_refused() -> None:
     with pytest.raises(CatalogError, match="outside"):
         WordIndex.from_lists([np.array([300], np.uint16)], 256)
+
+
+def test_unsorted_or_repeated_stored_words_are_refused_naming_the_reference() -> None:
+    """The constructor takes words as stored (sorted, unique per reference) and checks them in bulk."""
+    good = np.array([1, 5, 9], np.uint16)
+    for bad in (np.array([5, 1], np.uint16), np.array([3, 3], np.uint16)):
+        flat = np.concatenate([good, bad, good])
+        with pytest.raises(CatalogError, match="words of b: word ids must be sorted and unique"):
+            WordIndex(flat, np.array([3, 2, 3]), 16, names=["a", "b", "c"])
+    # A reference ending low and the next starting high is fine: runs are checked per reference.
+    index = WordIndex(np.array([9, 12, 1, 2], np.uint16), np.array([2, 0, 2]), 16)
+    assert index.references_with_words == 2 and index.search(np.array([12]), 3).references.tolist() == [0]
