@@ -75,6 +75,8 @@ class ResyncLimits:
     window_s: float = 60.0
     requests: int = 30
     bytes: int = 32 * 1024 * 1024
+    # Delta answers: a kiosk is at one version at a time, and each applied delta moves it on.
+    deltas: int = 6
     # Chunks resent per request (after duplicates are collapsed); the kiosk asks again for the rest.
     chunks_per_answer: int = 64
 
@@ -86,6 +88,7 @@ class _Allowance:
     since: float
     requests: int = 0
     bytes: int = 0
+    deltas: int = 0
 
 
 class PublishedState(BaseModel):
@@ -328,11 +331,15 @@ class HqPublisher:
             return sent
         if request.from_version is None:
             return 0
+        if allowance.deltas >= limits.deltas:
+            log.info("resync from %s: over %d delta answers in %.0fs", request.kiosk_id, limits.deltas, limits.window_s)
+            return 0
         envelope = self._delta_from(request.from_version)
         if envelope is None or allowance.bytes + len(envelope) > limits.bytes:
             return 0
         self._bus.publish(self.topics.reply_delta(request.kiosk_id), envelope)
         allowance.bytes += len(envelope)
+        allowance.deltas += 1
         return len(envelope)
 
     def _allowance(self, kiosk_id: str) -> _Allowance:

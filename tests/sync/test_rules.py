@@ -289,8 +289,8 @@ def test_hq_answers_each_resync_to_the_asker_alone_within_its_budget(
         kiosk.reach(Phase.CURRENT, hq.catalog.version)
         assert kiosk.sync.counters["snapshots"] == 0
     assert {r["from_version"] for r in hq.resync_requests()} == {base}
-    # A kiosk gets at most `requests` answers per window, however often it asks.
-    hq.publisher.resync_limits = ResyncLimits(requests=2)
+    # A kiosk gets at most `deltas` delta answers per window, however often it asks.
+    hq.publisher.resync_limits = ResyncLimits(deltas=2)
     asker = Recorder(memory_broker, client_id="k3")
     question = ResyncRequest(kiosk_id="k3", from_version=base).model_dump_json(exclude_defaults=True).encode()
     for _ in range(5):
