@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import logging
 import os
 import sqlite3
@@ -387,28 +388,101 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_builds(target: str | Path) -> list[Path]:
+    """Delete the working copies that killed builds of `target` left behind; returns them.
+
+    A build holds an exclusive lock on `<copy>.lock` while it runs, so a copy whose lock can be
+    taken is a dead build's (the kernel drops the lock of a killed process). A copy without a
+    lock file (from a release before the lock) is stale when its process id is not running.
+    """
+    target = Path(target)
+    prefix = f".{target.name}.building-"
+    pids = set()
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            tail = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            digits = tail.split("-", 1)[0].split(".", 1)[0]
+            if digits.isdigit():
+                pids.add(int(digits))
+    removed = []
+    for pid in sorted(pids):
+        work = target.with_name(f"{prefix}{pid}")
+        lock_path = Path(f"{work}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            if _pid_alive(pid):
+                continue
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a build still running
+            _remove_database(work)
+            lock_path.unlink(missing_ok=True)
+            removed.append(work)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    if removed:
+        log.info("%s: removed %d working copies of killed builds", target, len(removed))
+    return removed
+
+
+@contextlib.contextmanager
+def _build_lock(work: Path) -> Iterator[None]:
+    """Hold `<work>.lock` for the build, so `remove_stale_builds` of another process leaves `work` alone."""
+    lock_path = Path(f"{work}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def replacing(target: str | Path) -> Iterator[Path]:
     """Yield a working copy of catalog `target` (or a fresh path); on success rename it over `target`.
 
-    On any error the copy is deleted and `target` is left untouched.
+    On any error the copy is deleted and `target` is left untouched. Copies that killed builds
+    left behind (a kill -9 runs no cleanup) are deleted first.
     """
     target = Path(target)
     if not target.parent.is_dir():
         raise InputError(f"{target}: folder {target.parent} does not exist")
     work = target.with_name(f".{target.name}.building-{os.getpid()}")
-    _remove_database(work)
-    try:
-        if target.exists():
-            _copy_catalog(target, work)
-        yield work
-        try:
-            os.replace(work, target)
-        except OSError as exc:
-            raise CatalogError(f"{target}: could not replace the catalog ({exc}); the previous one is intact") from exc
-        _fsync_dir(target.parent)
-    finally:
+    remove_stale_builds(target)
+    with _build_lock(work):
         _remove_database(work)
+        try:
+            if target.exists():
+                _copy_catalog(target, work)
+            yield work
+            try:
+                os.replace(work, target)
+            except OSError as exc:
+                raise CatalogError(
+                    f"{target}: could not replace the catalog ({exc}); the previous one is intact"
+                ) from exc
+            _fsync_dir(target.parent)
+        finally:
+            _remove_database(work)
 
 
 def _copy_catalog(source: Path, copy: Path) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from shelfsight.catalog.ingest import (
     collect_entries,
     read_products_csv,
     reembed,
+    remove_stale_builds,
 )
 from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.errors import CatalogError, InputError
@@ -232,3 +237,67 @@ def test_a_product_whose_every_photo_is_rejected_is_named(tmp_path: Path, embedd
         line.startswith("WARNING: 1 products have no usable reference photo") and "gum" in line
         for line in report.lines()
     )
+
+
+class _StuckEmbedder(ProjectionEmbedder):
+    """Never finishes a batch: the build it serves is mid-way for as long as the test needs."""
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(60)
+        return super().embed_batch(batch)
+
+
+def _start_build(db: Path, seed: int) -> multiprocessing.Process:
+    """A forked `build_catalog` of `db` with a new photo, stuck mid-way, once its working copy exists."""
+    folder = db.parent / f"more-{seed}"
+    save(folder / f"new-{seed}" / "view.jpg", product_photo(seed))
+
+    def child() -> None:
+        try:
+            build_catalog(db, _StuckEmbedder(seed=1), collect_entries(folder))
+        finally:
+            os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=child, daemon=True)
+    process.start()
+    # The copy's WAL: copied and opened for ingest (a build of `db` started earlier would see `db` open).
+    wal = db.with_name(f".{db.name}.building-{process.pid}-wal")
+    deadline = time.monotonic() + 30
+    while not wal.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wal.exists()
+    return process
+
+
+def _copies(db: Path) -> set[str]:
+    return {p.name for p in db.parent.iterdir() if ".building-" in p.name}
+
+
+def test_a_killed_builds_copy_is_removed_by_the_next_build(
+    tmp_path: Path, photos: Path, embedder: ProjectionEmbedder
+) -> None:
+    db = tmp_path / "store.db"
+    build_catalog(db, embedder, collect_entries(photos))
+    killed = _start_build(db, 70)
+    os.kill(killed.pid or 0, signal.SIGKILL)
+    killed.join(10)
+    assert f".{db.name}.building-{killed.pid}" in _copies(db)  # kill -9 ran no cleanup
+    running = _start_build(db, 71)  # which removes it on its way in
+    assert not any(str(killed.pid) in name for name in _copies(db))
+    # A release before the lock left copies without a lock file; this pid runs no build.
+    old = tmp_path / f".{db.name}.building-{2**22 + 12345}"
+    old.write_bytes(b"a full-size copy")
+    try:
+        build_catalog(db, embedder, collect_entries(photos))
+        # The killed build's copy is gone; the running build's copy and lock are untouched.
+        assert {name.split("-wal")[0].split("-shm")[0] for name in _copies(db)} == {
+            f".{db.name}.building-{running.pid}",
+            f".{db.name}.building-{running.pid}.lock",
+        }
+    finally:
+        os.kill(running.pid or 0, signal.SIGKILL)
+        running.join(10)
+    assert [p.name for p in remove_stale_builds(db)] == [f".{db.name}.building-{running.pid}"]
+    assert _copies(db) == set()
+    with Catalog(db, create=False) as catalog:
+        assert catalog.stats()["references"] == 6
