@@ -76,6 +76,8 @@ class ProductEntry:
     product_id: str
     fields: dict[str, Any]
     images: tuple[Path, ...] = ()
+    # Why the product cannot be ingested (a folder name that is not UTF-8); its photos are rejected for it.
+    problem: str = ""
 
 
 @dataclass
@@ -120,13 +122,27 @@ def read_image_folder(folder: str | Path) -> list[ProductEntry]:
     entries = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = tuple(iter_image_files(sub))
-        if images:
+        if images and shown_path(sub.name) != sub.name:
+            entries.append(ProductEntry(shown_path(sub.name), {}, images, NOT_UTF8 % "folder"))
+        elif images:
             # No fields: the folder name is only the default name of a new product, so a later
             # folder-only build does not undo names set from a CSV.
             entries.append(ProductEntry(_product_id(sub.name, str(sub)), {}, images))
     if not entries:
         raise InputError(f"{folder}: no product subfolders with images (expected <folder>/<product id>/*.jpg)")
     return entries
+
+
+NOT_UTF8 = "%s name is not valid UTF-8; rename it"
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as text that can be printed and stored: bytes that are not UTF-8 shown as \\xNN.
+
+    On Linux a file name is any bytes; Python keeps the ones that are not UTF-8 as lone
+    surrogates, which SQLite and a UTF-8 terminal refuse.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _product_id(value: str, where: str) -> str:
@@ -198,7 +214,8 @@ def collect_entries(images: str | Path | None = None, products_csv: str | Path |
         csv_entry, folder_entry = from_csv.get(product_id), from_folder.get(product_id)
         fields = csv_entry.fields if csv_entry else folder_entry.fields  # type: ignore[union-attr]
         photos = (csv_entry.images if csv_entry else ()) + (folder_entry.images if folder_entry else ())
-        merged.append(ProductEntry(product_id, dict(fields), tuple(dict.fromkeys(photos))))
+        problem = folder_entry.problem if folder_entry else ""
+        merged.append(ProductEntry(product_id, dict(fields), tuple(dict.fromkeys(photos)), problem))
     return merged
 
 
@@ -265,6 +282,10 @@ class _Screener:
             self.present.add(ref["id"])
 
     def screen(self, product_id: str, path: Path) -> _Pending | None:
+        if shown_path(path) != str(path):
+            self.report.rejected.append((shown_path(path), NOT_UTF8 % "file"))
+            log.warning("%s: %s", shown_path(path), NOT_UTF8 % "file")
+            return None
         try:
             rgb = load_rgb(path)
             check_image(rgb, self.options.limits, str(path))
@@ -299,6 +320,11 @@ def ingest(
     catalog.check_model(embedder.fingerprint)
     report = IngestReport()
     screener = _Screener(catalog, embedder.input_size, options, report)
+    for entry in entries:
+        if entry.problem:
+            report.rejected += [(shown_path(path), entry.problem) for path in entry.images]
+            log.warning("%s: %s", entry.product_id, entry.problem)
+    entries = [e for e in entries if not e.problem]
     for entry in entries:
         _upsert_product(catalog, entry, report)
     pending: list[_Pending] = []

@@ -301,3 +301,21 @@ def test_a_killed_builds_copy_is_removed_by_the_next_build(
     assert _copies(db) == set()
     with Catalog(db, create=False) as catalog:
         assert catalog.stats()["references"] == 6
+
+
+def test_names_that_are_not_utf8_are_rejected_per_file(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
+    """Linux file names are bytes: b"\\xff.jpg" and a folder b"caf\\xe9" (Latin-1) reach Python as surrogates."""
+    root = tmp_path / "photos"
+    save(root / "cola" / "view0.jpg", product_photo(1))
+    save(root / "cola" / os.fsdecode(b"\xff.jpg"), product_photo(2))
+    save(root / os.fsdecode(b"caf\xe9") / "view0.jpg", product_photo(3))
+    db = tmp_path / "store.db"
+    report = build_catalog(db, embedder, collect_entries(root))
+    assert report.products_added == ["cola"] and report.references_added == 1
+    assert sorted(report.rejected) == [
+        (f"{root}/caf\\xe9/view0.jpg", "folder name is not valid UTF-8; rename it"),
+        (f"{root}/cola/\\xff.jpg", "file name is not valid UTF-8; rename it"),
+    ]
+    "\n".join(report.lines()).encode("utf-8")  # printable as it is
+    with Catalog(db, create=False) as catalog:
+        assert [p["id"] for p in catalog.products()] == ["cola"]
