@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import click
 
-from shelfsight.edge_app.core.clitools import domain_errors
+from shelfsight.edge_app.core.clitools import domain_errors, printable
 from shelfsight.edge_app.core.errors import InputError
 
 MODEL_HELP = "A .tflite embedder with its .json sidecar (default: the bundled model)."
@@ -222,10 +222,10 @@ def list_command(db, category, conditions, as_json) -> None:
         _echo_json(products)
         return
     for product in products:
+        # Fields come from CSVs, HQ and kiosks' teaching: escaped so none can drive the terminal.
+        shown = {k: printable(product[k]) for k in ("id", "name", "category")}
         price = "" if product["price"] is None else f"  {product['price']:.2f}"
-        click.echo(
-            f"{product['id']}\t{product['name']}\t{product['category']}{price}\t{len(product['references'])} refs"
-        )
+        click.echo(f"{shown['id']}\t{shown['name']}\t{shown['category']}{price}\t{len(product['references'])} refs")
 
 
 @catalog_group.command("show")
@@ -248,12 +248,13 @@ def show_command(db, product_id, as_json) -> None:
         _echo_json({**product, "references": references})
         return
     for key in ("id", "name", "description", "category", "price", "version"):
-        click.echo(f"{key}: {product[key]}")
+        click.echo(f"{key}: {printable(product[key])}")
     for key, value in sorted(product["attributes"].items()):
-        click.echo(f"  {key}: {value}")
+        click.echo(f"  {printable(key)}: {printable(value)}")
     for ref in references:
         local = " (local)" if ref["local"] else ""
-        click.echo(f"reference {ref['id']}{local}: {keypoints[ref['id']]} keypoints, source {ref['source'] or '-'}")
+        source = printable(ref["source"] or "-")
+        click.echo(f"reference {printable(ref['id'])}{local}: {keypoints[ref['id']]} keypoints, source {source}")
 
 
 @catalog_group.command("search")
@@ -297,7 +298,7 @@ def search_command(db, image, model, k, category, conditions, threads, as_json) 
     if not hits:
         click.echo("no matching products")
     for rank, hit in enumerate(hits, 1):
-        click.echo(f"{rank}. {hit.product_id}\t{names[hit.product_id]}\tscore {hit.score:.3f}")
+        click.echo(f"{rank}. {printable(hit.product_id)}\t{printable(names[hit.product_id])}\tscore {hit.score:.3f}")
 
 
 @catalog_group.command("stats")
@@ -317,7 +318,7 @@ def stats_command(db, as_json) -> None:
         _echo_json(stats)
         return
     for key, value in stats.items():
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {printable(value)}")
 
 
 @catalog_group.command("reembed")

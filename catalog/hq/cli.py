@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from shelfsight.catalog.sync.limits import MAX_PACKET_BYTES, largest_payload
 from shelfsight.catalog.sync.topics import DEFAULT_FLEET, DEFAULT_PREFIX
 from shelfsight.catalog.sync.transport.config import BrokerConfig
-from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
+from shelfsight.edge_app.core.clitools import domain_errors, printable, stop_on_signals
 from shelfsight.edge_app.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -264,10 +264,11 @@ def status_command(wait_s: float, db: str | None, as_json: bool, **kwargs: Any) 
         click.echo(json.dumps([s.model_dump() for s in statuses], indent=2))
     else:
         header = ["kiosk", "state", "version", "behind", "model", "fps", "uptime", "seen", "last error"]
-        click.echo(format_table(header, status_rows(statuses, target)))
+        # Every cell is what a kiosk sent (ids, errors): escaped so it cannot drive the terminal.
+        click.echo(format_table(header, [[printable(c) for c in row] for row in status_rows(statuses, target)]))
         click.echo(f"{len(statuses)} kiosks" + (f", master at v{target}" if target is not None else ""))
     for problem in problems:
-        click.echo(f"unreadable status: {problem}", err=True)
+        click.echo(f"unreadable status: {printable(problem)}", err=True)
 
 
 @hq_group.command("acl")
@@ -314,7 +315,10 @@ def enrollments_command(inbox: str, show_all: bool) -> None:
 
     with EnrollmentInbox(inbox) as box:
         entries = box.entries(None if show_all else "pending")
-    rows = [[str(e.id), e.kiosk_id, e.product_id, e.name, str(e.frames), e.status, e.note] for e in entries]
+    # Ids and names were typed at kiosks: escaped so a name cannot clear the screen or fake a line.
+    rows = [
+        [printable(c) for c in (e.id, e.kiosk_id, e.product_id, e.name, e.frames, e.status, e.note)] for e in entries
+    ]
     click.echo(format_table(["id", "kiosk", "product", "name", "frames", "status", "note"], rows))
 
 

@@ -7,6 +7,7 @@ import functools
 import logging
 import signal
 import threading
+import unicodedata
 from types import FrameType
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -18,15 +19,44 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 
+# Control (Cc), format (Cf: bidi overrides that reorder what is shown), surrogate (Cs) and line
+# and paragraph separators (Zl, Zp).
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object, keep: str = "") -> str:
+    """`text` safe to print on a terminal: control characters shown as escapes (\\x1b, \\r, \\u202e).
+
+    Every string that came from outside (names taught at kiosks, kiosk ids, their error
+    messages, catalog fields) goes through this before it is printed: "\\x1b[2J" would clear
+    the screen and "\\r" overwrite a line, so a name could fake a report. `keep`: characters
+    to print as they are (a message's own newlines).
+    """
+    out = []
+    for char in str(text):
+        if char in keep or unicodedata.category(char) not in _UNPRINTABLE:
+            out.append(char)
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
 def domain_errors(func: F) -> F:
-    """Turn a ShelfsightError into a one-line message and exit status 1."""
+    """Turn a ShelfsightError into a one-line message (control characters escaped) and exit status 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except ShelfsightError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(printable(exc, keep="\n")) from exc
 
     return wrapper  # type: ignore[return-value]
 
