@@ -117,7 +117,7 @@ def decode_release(data: bytes, *, what: str) -> ReleaseContent:
         raise SyncError(f"{what}: not a release container")
     try:
         head = json.loads(data[_RELEASE_PREFIX.size : _RELEASE_PREFIX.size + head_len])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # a header of nested brackets overflows the parser's stack
         raise SyncError(f"{what}: invalid release header ({exc})") from exc
     if not isinstance(head, dict) or set(head) != {"spec", "model_size"} or not isinstance(head["spec"], dict):
         raise SyncError(f"{what}: release header must have exactly 'spec' and 'model_size'")

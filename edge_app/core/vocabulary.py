@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def vocabulary_from_bytes(
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             meta = json.loads(bytes(arrays["meta"]).decode())
             centres = np.array(arrays["centres"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
+    # zlib.error: a member's deflate stream is damaged (it is no OSError or ValueError).
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise ModelError(f"{path}: not a readable vocabulary file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{path}: not a shelfsight vocabulary")
