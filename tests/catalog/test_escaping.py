@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from shelfsight.catalog.store import Catalog
@@ -55,3 +56,16 @@ def test_hq_enrollments_escapes_what_kiosks_sent(tmp_path: Path) -> None:
     table = cli("hq", "enrollments", "--inbox", str(inbox))
     assert SHOWN in table and "jam\\r" in table
     assert "\x1b" not in table and "\r" not in table
+
+
+def test_hq_status_escapes_what_kiosks_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retained statuses are kiosk-written; the broker is replaced here, the printing is real."""
+    import shelfsight.catalog.hq.fleet as fleet
+    from shelfsight.catalog.sync.messages import KioskStatus
+
+    status = KioskStatus(kiosk_id="k1", catalog_version=3, last_error=HOSTILE, updated=1.0)
+    monkeypatch.setattr(fleet, "collect_status", lambda *a, **kw: ([status], [f"status/k2: {HOSTILE}"]))
+    result = CliRunner().invoke(build_cli(), ["hq", "status", "--wait", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert SHOWN in result.output and f"unreadable status: status/k2: {SHOWN}" in result.output
+    assert "\x1b" not in result.output and "\r" not in result.output
