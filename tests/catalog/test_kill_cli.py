@@ -140,3 +140,26 @@ def test_kill_nine_during_teach(tmp_path: Path, seed_db: Path) -> None:
 
     outcomes = kill_matrix(seed_db, teach, state, tmp_path)
     assert set(outcomes) <= {"none", "all"} and outcomes["all"] > 0, outcomes
+
+
+def test_teach_on_a_full_disk_stores_nothing(tmp_path: Path, seed_db: Path) -> None:
+    """SQLite's own "database or disk is full" (a page limit) part-way through a teach's references."""
+    from shelfsight.edge_app.core.errors import CatalogError
+    from shelfsight.edge_app.kiosk.app import Kiosk
+    from shelfsight.edge_app.recognition import Recognizer
+
+    frames = [product_photo(200 + i) for i in range(PHOTOS)]
+    scratch = tmp_path / "scratch.db"
+    shutil.copy(seed_db, scratch)
+    with Catalog(scratch) as catalog:
+        before = int(catalog.db.execute("PRAGMA page_count").fetchone()[0])
+        Kiosk(Recognizer(ProjectionEmbedder(seed=1), catalog)).teach(PRODUCT, "Kill me", frames=frames)
+        needed = int(catalog.db.execute("PRAGMA page_count").fetchone()[0]) - before
+    assert needed > 2
+    with Catalog(seed_db) as catalog:
+        catalog.db.execute(f"PRAGMA max_page_count = {before + needed - 1}")
+        kiosk = Kiosk(Recognizer(ProjectionEmbedder(seed=1), catalog))
+        with pytest.raises(CatalogError, match="database or disk is full"):
+            kiosk.teach(PRODUCT, "Kill me", frames=frames)
+        assert [p["id"] for p in catalog.products()] == ["other"] and catalog.stats()["references"] == 0
+    assert _references(seed_db) is None
