@@ -377,6 +377,9 @@ def add_product_photos(
         if embedder is None:
             raise InputError("reference photos need the model")
         catalog.check_model(embedder.fingerprint)
+        for path in photos:
+            if shown_path(path) != str(path):
+                raise InputError(f"{shown_path(path)}: {NOT_UTF8 % 'file'}")
         prepared = [prepare_reference(load_rgb(path), embedder, str(Path(path).resolve())) for path in photos]
     with catalog.batch():
         try:

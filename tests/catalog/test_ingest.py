@@ -18,6 +18,7 @@ from PIL import Image
 import shelfsight.catalog.ingest as ingest_module
 from shelfsight.catalog.ingest import (
     IngestOptions,
+    add_product_photos,
     build_catalog,
     collect_entries,
     read_products_csv,
@@ -319,3 +320,5 @@ def test_names_that_are_not_utf8_are_rejected_per_file(tmp_path: Path, embedder:
     "\n".join(report.lines()).encode("utf-8")  # printable as it is
     with Catalog(db, create=False) as catalog:
         assert [p["id"] for p in catalog.products()] == ["cola"]
+        with pytest.raises(InputError, match=r"\\xff.jpg: file name is not valid UTF-8"):
+            add_product_photos(catalog, embedder, "cola", [root / "cola" / os.fsdecode(b"\xff.jpg")])
