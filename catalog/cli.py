@@ -198,6 +198,31 @@ def remove_command(db, product_id, reference_id) -> None:
     click.echo(f"removed {reference_id or product_id}; catalog version {version}")
 
 
+@catalog_group.command("set-thumbnail")
+@db_option
+@click.argument("product_id")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@domain_errors
+def set_thumbnail_command(db, product_id, image) -> None:
+    """Set the picture the kiosk shows for a product (fitted to 256 px, stored as JPEG).
+
+    Products get one from their sharpest reference photo when they are built, added, taught
+    or approved; this replaces it, e.g. with a packshot.
+
+    \b
+    Example:
+      shelfsight catalog set-thumbnail --db store.db cola-330 packshots/cola-330.png
+    """
+    from shelfsight.catalog.store import MAX_THUMBNAIL_SOURCE_BYTES
+
+    size = Path(image).stat().st_size
+    if size > MAX_THUMBNAIL_SOURCE_BYTES:
+        raise InputError(f"{image}: {size} bytes, more than the {MAX_THUMBNAIL_SOURCE_BYTES} a thumbnail is made from")
+    with _open(db) as catalog:
+        version = catalog.set_thumbnail(product_id, Path(image).read_bytes())
+    click.echo(f"thumbnail of {printable(product_id)} set; catalog version {version}")
+
+
 @catalog_group.command("list")
 @db_option
 @click.option("--category", help="Only this category.")
@@ -220,6 +245,9 @@ def list_command(db, category, conditions, as_json) -> None:
         products = catalog.products(**filters)
     if as_json:
         _echo_json(products)
+        return
+    if not products:
+        click.echo("0 products" + (" match" if filters else ""))
         return
     for product in products:
         # Fields come from CSVs, HQ and kiosks' teaching: escaped so none can drive the terminal.

@@ -399,12 +399,37 @@ def _dot(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.vecdot(matrix.astype(np.float32, copy=False), query)
 
 
+def value_matches(value: Any, wanted: Any) -> bool:
+    """Whether a product's field `value` passes a filter's `wanted` value (or any of a list of them).
+
+    Filters are typed by people (`--where price=1.95`, `--category Milk`): numbers compare as
+    numbers whichever side is text, text compares case-insensitively.
+    """
+    if isinstance(wanted, (list, tuple, set, frozenset)):
+        return any(value_matches(value, one) for one in wanted)
+    if value is None or wanted is None:
+        return value is None and wanted is None
+    number, wanted_number = _as_number(value), _as_number(wanted)
+    if number is not None and wanted_number is not None:
+        return number == wanted_number
+    if isinstance(value, str) and isinstance(wanted, str):
+        return value.casefold() == wanted.casefold()
+    return bool(value == wanted)
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
 def _matches(fields: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:
-    for key, wanted in conditions.items():
-        value = fields.get(key)
-        if isinstance(wanted, (list, tuple, set, frozenset)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True
+    return all(value_matches(fields.get(key), wanted) for key, wanted in conditions.items())

@@ -78,6 +78,8 @@ class ProductEntry:
     images: tuple[Path, ...] = ()
     # Why the product cannot be ingested (a folder name that is not UTF-8); its photos are rejected for it.
     problem: str = ""
+    # Ingested, but probably not as meant (a CSV row no folder matched); reported as a warning.
+    warning: str = ""
 
 
 @dataclass
@@ -90,6 +92,8 @@ class IngestReport:
     duplicates: list[tuple[str, str, int]] = field(default_factory=list)  # (path, duplicate of, distance)
     # Products of this build left with no reference at all: the kiosk cannot recognise them.
     unrecognisable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # entries ingested that probably are not what was meant
+    thumbnails: list[str] = field(default_factory=list)  # products given a thumbnail from their best reference
     version: int = 0
 
     def lines(self) -> list[str]:
@@ -101,6 +105,9 @@ class IngestReport:
         ]
         out += [f"rejected {path}: {reason}" for path, reason in self.rejected]
         out += [f"dropped {path}: near-duplicate of {other} (pHash distance {d})" for path, other, d in self.duplicates]
+        out += [f"WARNING: {warning}" for warning in self.warnings]
+        if self.thumbnails:
+            out.append(f"thumbnails: {len(self.thumbnails)} made from the products' sharpest references")
         if self.unrecognisable:
             shown = ", ".join(self.unrecognisable[:10]) + (" ..." if len(self.unrecognisable) > 10 else "")
             out.append(
@@ -215,7 +222,16 @@ def collect_entries(images: str | Path | None = None, products_csv: str | Path |
         fields = csv_entry.fields if csv_entry else folder_entry.fields  # type: ignore[union-attr]
         photos = (csv_entry.images if csv_entry else ()) + (folder_entry.images if folder_entry else ())
         problem = folder_entry.problem if folder_entry else ""
-        merged.append(ProductEntry(product_id, dict(fields), tuple(dict.fromkeys(photos)), problem))
+        warning = ""
+        if images is not None and products_csv is not None and not (csv_entry and folder_entry):
+            # Usually a SKU typed differently in the CSV and as a folder name: the folder's product
+            # would get no name or price, the row's no photos from the folder.
+            warning = (
+                f"CSV row {product_id} matches no folder in {shown_path(images)}"
+                if csv_entry
+                else f"folder {product_id} has no row in {shown_path(products_csv)} (no name or price)"
+            )
+        merged.append(ProductEntry(product_id, dict(fields), tuple(dict.fromkeys(photos)), problem, warning))
     return merged
 
 
@@ -325,6 +341,9 @@ def ingest(
             report.rejected += [(shown_path(path), entry.problem) for path in entry.images]
             log.warning("%s: %s", entry.product_id, entry.problem)
     entries = [e for e in entries if not e.problem]
+    report.warnings = [e.warning for e in entries if e.warning]
+    for warning in report.warnings:
+        log.warning("%s", warning)
     for entry in entries:
         _upsert_product(catalog, entry, report)
     pending: list[_Pending] = []
@@ -339,6 +358,7 @@ def ingest(
                 if len(pending) >= options.batch_size:
                     _commit(catalog, embedder, pending, report)
         _commit(catalog, embedder, pending, report)
+    report.thumbnails = catalog.fill_thumbnails(e.product_id for e in entries)
     report.unrecognisable = [e.product_id for e in entries if not catalog.product(e.product_id)["references"]]
     if report.unrecognisable:
         log.warning("%d products have no usable reference photo", len(report.unrecognisable))
@@ -395,6 +415,7 @@ def add_product_photos(
             catalog.update_product(product_id, **({"name": name} if name else {}), **fields)
         for reference in prepared:
             catalog.add_prepared(product_id, reference)
+        catalog.fill_thumbnails([product_id])
     references = tuple(reference_id_for(product_id, r.image_jpeg, b"") for r in prepared)
     return Added(product_id, created, bool(fields or name) and not created, references, catalog.version)
 

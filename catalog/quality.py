@@ -21,6 +21,11 @@ from shelfsight.edge_app.core.images import fit_square
 STORED_IMAGE_SIZE = 256
 STORED_IMAGE_QUALITY = 88
 
+# Product thumbnails (the kiosk's product card, /api/thumbnail): bounded so a synced catalog of 100k
+# products stays small (a 256 px JPEG at this quality is ~8-20 kB).
+THUMBNAIL_SIZE = 256
+THUMBNAIL_QUALITY = 85
+
 # Blur is measured on a grayscale square of at most this side, so the threshold does not depend on
 # resolution. Smaller images are measured as they are: enlarging first would smear any small crop
 # (a shelf-tag-sized product) into "blurry" however sharp it is.
@@ -77,6 +82,13 @@ def stored_jpeg(rgb: np.ndarray, size: int = STORED_IMAGE_SIZE) -> bytes:
     """The prepared square of `rgb` as JPEG bytes, kept in the catalog for re-embedding."""
     buffer = io.BytesIO()
     Image.fromarray(fit_square(rgb, size)).save(buffer, format="JPEG", quality=STORED_IMAGE_QUALITY)
+    return buffer.getvalue()
+
+
+def thumbnail_jpeg(rgb: np.ndarray) -> bytes:
+    """A product thumbnail: `rgb` fitted into a THUMBNAIL_SIZE square, as JPEG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(fit_square(rgb, THUMBNAIL_SIZE)).save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()
 
 

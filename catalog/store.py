@@ -41,13 +41,14 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import sqlite_utils
 
 from shelfsight.catalog import records, references, replication
-from shelfsight.catalog.index import SearchHit, SearchIndex
+from shelfsight.catalog.index import SearchHit, SearchIndex, value_matches
+from shelfsight.catalog.quality import sharpness, thumbnail_jpeg
 from shelfsight.catalog.references import (
     PreparedReference,
     bundled_vocabulary,
@@ -77,11 +78,14 @@ from shelfsight.catalog.schema import (
 )
 from shelfsight.catalog.word_index import MAX_WORDS_PER_REFERENCE, WordIndex
 from shelfsight.edge_app.core.embedder import Embedder
-from shelfsight.edge_app.core.errors import CatalogError, InputError
+from shelfsight.edge_app.core.errors import CatalogError, ImageError, InputError
 from shelfsight.edge_app.core.features import LocalFeatures, deserialise_features
+from shelfsight.edge_app.core.images import decode_rgb
 from shelfsight.edge_app.core.vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
+
+MAX_THUMBNAIL_SOURCE_BYTES = 20 * 1024 * 1024  # an image `set_thumbnail` accepts (a camera's full-size JPEG fits)
 
 _KEYPOINT_CACHE_SIZE = 4096
 # What building the search index reads; both are answered from covering indexes (schema v2).
@@ -462,7 +466,7 @@ class Catalog:
             return self._product_dict(row, refs)
 
     def products(self, **filters: Any) -> list[dict[str, Any]]:
-        """All products (same dicts as `product`), sorted by id; filters match columns or attributes exactly."""
+        """All products (same dicts as `product`), sorted by id; filters match columns or attributes (`value_matches`)."""
         with self.reading():
             rows = query_all(self.db, f"SELECT {PRODUCT_COLUMNS} FROM products ORDER BY id")
             refs: dict[str, list[str]] = {}
@@ -472,7 +476,7 @@ class Catalog:
         for row in rows:
             item = self._product_dict(row, refs.get(row["id"], []))
             fields = {**item["attributes"], **{k: v for k, v in item.items() if k != "attributes"}}
-            if all(fields.get(key) == value for key, value in filters.items()):
+            if all(value_matches(fields.get(key), value) for key, value in filters.items()):
                 result.append(item)
         return result
 
@@ -488,6 +492,58 @@ class Catalog:
     def thumbnail(self, product_id: str) -> bytes | None:
         """The product's thumbnail image bytes, if it has one."""
         return self._cell("products", "thumbnail", product_id)
+
+    def set_thumbnail(self, product_id: str, image: bytes) -> int:
+        """Make the product's thumbnail from encoded image bytes (fitted to 256 px, JPEG); returns the version.
+
+        ImageError for bytes that are not a readable image (decoding is bounded by the
+        pixel limit of `decode_rgb`).
+        """
+        if len(image) > MAX_THUMBNAIL_SOURCE_BYTES:
+            raise InputError(f"thumbnail of {product_id}: image larger than {MAX_THUMBNAIL_SOURCE_BYTES} bytes")
+        self.product(product_id)  # CatalogError naming it before any decoding
+        thumb = thumbnail_jpeg(decode_rgb(image, f"thumbnail of {product_id}"))
+        return self.update_product(product_id, thumbnail=thumb)
+
+    def fill_thumbnails(self, product_ids: Iterable[str] | None = None) -> list[str]:
+        """Give each product without a thumbnail one made from its best reference; returns their ids.
+
+        The best reference is the sharpest stored image (variance of the Laplacian), so a
+        blurred view taken at an angle does not become the product's picture. Products without
+        a stored reference image keep none. All in one transaction.
+        """
+        filled = []
+        with self.batch():
+            wanted = (
+                [row[0] for row in self.db.execute("SELECT id FROM products WHERE thumbnail IS NULL ORDER BY id")]
+                if product_ids is None
+                else list(dict.fromkeys(product_ids))
+            )
+            for product_id in wanted:
+                if self.thumbnail(product_id) is not None:
+                    continue
+                images = [
+                    row[0]
+                    for row in self.db.execute(
+                        "SELECT image_jpeg FROM reference_images WHERE product_id = ? AND image_jpeg IS NOT NULL "
+                        "ORDER BY id",
+                        [product_id],
+                    )
+                ]
+                if not images:
+                    continue
+                pixels = []
+                for data in images:
+                    try:
+                        pixels.append(decode_rgb(data, f"stored reference of {product_id}"))
+                    except ImageError as exc:  # a damaged copy is skipped; the others still serve
+                        log.warning("%s", exc)
+                if not pixels:
+                    continue
+                best = max(pixels, key=sharpness)
+                self.update_product(product_id, thumbnail=thumbnail_jpeg(best))
+                filled.append(product_id)
+        return filled
 
     def reference(self, reference_id: str) -> dict[str, Any]:
         """A reference's metadata: id, product_id, source, phash, dim, fingerprint, local, version, has_image."""

@@ -101,6 +101,10 @@ class EnrollmentInbox:
             raise InputError(f"{self.path}: no enrollment #{entry_id}")
         return Enrollment.model_validate_json(row[0]), str(row[1])
 
+    def enrollment(self, entry_id: int) -> Enrollment:
+        """The enrollment as the kiosk sent it (frames and photos included); InputError if there is none."""
+        return self._load(entry_id)[0]
+
     def _mark(self, entry_id: int, status: str, note: str = "") -> None:
         with self._lock:
             self._db.execute("UPDATE enrollments SET status = ?, note = ? WHERE id = ?", (status, note, entry_id))
@@ -128,6 +132,7 @@ class EnrollmentInbox:
                         image_jpeg=image_jpeg,
                         keypoints=_keypoints(image_jpeg, entry_id),
                     )
+                master.fill_thumbnails([enrollment.product_id])
         except (CatalogError, InputError) as exc:
             self._mark(entry_id, "pending", f"approve failed: {exc}")
             raise

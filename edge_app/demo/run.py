@@ -35,7 +35,6 @@ from shelfsight.edge_app.camera import (
 )
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import InputError
-from shelfsight.edge_app.core.images import decode_rgb, fit_square
 from shelfsight.edge_app.demo.samples import (
     Clip,
     generate_clip,
@@ -44,13 +43,10 @@ from shelfsight.edge_app.demo.samples import (
     load_sample_set,
 )
 from shelfsight.edge_app.kiosk.app import Kiosk
-from shelfsight.edge_app.kiosk.teaching import encode_jpeg
 from shelfsight.edge_app.recognition import Recognizer, TemporalVoter
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
 
 log = logging.getLogger(__name__)
-
-THUMBNAIL_SIDE = 160
 
 
 # --------------------------------------------------------------------------- catalog from folders
@@ -61,9 +57,8 @@ def build_sample_catalog(
 ) -> Any:
     """Build a new demo catalog (replacing any file there) from an ImageFolder of reference photos and a products CSV; open it.
 
-    Uses the catalog's own ingestion (quality checks, dedupe, all-or-nothing
-    file replacement), then gives every product without a thumbnail one made
-    from its first reference, for the kiosk's product card.
+    Uses the catalog's own ingestion (quality checks, dedupe, all-or-nothing file replacement,
+    a thumbnail for each product from its sharpest reference, for the kiosk's product card).
     """
     from shelfsight.catalog.ingest import build_catalog, collect_entries
     from shelfsight.catalog.store import Catalog
@@ -73,22 +68,7 @@ def build_sample_catalog(
     report = build_catalog(catalog_path, embedder, collect_entries(references_dir, products_csv))
     for line in report.lines():
         log.info("%s", line)
-    catalog = Catalog(catalog_path, create=False)
-    try:
-        add_thumbnails(catalog)
-    except Exception:
-        catalog.close()
-        raise
-    return catalog
-
-
-def add_thumbnails(catalog: Any) -> None:
-    for product in catalog.products():
-        if product["references"] and not catalog.thumbnail(product["id"]):
-            stored = catalog.reference_image(product["references"][0])
-            if stored:
-                thumb = encode_jpeg(fit_square(decode_rgb(stored, f"reference of {product['id']}"), THUMBNAIL_SIDE), 85)
-                catalog.update_product(product["id"], thumbnail=thumb)
+    return Catalog(catalog_path, create=False)
 
 
 # --------------------------------------------------------------------------- playing a clip
@@ -100,6 +80,12 @@ class SecondReport:
     truth: str | None  # what the clip's ground truth says (None: nothing / unknown)
     announced: str  # what the kiosk announced at the end of the second
     frames: Counter[str] = field(default_factory=Counter)  # per-frame decisions in the second
+    # The right announcement: the truth, or "unknown" for a product the catalog does not have.
+    expected: str | None = None
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.expected is None else self.announced == self.expected
 
 
 @dataclass
@@ -115,8 +101,8 @@ class PlayReport:
 
     def accuracy(self) -> float | None:
         """Share of the seconds with a product in view whose announcement names that product."""
-        shown = [s for s in self.seconds if s.truth is not None]
-        return sum(s.announced == s.truth for s in shown) / len(shown) if shown else None
+        shown = [s for s in self.seconds if s.correct is not None]
+        return sum(bool(s.correct) for s in shown) / len(shown) if shown else None
 
 
 def _label(decision: str, product_id: str | None) -> str:
@@ -124,7 +110,11 @@ def _label(decision: str, product_id: str | None) -> str:
 
 
 def play(kiosk: Kiosk, frames: Iterable[Frame], fps: float, truth: Clip | None = None) -> PlayReport:
-    """Feed frames (as if at `fps`) through the kiosk's recognizer and voter; summarise per second."""
+    """Feed frames (as if at `fps`) through the kiosk's recognizer and voter; summarise per second.
+
+    A product of the clip's truth that the catalog does not have is answered correctly by "unknown".
+    """
+    known = {p["id"] for p in kiosk.recognizer.catalog.products()} if truth else set()
     seconds: dict[int, SecondReport] = {}
     stage: dict[str, list[float]] = {}
     start = time.perf_counter()
@@ -133,7 +123,11 @@ def play(kiosk: Kiosk, frames: Iterable[Frame], fps: float, truth: Clip | None =
         t = (n - 1) / fps
         state = kiosk.process(frame)
         sec = int(t)
-        report = seconds.setdefault(sec, SecondReport(sec, truth.product_at(sec + 0.5) if truth else None, "-"))
+        if sec not in seconds:
+            shown = truth.product_at(sec + 0.5) if truth else None
+            expected = None if shown is None else shown if shown in known else "unknown"
+            seconds[sec] = SecondReport(sec, shown, "-", expected=expected)
+        report = seconds[sec]
         if state.frame is not None:
             report.frames[_label(state.frame.decision, state.frame.product_id)] += 1
             for key, value in state.frame.timings.items():
@@ -176,7 +170,7 @@ def _echo_report(report: PlayReport, names: dict[str, str]) -> None:
     click.echo(f"{'second':>6}  {'kiosk announced':<28} {'in front of the camera':<28} frames")
     for s in report.seconds:
         frames = ", ".join(f"{k}×{v}" for k, v in s.frames.most_common(3))
-        mark = "" if s.truth is None else ("  ok" if s.announced == s.truth else "  --")
+        mark = "" if s.correct is None else ("  ok" if s.correct else "  --")
         click.echo(f"{s.second:>6}  {show(s.announced):<28} {show(s.truth):<28} {frames}{mark}")
 
 
@@ -243,7 +237,10 @@ def run_demo(
                     + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_ms.items())
                 )
                 if acc is not None:
-                    click.echo(f"seconds with a product shown that the kiosk announced correctly: {acc:.0%}")
+                    click.echo(
+                        f"seconds with a product shown that the kiosk announced correctly "
+                        f'("unknown" for one not in the catalog): {acc:.0%}'
+                    )
             if camera is not None or serve:
                 live: FrameSource
                 if camera is not None and Path(camera).is_file():  # a recording: play it at its own pace

@@ -266,6 +266,8 @@ class Kiosk:
                     catalog.add_product(product_id, name.strip(), local=True, **fields)
                 for reference in prepared:
                     catalog.add_prepared(product_id, reference, local=True)
+                if existing is None:  # a synced product's row (and its thumbnail) is HQ's to change
+                    catalog.fill_thumbnails([product_id])
             catalog.index()  # rebuilt now, so the very next frame can match it
             recognizer.forget_products()
             self.voter.reset()

@@ -72,16 +72,17 @@ def test_add_remove_and_errors(tmp_path: Path, tiny_model: Path, tiny_dataset: d
         "--model",
         str(tiny_model),
     )
-    assert result.exit_code == 0 and "added product cola" in result.output and "catalog version 2" in result.output
+    # product, reference, and the thumbnail made from it
+    assert result.exit_code == 0 and "added product cola" in result.output and "catalog version 3" in result.output
     assert run("add", "--db", db, "cola", "--price", "2").output.splitlines() == [
         "updated product cola",
-        "catalog version 3",
+        "catalog version 4",
     ]
     product = json.loads(run("show", "--db", db, "cola", "--json").output)
     assert product["attributes"] == {"brand": "Fizz"} and product["price"] == 2.0
     reference = product["references"][0]["id"]
-    assert "catalog version 4" in run("remove", "--db", db, "--reference", reference).output
-    assert "catalog version 5" in run("remove", "--db", db, "cola").output
+    assert "catalog version 5" in run("remove", "--db", db, "--reference", reference).output
+    assert "catalog version 6" in run("remove", "--db", db, "cola").output
 
     missing = run("remove", "--db", db, "cola")
     assert missing.exit_code == 1 and "Error: no product 'cola'" in missing.output and "Traceback" not in missing.output
@@ -167,3 +168,15 @@ def test_catalog_never_imports_tensorflow() -> None:
         "sys.exit('tensorflow' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+def test_list_says_when_empty_and_filters_as_people_type(tmp_path: Path) -> None:
+    db = str(tmp_path / "store.db")
+    with Catalog(db) as catalog:
+        assert run("list", "--db", db).output == "0 products\n"
+        catalog.add_product("milk", "Milk 1l", category="Milk", price=1.95, size=1)
+        catalog.add_product("cola", "Cola", category="drinks", price=1.2)
+    assert run("list", "--db", db, "--where", "price=1.95").output.startswith("milk\t")
+    assert run("list", "--db", db, "--where", "price=1.950", "--where", "size=1.0").output.startswith("milk\t")
+    assert run("list", "--db", db, "--category", "milk").output.startswith("milk\t")
+    assert run("list", "--db", db, "--category", "MILK", "--where", "price=2").output == "0 products match\n"

@@ -65,12 +65,12 @@ def test_build_from_folder_reports_rejections(tmp_path: Path, photos: Path, embe
     assert any("near-duplicate" in line for line in report.lines())
     assert report.unrecognisable == [] and not any("WARNING" in line for line in report.lines())
     with Catalog(db, create=False) as cat:
-        assert cat.version == report.version == 9
+        assert cat.version == report.version == 12  # 3 products, 6 references, 3 thumbnails
         assert cat.search_image(product_photo(11), embedder, k=1)[0].product_id == "chips"
         assert not list(tmp_path.glob(".store.db.building*"))
 
     again = build_catalog(db, embedder, collect_entries(photos))  # idempotent: nothing new, no version bump
-    assert again.references_added == 0 and again.already_present == 6 and again.version == 9
+    assert again.references_added == 0 and again.already_present == 6 and again.version == 12
 
 
 def test_csv_with_folder(tmp_path: Path, photos: Path, embedder: ProjectionEmbedder) -> None:
@@ -175,7 +175,7 @@ def test_reembed_from_stored_copies(tmp_path: Path, photos: Path, embedder: Proj
     new_model = ProjectionEmbedder(seed=2, dim=48)
     with Catalog(db) as cat:
         version = reembed(cat, new_model)
-        assert cat.model_fingerprint == new_model.fingerprint and cat.embedding_dim == 48 and version == 10
+        assert cat.model_fingerprint == new_model.fingerprint and cat.embedding_dim == 48 and version == 13
         assert cat.search_image(product_photo(20), new_model, k=1)[0].product_id == "soap"
         with pytest.raises(CatalogError, match="reembed"):
             cat.search_image(product_photo(20), embedder)
@@ -322,3 +322,18 @@ def test_names_that_are_not_utf8_are_rejected_per_file(tmp_path: Path, embedder:
         assert [p["id"] for p in catalog.products()] == ["cola"]
         with pytest.raises(InputError, match=r"\\xff.jpg: file name is not valid UTF-8"):
             add_product_photos(catalog, embedder, "cola", [root / "cola" / os.fsdecode(b"\xff.jpg")])
+
+
+def test_csv_rows_and_folders_that_do_not_match_are_warned_about(
+    tmp_path: Path, photos: Path, embedder: ProjectionEmbedder
+) -> None:
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_text("sku,name,price\ncola,Cola,1.2\nCHIPS-1,Chips,2.5\nsoap,Soap,3\n")
+    report = build_catalog(tmp_path / "store.db", embedder, collect_entries(photos, csv_path))
+    assert report.warnings == [
+        f"CSV row CHIPS-1 matches no folder in {photos}",
+        f"folder chips has no row in {csv_path} (no name or price)",
+    ]
+    lines = report.lines()
+    assert f"WARNING: CSV row CHIPS-1 matches no folder in {photos}" in lines
+    assert not build_catalog(tmp_path / "other.db", embedder, collect_entries(photos)).warnings  # folders alone
