@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable, get_args
 
@@ -359,6 +360,68 @@ def reject_command(entry_id: int, inbox: str, note: str) -> None:
     with EnrollmentInbox(inbox) as box:
         box.reject(entry_id, note)
     click.echo(f"enrollment #{entry_id} rejected")
+
+
+@hq_group.command("console")
+@click.option(
+    "--catalog", "db", required=True, type=click.Path(exists=True, dir_okay=False), help="The master catalog."
+)
+@inbox_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    help="Address and port the console answers on; anything but loopback needs --credential-env.",
+)
+@click.option(
+    "--credential-env",
+    default="SHELFSIGHT_CONSOLE_CREDENTIAL",
+    show_default=True,
+    help="Environment variable holding the staff credential (8-256 characters); kept only as a salted hash.",
+)
+@click.option(
+    "--fleet-status/--no-fleet-status",
+    default=True,
+    show_default=True,
+    help="Follow the kiosks' statuses on the broker (--no-fleet-status: enrollments and products only).",
+)
+@broker_options
+@domain_errors
+def console_command(db: str, inbox: str, listen: str, credential_env: str, fleet_status: bool, **kwargs: Any) -> None:
+    """Serve HQ's web console: the fleet, enrollments to approve or reject with their photos, the products.
+
+    \b
+    Example:
+      shelfsight hq console --catalog master.db --inbox enroll.db --listen 127.0.0.1:8090 --host broker.example
+      SHELFSIGHT_CONSOLE_CREDENTIAL=... shelfsight hq console --catalog master.db --inbox enroll.db --listen 0.0.0.0:8090
+    """
+    import os
+    from contextlib import ExitStack
+
+    from shelfsight.catalog.hq.console.app import ConsoleFiles, ConsoleServer, check_bind, create_console
+    from shelfsight.catalog.hq.console.auth import Credential
+    from shelfsight.catalog.hq.console.board import FleetView, StatusBoard
+    from shelfsight.catalog.hq.inbox import EnrollmentInbox
+    from shelfsight.catalog.store import Catalog
+
+    host, colon, port_text = listen.rpartition(":")
+    if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen {listen!r}: give HOST:PORT, e.g. 127.0.0.1:8090")
+    host = host.strip("[]")
+    secret = os.environ.get(credential_env)
+    credential = Credential(secret) if secret else None
+    check_bind(host, credential)
+    config, topics = _broker(kwargs)
+    with ExitStack() as stack:
+        master = stack.enter_context(Catalog(db, create=False))
+        box = stack.enter_context(EnrollmentInbox(inbox))
+        fleet: FleetView | None = stack.enter_context(StatusBoard(config, topics)) if fleet_status else None
+        app = create_console(ConsoleFiles(master, box), fleet, credential=credential)
+        server = stack.enter_context(ConsoleServer(app, host, int(port_text)))
+        stop = threading.Event()
+        with stop_on_signals(stop):
+            click.echo(f"HQ console at {server.url} (Ctrl-C to stop)")
+            stop.wait()
 
 
 COMMANDS: list[click.Command] = [hq_group]

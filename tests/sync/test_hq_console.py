@@ -1,0 +1,287 @@
+"""HQ web console: the JSON API on real SQLite files and a real inbox, the fleet from a real broker,
+and the page in headless Chromium (screenshots kept under build/test-artifacts/hq-console/)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from shelfsight.catalog.hq.console.app import ConsoleFiles, ConsoleServer, check_bind, create_console
+from shelfsight.catalog.hq.console.auth import Credential
+from shelfsight.catalog.hq.console.board import StatusBoard
+from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, KioskStatus
+from shelfsight.catalog.sync.topics import Topics
+from shelfsight.catalog.sync.transport.config import BrokerConfig
+from shelfsight.edge_app.core.errors import ConfigError
+from tests.support.broker import Broker
+from tests.support.browser import artifact_dir, chromium_page
+from tests.support.fakes import product_photo
+from tests.support.sync import DIM, FLEET, WAIT, Tap, add_products, fingerprint_of, make_model
+
+HOSTILE = '<img src=x onerror="document.body.dataset.pwned=1">Jam'
+ORIGIN = "http://localhost"
+
+
+def jpeg(seed: int, size: int = 256) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(product_photo(seed, (size, size))).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def taught(kiosk_id: str, product_id: str, name: str, fingerprint: str, *, photos: int = 2) -> Enrollment:
+    rng = np.random.default_rng(len(product_id))
+    frames = [
+        EnrolledFrame(
+            embedding=rng.normal(size=DIM).tolist(),
+            fingerprint=fingerprint,
+            image_jpeg=base64.b64encode(jpeg(i)).decode() if i < photos else None,
+        )
+        for i in range(3)
+    ]
+    return Enrollment(kiosk_id=kiosk_id, product_id=product_id, name=name, category="jam", frames=frames)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[ConsoleFiles]:
+    """A master with two products and an inbox with two enrollments (one with a hostile name)."""
+    fingerprint = fingerprint_of(make_model(tmp_path / "model"))
+    with Catalog(tmp_path / "master.db") as master, EnrollmentInbox(tmp_path / "enroll.db") as inbox:
+        add_products(master, fingerprint, [1, 2])
+        inbox.add(taught("k1", "jam-1", HOSTILE, fingerprint))
+        inbox.add(taught("k2", "jam-2", "Plum jam", fingerprint, photos=0))
+        yield ConsoleFiles(master, inbox)
+
+
+@pytest.fixture
+def client(files: ConsoleFiles) -> FlaskClient:
+    return create_console(files).test_client()
+
+
+def post(client: FlaskClient, path: str, body: Any = None, **headers: str) -> Any:
+    """A state-changing request as the page sends it: the console's Origin and its CSRF token."""
+    csrf = client.get("/api/session").json["csrf"]
+    return client.post(path, json=body or {}, headers={"Origin": ORIGIN, "X-CSRF-Token": csrf, **headers})
+
+
+def test_enrollments_with_photos_approved_with_price_and_description(client: FlaskClient, files: ConsoleFiles) -> None:
+    [first, second] = client.get("/api/enrollments").json["enrollments"]
+    assert (first["kiosk_id"], first["product_id"], first["name"], first["photos"], first["frames"]) == (
+        "k1", "jam-1", HOSTILE, 2, 3,
+    )  # fmt: skip
+    assert first["category"] == "jam" and first["status"] == "pending" and second["photos"] == 0
+    photo = client.get("/api/enrollments/1/photos/1")
+    assert photo.status_code == 200 and photo.mimetype == "image/jpeg"
+    assert photo.headers["X-Content-Type-Options"] == "nosniff"
+    assert Image.open(io.BytesIO(photo.data)).size == (256, 256)
+    assert client.get("/api/enrollments/1/photos/2").status_code == 404  # the third frame came without a photo
+    assert client.get("/api/enrollments/99/photos/0").status_code == 404
+
+    before = files.master.version
+    approved = post(client, "/api/enrollments/1/approve", {"price": "3.50", "description": "Strawberry, 350 g"})
+    assert approved.status_code == 200, approved.json
+    product = files.master.product("jam-1")
+    assert (product["name"], product["price"], product["description"], product["category"]) == (
+        HOSTILE, 3.5, "Strawberry, 350 g", "jam",
+    )  # fmt: skip
+    assert len(product["references"]) == 3 and approved.json["master_version"] == files.master.version > before
+    assert [e["id"] for e in client.get("/api/enrollments").json["enrollments"]] == [2]
+    again = post(client, "/api/enrollments/1/approve")
+    assert again.status_code == 409 and "already approved" in again.json["error"]
+
+
+def test_reject_keeps_the_product_out_of_the_master(client: FlaskClient, files: ConsoleFiles) -> None:
+    before = files.master.version
+    response = post(client, "/api/enrollments/2/reject", {"note": "duplicate of p000001"})
+    assert response.status_code == 200
+    assert files.master.version == before and not files.master.products(id="jam-2")
+    [entry] = [e for e in files.inbox.entries() if e.id == 2]
+    assert (entry.status, entry.note) == ("rejected", "duplicate of p000001")
+    missing = post(client, "/api/enrollments/77/reject")
+    assert missing.status_code == 409 and "no enrollment #77" in missing.json["error"]
+    assert str(files.inbox.path.parent) not in missing.json["error"]  # no server folders in errors
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ({"price": "cheap"}, "price must be a number"),
+        ({"price": -1}, "price must be between"),
+        ({"description": "x" * 2001}, "over 2000 characters"),
+        ({"description": 5}, "description must be text"),
+        ({"thumbnail": "x"}, "unknown fields: thumbnail"),
+    ],
+)
+def test_a_bad_approval_changes_nothing(client: FlaskClient, files: ConsoleFiles, body: Any, reason: str) -> None:
+    before = files.master.version
+    response = post(client, "/api/enrollments/1/approve", body)
+    assert response.status_code == 400 and reason in response.json["error"]
+    assert files.master.version == before and [e.status for e in files.inbox.entries()] == ["pending", "pending"]
+
+
+def test_state_changes_need_the_consoles_origin_and_csrf_token(client: FlaskClient, files: ConsoleFiles) -> None:
+    csrf = client.get("/api/session").json["csrf"]
+    url = "/api/enrollments/1/approve"
+    assert client.post(url, json={}, headers={"X-CSRF-Token": csrf}).status_code == 403  # no Origin
+    evil = client.post(url, json={}, headers={"Origin": "http://evil.example", "X-CSRF-Token": csrf})
+    assert evil.status_code == 403 and "cross-origin" in evil.json["error"]
+    forged = client.post(url, json={}, headers={"Origin": ORIGIN, "X-CSRF-Token": "guess"})
+    assert forged.status_code == 403 and "CSRF" in forged.json["error"]
+    assert client.post(url, data="x" * 20_000, headers={"Origin": ORIGIN, "X-CSRF-Token": csrf}).status_code == 413
+    assert [e.status for e in files.inbox.entries()] == ["pending", "pending"]
+    # A DNS-rebinding page reaches the loopback console under its own name: refused.
+    assert client.get("/api/session", headers={"Host": "evil.example:8090"}).status_code == 403
+
+
+def test_off_loopback_the_console_needs_a_credential(files: ConsoleFiles) -> None:
+    with pytest.raises(ConfigError, match="credential"):
+        check_bind("0.0.0.0", None)
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    with pytest.raises(ConfigError, match="8 to 256"):
+        Credential("1234")
+    client = create_console(files, credential=Credential("correct horse")).test_client()
+    headers = {"Host": "hq.example:8090"}
+    origin = {**headers, "Origin": "http://hq.example:8090"}
+    session = client.get("/api/session", headers=headers).json
+    assert session["login_required"] and not session["logged_in"]
+    assert client.get("/api/enrollments", headers=headers).status_code == 401
+    assert client.get("/api/enrollments/1/photos/0", headers=headers).status_code == 401
+    assert client.post("/api/login", json={"credential": "wrong horse"}, headers=origin).status_code == 403
+    assert client.post("/api/login", json={"credential": "correct horse"}, headers=origin).status_code == 200
+    assert client.get("/api/enrollments", headers=headers).status_code == 200
+
+
+def test_products_search_and_thumbnails(client: FlaskClient, files: ConsoleFiles) -> None:
+    body = client.get("/api/products").json
+    assert body["total"] == 2 and [p["id"] for p in body["products"]] == ["p000001", "p000002"]
+    found = client.get("/api/products?q=product 2").json
+    assert [p["id"] for p in found["products"]] == ["p000002"] and found["products"][0]["references"] == 1
+    assert client.get("/api/products?limit=1").json["products"][0]["id"] == "p000001"
+    assert client.get("/api/products?limit=0").status_code == 400
+    assert client.get("/api/products?q=" + "x" * 201).status_code == 400
+    assert client.get("/api/products/p000001/thumbnail").status_code == 404
+    files.master.update_product("p000001", thumbnail=jpeg(4, 96))
+    thumb = client.get("/api/products/p000001/thumbnail")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert thumb.headers["X-Content-Type-Options"] == "nosniff"
+    # Whatever else a thumbnail column holds is not served under an image type.
+    files.master.db.execute("UPDATE products SET thumbnail = ? WHERE id = 'p000002'", [b"<html>hi</html>"])
+    assert client.get("/api/products/p000002/thumbnail").status_code == 404
+    assert client.get("/api/products/nope/thumbnail").status_code == 404
+
+
+def status(kiosk_id: str, **fields: Any) -> bytes:
+    return KioskStatus(kiosk_id=kiosk_id, updated=time.time() - 30, **fields).model_dump_json().encode()
+
+
+def publish_statuses(broker: Broker, topics: Topics, fingerprint: str) -> None:
+    """Two kiosks' retained statuses (one with a hostile last error) and one unreadable status."""
+    tap = Tap(broker, client_id="status-writer")
+    try:
+        tap.inject(
+            topics.status("k1"), status("k1", catalog_version=1, model_fingerprint=fingerprint, fps=9.5), retain=True
+        )
+        tap.inject(
+            topics.status("k2"),
+            status("k2", state="offline", catalog_version=0, last_error=f"camera gone {HOSTILE}"),
+            retain=True,
+        )
+        tap.inject(topics.status("k3"), b"{not json", retain=True)
+    finally:
+        tap.close()
+
+
+def wait_until(predicate: Any) -> None:
+    deadline = time.monotonic() + WAIT  # only guards against a hang
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.05)
+
+
+def test_fleet_from_the_kiosks_retained_statuses(broker: Broker, files: ConsoleFiles) -> None:
+    topics = Topics("shelfsight", FLEET)
+    fingerprint = files.master.model_fingerprint or ""
+    publish_statuses(broker, topics, fingerprint)
+    with StatusBoard(BrokerConfig(host="127.0.0.1", port=broker.port), topics) as board:
+        client = create_console(files, board).test_client()
+        wait_until(lambda: len(client.get("/api/fleet").json["kiosks"]) == 2)
+        fleet = client.get("/api/fleet").json
+    assert fleet["master_version"] == files.master.version
+    k1, k2 = fleet["kiosks"]
+    assert (k1["kiosk_id"], k1["state"], k1["catalog_version"], k1["model"], k1["last_error"]) == (
+        "k1", "online", 1, fingerprint, None,
+    )  # fmt: skip
+    assert k1["behind"] == files.master.version - 1 and 29 <= k1["seen_s_ago"] < 29 + WAIT
+    assert (k2["state"], k2["last_error"]) == ("offline", f"camera gone {HOSTILE}")
+    [problem] = fleet["problems"]
+    assert "status/k3" in problem and "malformed" in problem
+
+
+# The page runs under the console's Content-Security-Policy, which forbids eval: Playwright's
+# wait_for_function polls with eval, so conditions are polled from here with page.evaluate instead.
+def test_console_page_in_headless_chromium(broker: Broker, files: ConsoleFiles) -> None:
+    shots = artifact_dir("hq-console")
+    topics = Topics("shelfsight", FLEET)
+    publish_statuses(broker, topics, files.master.model_fingerprint or "")
+    with (
+        StatusBoard(BrokerConfig(host="127.0.0.1", port=broker.port), topics) as board,
+        ConsoleServer(create_console(files, board), "127.0.0.1", 0) as server,
+        chromium_page(1280, 900) as page,
+    ):
+        wait_until(lambda: len(board.statuses()[0]) == 2)
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.text_content('#fleet tr[data-kiosk="k1"] td:nth-child(3)') == "v1"
+        assert page.text_content('#fleet tr[data-kiosk="k2"] td:nth-child(6)') == f"camera gone {HOSTILE}"
+        card = page.locator('.enrollment[data-id="1"]')
+        assert card.locator(".title").text_content() == f"{HOSTILE} (jam-1)"
+        assert card.locator(".photos img").count() == 2
+        wait_until(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        page.screenshot(path=str(shots / "1-fleet-and-enrollments.png"), full_page=True)
+
+        card.locator('input[name="price"]').fill("3.50")
+        card.locator('textarea[name="description"]').fill("Strawberry, 350 g")
+        card.locator("button.approve").click()
+        page.wait_for_selector('#products tr[data-product="jam-1"]')
+        page.wait_for_selector('.enrollment[data-id="1"]', state="detached")
+        assert "approved" in (page.text_content("#notice") or "")
+        row = page.locator('#products tr[data-product="jam-1"] td')
+        assert [row.nth(i).text_content() for i in (2, 4, 5)] == [HOSTILE, "3.50", "Strawberry, 350 g"]
+        page.screenshot(path=str(shots / "2-approved.png"), full_page=True)
+
+        page.locator('.enrollment[data-id="2"] input[name="note"]').fill("duplicate")
+        page.locator('.enrollment[data-id="2"] button.reject').click()
+        page.wait_for_selector("#enrollments-empty:not(.hidden)")
+        page.fill("#query", "plum")
+        page.click('#search button[type="submit"]')
+        wait_until(lambda: page.text_content("#products-count") == "0 products")
+        page.screenshot(path=str(shots / "3-rejected-and-search.png"), full_page=True)
+        # The hostile name and error stayed text: their markup never ran.
+        assert page.evaluate("document.body.dataset.pwned") is None
+        assert page.locator("img[src=x]").count() == 0
+    product = files.master.product("jam-1")
+    assert (product["price"], product["description"]) == (3.5, "Strawberry, 350 g")
+    assert [(e.id, e.status) for e in files.inbox.entries()] == [(1, "approved"), (2, "rejected")]
+
+
+def test_cli_refuses_a_network_bind_without_a_credential(files: ConsoleFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from shelfsight.edge_app.cli import build_cli
+
+    monkeypatch.delenv("SHELFSIGHT_CONSOLE_CREDENTIAL", raising=False)
+    args = ["hq", "console", "--catalog", str(files.master.path), "--inbox", str(files.inbox.path)]
+    result = CliRunner().invoke(build_cli(), [*args, "--listen", "0.0.0.0:8090", "--no-fleet-status"])
+    assert result.exit_code != 0 and "set a credential" in result.output, result.output
+    result = CliRunner().invoke(build_cli(), [*args, "--listen", "8090"])
+    assert result.exit_code != 0 and "HOST:PORT" in result.output, result.output
