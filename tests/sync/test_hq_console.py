@@ -95,6 +95,8 @@ def test_enrollments_with_photos_approved_with_price_and_description(client: Fla
     )  # fmt: skip
     assert len(product["references"]) == 3 and approved.json["master_version"] == files.master.version > before
     assert [e["id"] for e in client.get("/api/enrollments").json["enrollments"]] == [2]
+    thumb = client.get("/api/products/jam-1/thumbnail")  # made by the approval from the sharpest photo
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     again = post(client, "/api/enrollments/1/approve")
     assert again.status_code == 409 and "already approved" in again.json["error"]
 
@@ -142,6 +144,17 @@ def test_state_changes_need_the_consoles_origin_and_csrf_token(client: FlaskClie
     assert client.get("/api/session", headers={"Host": "evil.example:8090"}).status_code == 403
 
 
+def test_page_uses_no_internet_assets_and_forbids_framing_and_inline_scripts(client: FlaskClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and b"/static/console.js" in page.data
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+    for name in ("index.html", "console.js", "console.css"):
+        body = client.get(f"/static/{name}").data
+        assert b"http:" not in body and b"https:" not in body and b"innerHTML" not in body, name
+    assert client.get("/static/../app.py").status_code == 404
+
+
 def test_off_loopback_the_console_needs_a_credential(files: ConsoleFiles) -> None:
     with pytest.raises(ConfigError, match="credential"):
         check_bind("0.0.0.0", None)
@@ -157,7 +170,10 @@ def test_off_loopback_the_console_needs_a_credential(files: ConsoleFiles) -> Non
     assert client.get("/api/enrollments", headers=headers).status_code == 401
     assert client.get("/api/enrollments/1/photos/0", headers=headers).status_code == 401
     assert client.post("/api/login", json={"credential": "wrong horse"}, headers=origin).status_code == 403
-    assert client.post("/api/login", json={"credential": "correct horse"}, headers=origin).status_code == 200
+    logged_in = client.post("/api/login", json={"credential": "correct horse"}, headers=origin)
+    assert logged_in.status_code == 200
+    cookie = logged_in.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/api/enrollments", headers=headers).status_code == 200
 
 
@@ -257,6 +273,9 @@ def test_console_page_in_headless_chromium(broker: Broker, files: ConsoleFiles) 
         assert "approved" in (page.text_content("#notice") or "")
         row = page.locator('#products tr[data-product="jam-1"] td')
         assert [row.nth(i).text_content() for i in (2, 4, 5)] == [HOSTILE, "3.50", "Strawberry, 350 g"]
+        wait_until(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        assert page.locator('#products tr[data-product="jam-1"] img.thumb').count() == 1
+        wait_until(lambda: page.text_content("#master") == f"master catalog v{files.master.version}")
         page.screenshot(path=str(shots / "2-approved.png"), full_page=True)
 
         page.locator('.enrollment[data-id="2"] input[name="note"]').fill("duplicate")

@@ -105,7 +105,7 @@ async function decide(entry, action, body) {
   } catch (err) {
     notice("#" + entry.id + ": " + err.message);
   }
-  await Promise.all([loadEnrollments(), loadProducts()]);
+  await Promise.all([loadEnrollments(), loadProducts(), refreshFleet()]);
 }
 
 async function loadEnrollments() {
