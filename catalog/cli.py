@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import click
 
-from shelfsight.edge_app.core.clitools import domain_errors, printable
+from shelfsight.edge_app.core.clitools import domain_errors, printable, progress_option, wants_progress
 from shelfsight.edge_app.core.errors import InputError
 
 MODEL_HELP = "A .tflite embedder with its .json sidecar (default: the bundled model)."
@@ -110,7 +110,7 @@ def catalog_group() -> None:
     help="Photos per embedding batch and transaction.",
 )
 @threads_option
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option
 @domain_errors
 def build_command(model, images, products, db, dedupe, min_side, min_sharpness, batch_size, threads, progress) -> None:
     """Create or extend a catalog from photos; the file is replaced only when the build succeeds.
@@ -125,7 +125,7 @@ def build_command(model, images, products, db, dedupe, min_side, min_sharpness, 
     if not images and not products:
         raise click.UsageError("give --images, --products, or both")
     entries = collect_entries(images, products)
-    options = IngestOptions(QualityLimits(min_side, min_sharpness), dedupe, batch_size, progress)
+    options = IngestOptions(QualityLimits(min_side, min_sharpness), dedupe, batch_size, wants_progress(progress))
     with _embedder(model, threads) as embedder:
         report = build_catalog(db, embedder, entries, options)
     for line in report.lines():
@@ -354,7 +354,7 @@ def stats_command(db, as_json) -> None:
 @model_option
 @threads_option
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Photos per embedding batch.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option
 @domain_errors
 def reembed_command(db, model, threads, batch_size, progress) -> None:
     """Recompute all embeddings with a new model (from the originals, or the stored copies).
@@ -366,11 +366,18 @@ def reembed_command(db, model, threads, batch_size, progress) -> None:
       shelfsight catalog reembed --db store.db --model new-model.tflite
     """
     from shelfsight.catalog.ingest import IngestOptions, reembed
+    from shelfsight.catalog.schema import MODEL_BOUND_META
 
     with _open(db) as catalog, _embedder(model, threads) as embedder:
-        version = reembed(catalog, embedder, IngestOptions(batch_size=batch_size, progress=progress))
+        calibrated = catalog.get_meta(MODEL_BOUND_META[0]) is not None
+        version = reembed(catalog, embedder, IngestOptions(batch_size=batch_size, progress=wants_progress(progress)))
         count = catalog.stats()["references"]
     click.echo(f"re-embedded {count} references with model {embedder.fingerprint[:12]}; catalog version {version}")
+    if calibrated:
+        click.echo(
+            "the old model's 'not in catalog' threshold was cleared (kiosks use the safe default): "
+            "run `shelfsight eval --calibrate --store` with the new model"
+        )
 
 
 @catalog_group.command("export")

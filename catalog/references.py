@@ -27,7 +27,7 @@ import sqlite_utils
 from shelfsight.catalog import records
 from shelfsight.catalog.index import SearchHit
 from shelfsight.catalog.quality import check_image, describe_image
-from shelfsight.catalog.schema import bump_version, write_meta
+from shelfsight.catalog.schema import MODEL_BOUND_META, bump_version, write_meta
 from shelfsight.catalog.word_index import encode_words
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, InputError
@@ -173,7 +173,8 @@ def replace_embeddings(catalog: ModelCatalog, fingerprint: str, embeddings: Mapp
     """Swap every reference's embedding for one from another model, in one transaction.
 
     `embeddings` must cover every reference. The model change bumps the version once and
-    moves the log floor there: copies of this catalog need a snapshot to follow.
+    moves the log floor there: copies of this catalog need a snapshot to follow. Meta measured
+    with the old model (`MODEL_BOUND_META`: the calibrated threshold) is dropped.
     """
     db = catalog.db
     with catalog.batch():
@@ -192,6 +193,7 @@ def replace_embeddings(catalog: ModelCatalog, fingerprint: str, embeddings: Mapp
                 [codes, scale, len(codes), fingerprint, version, reference_id],
             )
         write_meta(db, "model_fingerprint", fingerprint)
+        db.execute(f"DELETE FROM meta WHERE key IN ({', '.join('?' * len(MODEL_BOUND_META))})", MODEL_BOUND_META)
         write_meta(db, "embedding_dim", dims.pop() if dims else None)
         db.execute("DELETE FROM changes")
         write_meta(db, "log_floor", version)

@@ -154,6 +154,9 @@ def schema_version(db: sqlite_utils.Database) -> int:
 # ---- rows -------------------------------------------------------------------------------------
 
 # Meta keys the catalog manages itself: `Catalog.set_meta` refuses them, snapshots carry them apart.
+# Meta measured with the catalog's model (the recognizer's calibrated "not in catalog" threshold and
+# what it was calibrated for): another model's scores are on another scale, so a reembed drops them.
+MODEL_BOUND_META = ("unknown_threshold", "unknown_threshold_calibration")
 RESERVED_META = frozenset(
     {"schema_version", "version", "model_fingerprint", "embedding_dim", "log_floor", "vocabulary_fingerprint"}
 )

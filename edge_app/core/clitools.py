@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import signal
+import sys
 import threading
 import unicodedata
 from types import FrameType
@@ -46,6 +47,18 @@ def printable(text: object, keep: str = "") -> str:
         else:
             out.append(f"\\U{ord(char):08x}")
     return "".join(out)
+
+
+def progress_option(func: F) -> F:
+    """`--progress/--no-progress`, unset by default: resolve it with `wants_progress`."""
+    return click.option(
+        "--progress/--no-progress", default=None, help="Show progress bars (default: when stderr is a terminal)."
+    )(func)
+
+
+def wants_progress(flag: bool | None) -> bool:
+    """An explicit --progress/--no-progress, else whether stderr is a terminal: bars in a log are noise."""
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def domain_errors(func: F) -> F:

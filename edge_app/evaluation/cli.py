@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from shelfsight.edge_app.core.clitools import domain_errors
+from shelfsight.edge_app.core.clitools import domain_errors, progress_option, wants_progress
 
 
 @click.command("eval")
@@ -36,7 +36,7 @@ from shelfsight.edge_app.core.clitools import domain_errors
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the figures as JSON here.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write an HTML report with plots here.")
 @click.option("--threads", type=int, default=2, show_default=True, help="Interpreter threads for .tflite models.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option
 @click.option(
     "--pipeline",
     type=click.Choice(["global", "full"]),
@@ -71,6 +71,7 @@ def eval_command(
         --catalog data/iconic --queries data/val --json eval.json --report eval-report
       shelfsight eval --model M.tflite --catalog refs --queries photos --pipeline full --calibrate --store kiosk.db
     """
+    progress = wants_progress(progress)
     if Path(model).is_dir():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from shelfsight.edge_app.core.labels import scan_folder
@@ -80,6 +81,10 @@ def eval_command(
     from shelfsight.edge_app.runtime.factory import open_embedder
 
     with open_embedder(model, threads=threads) as embedder:
+        if store_db and not calibrate:
+            raise click.UsageError("--store writes the threshold --calibrate finds: give both")
+        if store_db:
+            _check_store(store_db, embedder)  # before the minutes of calibration it would throw away
         if calibrate:
             _calibrate(
                 run_calibration(
@@ -123,6 +128,15 @@ def _write_json(path: str | None, data: dict) -> None:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _check_store(store_db: str, embedder: Any) -> None:
+    """CatalogError unless `--store` names a catalog built with the model being evaluated."""
+    from shelfsight.catalog.store import Catalog
+
+    with Catalog(store_db, create=False) as catalog:
+        # A threshold is only meaningful for the model (and vocabulary, and pipeline) it was measured with.
+        catalog.check_model(embedder.fingerprint)
+
+
 def _calibrate(calibration, json_out: str | None, store_db: str | None, embedder: Any, config: Any = None) -> None:
     from shelfsight.edge_app.recognition.config import RecognitionConfig
     from shelfsight.edge_app.recognition.pipeline import CALIBRATION_META_KEY, THRESHOLD_META_KEY, Recognizer
@@ -137,8 +151,7 @@ def _calibrate(calibration, json_out: str | None, store_db: str | None, embedder
         from shelfsight.catalog.store import Catalog
 
         with Catalog(store_db, create=False) as catalog:
-            # A threshold is only meaningful for the model (and vocabulary, and pipeline) it was measured with.
-            catalog.check_model(embedder.fingerprint)
+            catalog.check_model(embedder.fingerprint)  # again: it may have been rebuilt meanwhile
             recognition = config or RecognitionConfig(verify=calibration.pipeline == "full")
             binding = Recognizer(embedder, catalog, recognition).calibration_binding()
             catalog.set_meta(THRESHOLD_META_KEY, calibration.threshold)
