@@ -304,3 +304,40 @@ def test_cli_refuses_a_network_bind_without_a_credential(files: ConsoleFiles, mo
     assert result.exit_code != 0 and "set a credential" in result.output, result.output
     result = CliRunner().invoke(build_cli(), [*args, "--listen", "8090"])
     assert result.exit_code != 0 and "HOST:PORT" in result.output, result.output
+
+
+def test_cli_serves_the_console_until_a_signal(broker: Broker, files: ConsoleFiles) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.support.broker import free_port
+
+    topics = Topics("shelfsight", FLEET)
+    publish_statuses(broker, topics, files.master.model_fingerprint or "")
+    port = free_port()
+    command = [
+        sys.executable, "-c", "from shelfsight.edge_app.cli import main; main()",
+        "hq", "console", "--catalog", str(files.master.path), "--inbox", str(files.inbox.path),
+        "--listen", f"127.0.0.1:{port}", "--host", "127.0.0.1", "--port", str(broker.port), "--fleet", FLEET,
+    ]  # fmt: skip
+    console = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def fleet() -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return None  # not listening yet
+
+    try:
+        wait_until(lambda: console.poll() is not None or len((fleet() or {}).get("kiosks", [])) == 2)
+        assert console.poll() is None
+        assert [k["kiosk_id"] for k in fleet()["kiosks"]] == ["k1", "k2"]
+    finally:
+        console.send_signal(signal.SIGTERM)
+        output = console.communicate(timeout=30)[0].decode()
+    assert console.returncode == 0, output
+    assert f"HQ console at http://127.0.0.1:{port}" in output
