@@ -138,6 +138,8 @@ def test_state_changes_need_the_consoles_origin_and_csrf_token(client: FlaskClie
     assert evil.status_code == 403 and "cross-origin" in evil.json["error"]
     forged = client.post(url, json={}, headers={"Origin": ORIGIN, "X-CSRF-Token": "guess"})
     assert forged.status_code == 403 and "CSRF" in forged.json["error"]
+    odd = client.post(url, json={}, headers={"Origin": ORIGIN, "X-CSRF-Token": "\xff\u00e9t\u00e9"})
+    assert odd.status_code == 403  # not an exception from a non-ASCII header
     assert client.post(url, data="x" * 20_000, headers={"Origin": ORIGIN, "X-CSRF-Token": csrf}).status_code == 413
     assert [e.status for e in files.inbox.entries()] == ["pending", "pending"]
     # A DNS-rebinding page reaches the loopback console under its own name: refused.
@@ -167,6 +169,8 @@ def test_off_loopback_the_console_needs_a_credential(files: ConsoleFiles) -> Non
     origin = {**headers, "Origin": "http://hq.example:8090"}
     session = client.get("/api/session", headers=headers).json
     assert session["login_required"] and not session["logged_in"]
+    assert client.get("/api/enrollments", headers=headers).status_code == 401
+    client.set_cookie("shelfsight_console", "\u00e9", domain="hq.example")
     assert client.get("/api/enrollments", headers=headers).status_code == 401
     assert client.get("/api/enrollments/1/photos/0", headers=headers).status_code == 401
     assert client.post("/api/login", json={"credential": "wrong horse"}, headers=origin).status_code == 403

@@ -33,7 +33,14 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from shelfsight.catalog.hq.console.auth import LOOPBACK_NAMES, Credential, host_name, is_loopback, same_origin
+from shelfsight.catalog.hq.console.auth import (
+    LOOPBACK_NAMES,
+    Credential,
+    host_name,
+    is_loopback,
+    same_origin,
+    same_token,
+)
 from shelfsight.catalog.hq.console.board import FleetView, NoFleet
 from shelfsight.catalog.hq.inbox import EnrollmentInbox
 from shelfsight.catalog.store import Catalog
@@ -47,7 +54,8 @@ MAX_NOTE_CHARS = 500
 MAX_DESCRIPTION_CHARS = 2000
 MAX_QUERY_CHARS = 200
 DEFAULT_PRODUCTS, MAX_PRODUCTS = 100, 500
-MAX_ENROLLMENTS = 200  # each row reads its payload (frames included); the oldest pending come first
+# Each row reads its payload (up to 1 MB with its frames); the oldest come first, the total is shown.
+MAX_ENROLLMENTS = 50
 STATUSES = ("pending", "approved", "rejected")
 SESSION_COOKIE = "shelfsight_console"
 CSP = "default-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -189,7 +197,7 @@ def create_console(
     def logged_in() -> bool:
         cookie = request.cookies.get(SESSION_COOKIE, "")
         with sessions_lock:
-            return credential is None or any(secrets.compare_digest(cookie, s) for s in sessions)
+            return credential is None or any(same_token(cookie, s) for s in sessions)
 
     @app.errorhandler(Refused)
     def refused(exc: Refused) -> tuple[Response, int]:
@@ -211,9 +219,7 @@ def create_console(
                 raise Refused(413, f"request too large (limit {MAX_REQUEST_BYTES} bytes)")
             if not same_origin(request.headers.get("Origin"), request.host):
                 raise Refused(403, "cross-origin request refused")
-            if request.endpoint != "login" and not secrets.compare_digest(
-                request.headers.get("X-CSRF-Token", ""), csrf
-            ):
+            if request.endpoint != "login" and not same_token(request.headers.get("X-CSRF-Token"), csrf):
                 raise Refused(403, "missing or wrong CSRF token; reload the page")
         public = request.endpoint in ("index", "static_file", "session", "login")
         if not public and not logged_in():

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
 
 from shelfsight.edge_app.core.errors import ConfigError
 
@@ -43,6 +44,9 @@ class Credential:
             )
         self._salt = secrets.token_bytes(16)
         self._hash = self._derive(secret)
+        # One check at a time: each takes 16 MiB and ~50 ms, so parallel guesses can neither
+        # exhaust memory nor go faster than one after another.
+        self._lock = threading.Lock()
 
     def _derive(self, secret: str) -> bytes:
         return hashlib.scrypt(secret.encode("utf-8"), salt=self._salt, **_SCRYPT)
@@ -50,7 +54,8 @@ class Credential:
     def check(self, presented: object) -> bool:
         if not isinstance(presented, str) or not 0 < len(presented) <= MAX_CREDENTIAL_CHARS:
             return False
-        return hmac.compare_digest(self._derive(presented), self._hash)
+        with self._lock:
+            return hmac.compare_digest(self._derive(presented), self._hash)
 
 
 def host_name(host_header: str) -> str:
@@ -62,4 +67,9 @@ def host_name(host_header: str) -> str:
 
 def same_origin(origin: str | None, host_header: str) -> bool:
     """The request's Origin is this console (scheme http, same host and port as the Host header)."""
-    return origin is not None and secrets.compare_digest(origin, f"http://{host_header}")
+    return origin is not None and origin == f"http://{host_header}"
+
+
+def same_token(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison of a header or cookie with a token (any characters, never an exception)."""
+    return hmac.compare_digest((presented or "").encode("utf-8", "replace"), expected.encode("utf-8"))
