@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from shelfsight.edge_app.core.clitools import domain_errors, stop_on_signals
+from shelfsight.edge_app.core.errors import ConfigError
 from shelfsight.edge_app.kiosk.config import KioskConfig, load_config
 from shelfsight.edge_app.kiosk.updates.releases import rollback, seed_release
 
@@ -79,7 +80,12 @@ def start_sync(config: KioskConfig, kiosk: "Kiosk") -> Any:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Kiosk config file (.toml or .json).",
 )
-@click.option("--validate-config", is_flag=True, help="Only check the config file and print what it sets up.")
+@click.option(
+    "--validate-config",
+    is_flag=True,
+    help="Only check the config file and that the model, catalog, camera file/folder and sync keys it names "
+    "are usable; print what it sets up (exit status 1 if anything is wrong).",
+)
 @click.pass_context
 @domain_errors
 def kiosk_command(ctx: click.Context, config_path: Path | None, validate_config: bool) -> None:
@@ -100,7 +106,17 @@ def kiosk_command(ctx: click.Context, config_path: Path | None, validate_config:
         raise click.UsageError("--config is required to run the kiosk")
     config = load_config(config_path)
     if validate_config:
-        click.echo(f"{config_path}: valid\n{describe(config)}")
+        from shelfsight.edge_app.kiosk.checks import check_setup, describe_sync
+
+        shown = f"{describe(config)}\n{describe_sync(config)}"
+        problems = check_setup(config)
+        if problems:
+            raise ConfigError(
+                f"{config_path}: parses, but the kiosk could not serve:\n"
+                + "\n".join(f"  {p}" for p in problems)
+                + f"\n{shown}"
+            )
+        click.echo(f"{config_path}: valid\n{shown}")
         return
     with stop_on_signals(threading.Event()) as stop:
         run_kiosk(config, stop)
