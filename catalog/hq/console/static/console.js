@@ -112,7 +112,9 @@ async function loadEnrollments() {
   const data = await api("/api/enrollments?status=pending");
   const list = document.getElementById("enrollments");
   list.replaceChildren(...data.enrollments.map(enrollmentCard));
-  document.getElementById("enrollments-empty").classList.toggle("hidden", data.enrollments.length > 0);
+  const empty = document.getElementById("enrollments-empty");
+  empty.classList.toggle("hidden", data.enrollments.length > 0 && data.enrollments.length === data.total);
+  empty.textContent = data.enrollments.length ? "the oldest " + data.enrollments.length + " of " + data.total + " are shown" : "Nothing waits for approval.";
 }
 
 async function loadProducts() {
