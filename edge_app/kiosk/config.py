@@ -1,6 +1,7 @@
 """The kiosk's one configuration file, validated before anything starts.
 
-A TOML (preferred, stdlib `tomllib`) or JSON file with the sections below.
+A TOML (preferred, stdlib `tomllib`) or JSON file with the sections below; every key is listed
+in docs/config.md (generated from these models) and deploy/examples/ has a file per camera type.
 Unknown keys anywhere are errors: a typo such as `treshold` must not silently
 fall back to a default on a kiosk nobody is watching.
 
