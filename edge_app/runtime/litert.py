@@ -7,11 +7,15 @@ The interpreter is built once per embedder and reused for every frame.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -38,11 +42,43 @@ def _interpreter_class() -> Any:
         raise ModelError("no TFLite runtime: install ai-edge-litert (pip install 'shelfsight[edge]')") from exc
 
 
+# Written by the C++ runtime straight to file descriptor 2 on every interpreter creation (no
+# logging switch reaches it: TF_CPP_MIN_LOG_LEVEL does not): noise in every command's output.
+_BANNERS = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
+
+
+@contextlib.contextmanager
+def _runtime_banners_dropped() -> Iterator[None]:
+    """Catch what is written to fd 2 meanwhile and pass it on without the runtime's banners.
+
+    Other threads' output is delayed by the interpreter's creation, never lost (a file, not a
+    pipe, so a long message cannot block the writer).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            rest = b"".join(line for line in caught if not line.startswith(_BANNERS))
+            if rest:
+                os.write(2, rest)
+
+
 def _open_interpreter(path: Path, threads: int) -> Any:
     interpreter_cls = _interpreter_class()
     try:
-        interpreter = interpreter_cls(model_path=str(path), num_threads=max(1, int(threads)))
-        interpreter.allocate_tensors()
+        with _runtime_banners_dropped():
+            interpreter = interpreter_cls(model_path=str(path), num_threads=max(1, int(threads)))
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a usable TFLite model ({exc})") from exc
     return interpreter
