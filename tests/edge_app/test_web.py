@@ -87,7 +87,7 @@ def test_health_state_frame_and_thumbnail(client: FlaskClient, sample_catalog: A
     product_id = sample_catalog.products()[0]["id"]
     thumb = client.get(f"/api/thumbnail/{product_id}")
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
-    assert Image.open(io.BytesIO(thumb.data)).size == (160, 160)
+    assert Image.open(io.BytesIO(thumb.data)).size == (256, 256)  # catalog.quality.THUMBNAIL_SIZE
     assert client.get("/api/thumbnail/nope").status_code == 404
     page = client.get("/")
     assert page.status_code == 200 and b"/static/app.js" in page.data
