@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,43 +28,75 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 MAX_PIXELS = 64_000_000
 
 
-def _to_rgb(image: Image.Image, name: str) -> np.ndarray:
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the caller accepts (refused before decoding)."""
+
+
+def check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
+    """Refuse by the header's size: `Image.open` reads only the header, `load` would allocate the pixels."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: image too large ({width}x{height} pixels, limit {max_pixels:,})")
+
+
+def _to_rgb(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
+    check_pixels(image, name, max_pixels)
     try:
+        image.load()
         image = ImageOps.exif_transpose(image)
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"{name}: image too large ({image.width}x{image.height} pixels)")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: cannot decode image ({exc})") from exc
+        raise ImageError(f"{name}: cannot decode image ({exc.__class__.__name__})") from exc
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as an RGB uint8 array (H, W, 3), EXIF orientation applied."""
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as an RGB uint8 array (H, W, 3), EXIF orientation applied.
+
+    ImageTooLarge when its header declares more than `max_pixels`, before any pixel is decoded.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
     try:
         with Image.open(path) as image:
-            image.load()
-            return _to_rgb(image, str(path))
+            return _to_rgb(image, str(path), max_pixels)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
-def decode_rgb(data: bytes, name: str = "upload") -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) as RGB uint8."""
+def decode_rgb(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) as RGB uint8.
+
+    ImageTooLarge when the header declares more than `max_pixels`, before any pixel is decoded.
+    Messages name the error's class only: Pillow's text for bytes in memory carries object reprs.
+    """
     if not data:
         raise ImageError(f"{name}: empty image data")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return _to_rgb(image, name)
+            return _to_rgb(image, name, max_pixels)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
+
+
+class BoundedDecoder:
+    """Decodes uploads with a pixel limit and at most `concurrent` decodes at a time.
+
+    The header check keeps one bomb from allocating; the slots keep many legal but large
+    images arriving together from multiplying the peak memory (each decode holds its pixels).
+    """
+
+    def __init__(self, max_pixels: int = MAX_PIXELS, concurrent: int = 2) -> None:
+        self.max_pixels = max_pixels
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    def decode(self, data: bytes, name: str = "upload") -> np.ndarray:
+        with self._slots:
+            return decode_rgb(data, name, self.max_pixels)
 
 
 def fit_square(rgb: np.ndarray, size: int) -> np.ndarray:

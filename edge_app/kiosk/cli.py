@@ -50,7 +50,14 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
             running.enter_context(start_sync(config, kiosk))
         if config.web.enabled:
             web = config.web
-            app = create_app(kiosk, web.max_upload_bytes, currency=web.currency, locale=web.locale)
+            app = create_app(
+                kiosk,
+                web.max_upload_bytes,
+                currency=web.currency,
+                locale=web.locale,
+                max_image_pixels=web.max_image_pixels,
+                decode_slots=web.decode_slots,
+            )
             server = WebServer(app, web.host, web.port)
             running.enter_context(server)
             click.echo(f"kiosk page at {server.url}")

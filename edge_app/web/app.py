@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
-from shelfsight.edge_app.core.images import decode_rgb
+from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
 from shelfsight.edge_app.recognition.state import KioskState
 from shelfsight.edge_app.web.service import KioskService
 
@@ -82,6 +83,20 @@ def state_payload(kiosk: KioskService, state: KioskState) -> dict[str, Any]:
 
 
 TEACH_TEXT_FIELDS = ("description", "category")
+# Longest text each teach field takes (characters): a clerk types a name, not a document.
+TEXT_LIMITS = {"product_id": 200, "name": 200, "description": 2000, "category": 100}
+
+
+def printable(value: Any, key: str) -> str:
+    """`value` stripped, if it is text a person could type: bounded, no control or lone surrogate code points."""
+    if not isinstance(value, str):
+        raise InputError(f"{key} must be text")
+    limit = TEXT_LIMITS[key]
+    if len(value) > limit:
+        raise InputError(f"{key} is longer than {limit} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
+        raise InputError(f"{key} may hold only printable characters")
+    return value.strip()
 
 
 def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
@@ -93,24 +108,25 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
         raise InputError("product_id is required")
     if not isinstance(name, str) or not name.strip():
         raise InputError("name is required")
+    printable(product_id, "product_id")  # the catalog's own id check follows in teach; it keeps the spaces rule
+    name = printable(name, "name")
     fields: dict[str, Any] = {}
     for key in TEACH_TEXT_FIELDS:
         value = form.get(key)
         if value not in (None, ""):
-            if not isinstance(value, str):
-                raise InputError(f"{key} must be text")
-            fields[key] = value.strip()
+            fields[key] = printable(value, key)
     price = form.get("price")
     if price not in (None, ""):
         try:
             fields["price"] = float(price)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"price must be a number, got {price!r}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError("price must be a number") from exc
         if not 0 <= fields["price"] < 1e9:
-            raise InputError(f"price must be between 0 and 1e9, got {price!r}")
+            raise InputError("price must be between 0 and 1e9")
     unknown = set(form) - {"product_id", "name", "price", *TEACH_TEXT_FIELDS}
     if unknown:
-        raise InputError(f"unknown fields: {', '.join(sorted(unknown))}")
+        shown = ", ".join(sorted(str(k)[:40].encode("ascii", "backslashreplace").decode() for k in unknown)[:10])
+        raise InputError(f"unknown fields: {shown}")
     return product_id, name, fields
 
 
@@ -120,9 +136,16 @@ def create_app(
     *,
     currency: str | None = None,
     locale: str | None = None,
+    max_image_pixels: int = 25_000_000,
+    decode_slots: int = 2,
 ) -> Flask:
-    """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices."""
+    """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices.
+
+    Uploads over `max_image_pixels` (by their header) get 413 without being decoded, and at most
+    `decode_slots` uploads are decoded at once.
+    """
     app = Flask(__name__, static_folder=None)
+    decoder = BoundedDecoder(max_image_pixels, decode_slots)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     display = {"currency": currency, "locale": locale}
 
@@ -171,7 +194,8 @@ def create_app(
     def search() -> Response | tuple[Response, int]:
         upload = request.files.get("image")
         data = upload.read() if upload is not None else request.get_data(cache=False)
-        name = (upload.filename if upload is not None else "") or "upload"
+        given = (upload.filename if upload is not None else "") or "upload"
+        name = given[:100].encode("ascii", "backslashreplace").decode()  # echoed back: bounded, no raw controls
         if not data:
             return _error(400, f"{name}: empty upload (0 bytes); send an image as the 'image' form field or the body")
         try:
@@ -179,7 +203,9 @@ def create_app(
         except ValueError:
             return _error(400, "k must be an integer")
         try:
-            rgb = decode_rgb(data, name)
+            rgb = decoder.decode(data, name)
+        except ImageTooLarge as exc:
+            return _error(413, str(exc))
         except ImageError as exc:
             return _error(400, str(exc))
         try:

@@ -12,6 +12,10 @@ class WebConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 serves only this machine's screen")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest image accepted by POST /search")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="Largest upload by its header's width x height; refused before decoding"
+    )
+    decode_slots: int = Field(2, ge=1, le=16, description="Uploads decoded at the same time (each holds its pixels)")
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame the page shows")
     currency: str | None = Field(
         None,

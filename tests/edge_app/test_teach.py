@@ -106,12 +106,15 @@ def test_a_form_post_works_too(client: FlaskClient, kiosk: Kiosk, sample_set: Sa
     [
         ({"product_id": "a/b", "name": "Slash"}, "invalid product id"),
         ({"product_id": " padded", "name": "Spaces"}, "invalid product id"),
-        ({"product_id": "x" * 201, "name": "Long"}, "invalid product id"),
+        ({"product_id": "x" * 201, "name": "Long"}, "product_id is longer than 200"),
         ({"product_id": "ok"}, "name is required"),
         ({"name": "No id"}, "product_id is required"),
         ({"product_id": "ok", "name": "Pricey", "price": "lots"}, "price must be a number"),
         ({"product_id": "ok", "name": "Free", "price": "-1"}, "price must be between"),
         ({"product_id": "ok", "name": "Odd", "colour": "red"}, "unknown fields: colour"),
+        ({"product_id": "lone\ud800surrogate", "name": "Broken"}, "product_id may hold only printable"),
+        ({"product_id": "ok", "name": "Bell\x07"}, "name may hold only printable"),
+        ({"product_id": "ok", "name": "Huge", "description": "d" * 2001}, "description is longer than 2000"),
     ],
 )
 def test_bad_teach_requests_get_400_and_change_nothing(

@@ -1,0 +1,93 @@
+"""Hostile uploads: image bombs are refused from their header, before any pixel is decoded (issue 13, item 2)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge, decode_rgb
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+from shelfsight.edge_app.web.app import create_app
+
+BOMB_SIDE = 13_000
+
+
+def png_bomb(side: int = BOMB_SIDE) -> bytes:
+    """A grayscale PNG of side x side zero pixels: a few hundred KB that decode to side**2 bytes or more."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (side + 1)  # filter byte + pixels
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def kiosk_client(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig) -> FlaskClient:
+    return create_app(Kiosk(Recognizer(embedder, sample_catalog, full_config))).test_client()
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(png_bomb())
+    return path
+
+
+def test_a_bomb_is_refused_by_its_header(bomb: Path) -> None:
+    with pytest.raises(ImageTooLarge, match="13000x13000 pixels"):
+        decode_rgb(bomb.read_bytes(), "bomb.png")
+
+
+# Four bombs decoded at once in a fresh interpreter: its peak RSS is compared with the peak before.
+FOUR_AT_ONCE = """
+import resource, sys, threading
+from shelfsight.edge_app.core.images import BoundedDecoder, ImageError
+data = open(sys.argv[1], "rb").read()
+decoder = BoundedDecoder(max_pixels=25_000_000, concurrent=2)
+refused = []
+def one():
+    try:
+        decoder.decode(data, "bomb.png")
+    except ImageError as exc:
+        refused.append(str(exc))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+threads = [threading.Thread(target=one) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(refused), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_four_concurrent_bombs_raise_peak_rss_by_less_than_100_mb(bomb: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FOUR_AT_ONCE, str(bomb)], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
+    refused, grown_mb = int(out[0]), int(out[1])
+    assert refused == 4 and grown_mb < 100, out
+
+
+def test_the_decoder_still_decodes_what_is_under_its_limit() -> None:
+    small = png_bomb(64)
+    assert BoundedDecoder(max_pixels=64 * 64).decode(small).shape == (64, 64, 3)
+    with pytest.raises(ImageTooLarge):
+        BoundedDecoder(max_pixels=64 * 64 - 1).decode(small)
+
+
+def test_a_bomb_upload_gets_413_with_a_reason(kiosk_client: FlaskClient, bomb: Path) -> None:
+    response = kiosk_client.post("/search", data=bomb.read_bytes(), content_type="image/png")
+    assert response.status_code == 413 and "image too large (13000x13000 pixels" in response.json["error"]
+    assert kiosk_client.get("/health").status_code == 200
