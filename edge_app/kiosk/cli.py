@@ -57,6 +57,7 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
                 locale=web.locale,
                 max_image_pixels=web.max_image_pixels,
                 decode_slots=web.decode_slots,
+                search_slots=web.search_slots,
             )
             server = WebServer(app, web.host, web.port)
             running.enter_context(server)

@@ -138,14 +138,18 @@ def create_app(
     locale: str | None = None,
     max_image_pixels: int = 25_000_000,
     decode_slots: int = 2,
+    search_slots: int = 4,
 ) -> Flask:
     """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices.
 
     Uploads over `max_image_pixels` (by their header) get 413 without being decoded, and at most
-    `decode_slots` uploads are decoded at once.
+    `decode_slots` uploads are decoded at once. At most `search_slots` searches are admitted
+    (running or waiting for the pipeline); one more gets 429 with Retry-After at once, so a burst
+    of uploads cannot pile up behind the camera's use of the pipeline.
     """
     app = Flask(__name__, static_folder=None)
     decoder = BoundedDecoder(max_image_pixels, decode_slots)
+    admitted = threading.BoundedSemaphore(search_slots)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     display = {"currency": currency, "locale": locale}
 
@@ -192,6 +196,16 @@ def create_app(
 
     @app.post("/search")
     def search() -> Response | tuple[Response, int]:
+        if not admitted.acquire(blocking=False):
+            response, status = _error(429, "the kiosk is busy; retry in a second")
+            response.headers["Retry-After"] = "1"
+            return response, status
+        try:
+            return run_search()
+        finally:
+            admitted.release()
+
+    def run_search() -> Response | tuple[Response, int]:
         upload = request.files.get("image")
         data = upload.read() if upload is not None else request.get_data(cache=False)
         given = (upload.filename if upload is not None else "") or "upload"

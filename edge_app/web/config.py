@@ -16,6 +16,9 @@ class WebConfig(StrictModel):
         25_000_000, ge=1, description="Largest upload by its header's width x height; refused before decoding"
     )
     decode_slots: int = Field(2, ge=1, le=16, description="Uploads decoded at the same time (each holds its pixels)")
+    search_slots: int = Field(
+        4, ge=1, le=64, description="POST /search requests admitted at once (running or queued); more get 429"
+    )
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame the page shows")
     currency: str | None = Field(
         None,

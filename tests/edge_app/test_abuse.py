@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,38 @@ def test_a_bomb_upload_gets_413_with_a_reason(kiosk_client: FlaskClient, bomb: P
     response = kiosk_client.post("/search", data=bomb.read_bytes(), content_type="image/png")
     assert response.status_code == 413 and "image too large (13000x13000 pixels" in response.json["error"]
     assert kiosk_client.get("/health").status_code == 200
+
+
+class HeldSearch:
+    """The real kiosk, except that a search waits until the test lets it go (a slot stays taken)."""
+
+    def __init__(self, kiosk: Kiosk) -> None:
+        self._kiosk, self.entered, self.release = kiosk, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kiosk, name)
+
+    def search(self, rgb: Any) -> Any:
+        self.entered.set()
+        self.release.wait(60)
+        return self._kiosk.search(rgb)
+
+
+def test_a_search_over_the_admitted_number_gets_429_with_retry_after(
+    sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig
+) -> None:
+    held = HeldSearch(Kiosk(Recognizer(embedder, sample_catalog, full_config)))
+    app = create_app(held, search_slots=1)  # type: ignore[arg-type]
+    photo = png_bomb(96)
+    first: list[int] = []
+    worker = threading.Thread(
+        target=lambda: first.append(app.test_client().post("/search", data=photo).status_code), daemon=True
+    )
+    worker.start()
+    assert held.entered.wait(60)
+    busy = app.test_client().post("/search", data=photo)
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "1" and "busy" in busy.json["error"]
+    held.release.set()
+    worker.join(60)
+    assert first == [200]
+    assert app.test_client().post("/search", data=photo).status_code == 200  # the slot is free again
