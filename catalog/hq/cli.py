@@ -327,19 +327,21 @@ def enrollments_command(inbox: str, show_all: bool) -> None:
 @click.argument("entry_id", type=int)
 @inbox_option
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The master catalog.")
+@click.option("--price", type=float, help="The product's price (stores show it on the product card).")
+@click.option("--description", help="The product's description.")
 @domain_errors
-def approve_command(entry_id: int, inbox: str, db: str) -> None:
+def approve_command(entry_id: int, inbox: str, db: str, price: float | None, description: str | None) -> None:
     """Fold enrollment ENTRY_ID into the master catalog; `hq serve` then sends it to every store.
 
     \b
     Example:
-      shelfsight hq approve 3 --inbox enroll.db --db master.db
+      shelfsight hq approve 3 --inbox enroll.db --db master.db --price 3.50 --description "Strawberry, 350 g"
     """
     from shelfsight.catalog.hq.inbox import EnrollmentInbox
     from shelfsight.catalog.store import Catalog
 
     with EnrollmentInbox(inbox) as box, Catalog(db, create=False) as master:
-        version = box.approve(entry_id, master)
+        version = box.approve(entry_id, master, price=price, description=description)
     click.echo(f"enrollment #{entry_id} approved; master catalog now at v{version}")
 
 

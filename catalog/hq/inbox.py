@@ -109,8 +109,14 @@ class EnrollmentInbox:
         with self._lock:
             self._db.execute("UPDATE enrollments SET status = ?, note = ? WHERE id = ?", (status, note, entry_id))
 
-    def approve(self, entry_id: int, master: Catalog) -> int:
-        """Fold an enrollment into the master catalog (one transaction); returns the new master version."""
+    def approve(
+        self, entry_id: int, master: Catalog, *, price: float | None = None, description: str | None = None
+    ) -> int:
+        """Fold an enrollment into the master catalog (one transaction); returns the new master version.
+
+        `price` and `description` (typed by the person approving) go in with the product, in the
+        same transaction; the product gets a thumbnail from its sharpest enrolled photo.
+        """
         enrollment, status = self._load(entry_id)
         if status != "pending":
             raise InputError(f"enrollment #{entry_id} is already {status}")
@@ -132,6 +138,9 @@ class EnrollmentInbox:
                         image_jpeg=image_jpeg,
                         keypoints=_keypoints(image_jpeg, entry_id),
                     )
+                fields = {k: v for k, v in (("price", price), ("description", description)) if v is not None}
+                if fields:
+                    master.update_product(enrollment.product_id, **fields)
                 master.fill_thumbnails([enrollment.product_id])
         except (CatalogError, InputError) as exc:
             self._mark(entry_id, "pending", f"approve failed: {exc}")

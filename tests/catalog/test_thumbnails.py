@@ -102,7 +102,9 @@ def test_set_thumbnail_command(tmp_path: Path) -> None:
         assert catalog.version == 2
 
 
-def test_hq_approve_makes_the_thumbnail(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
+def test_hq_approve_makes_the_thumbnail_and_keeps_price_and_description(
+    tmp_path: Path, embedder: ProjectionEmbedder
+) -> None:
     photos = [product_photo(20, size=(256, 256)), product_photo(21, size=(256, 256))]
     frames = [
         EnrolledFrame(
@@ -114,8 +116,13 @@ def test_hq_approve_makes_the_thumbnail(tmp_path: Path, embedder: ProjectionEmbe
     ]
     with Catalog(tmp_path / "master.db") as master, EnrollmentInbox(tmp_path / "inbox.db") as inbox:
         entry = inbox.add(Enrollment(kiosk_id="k1", product_id="jam", name="Jam", frames=frames))
-        inbox.approve(entry, master)
+    approve = ["hq", "approve", str(entry), "--inbox", str(tmp_path / "inbox.db"), "--db", str(tmp_path / "master.db")]
+    result = CliRunner().invoke(build_cli(), [*approve, "--price", "3.50", "--description", "Strawberry, 350 g"])
+    assert result.exit_code == 0, result.output
+    with Catalog(tmp_path / "master.db") as master:
         assert master.thumbnail("jam") == sharpest_thumbnail(master, "jam")
+        product = master.product("jam")
+        assert (product["price"], product["description"]) == (3.5, "Strawberry, 350 g")
 
 
 def test_thumbnails_travel_in_deltas_and_snapshots(tmp_path: Path, embedder: ProjectionEmbedder) -> None:
