@@ -42,7 +42,7 @@ def describe(config: KioskConfig) -> str:
 def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
     """Run until `stop` is set. The page keeps serving the last state if the camera source ends."""
     from shelfsight.edge_app.kiosk.build import build_kiosk
-    from shelfsight.edge_app.web.app import WebServer, create_app
+    from shelfsight.edge_app.web.app import MULTIPART_SLACK, WebServer, create_app
 
     kiosk = build_kiosk(config)
     with kiosk, ExitStack() as running:
@@ -59,7 +59,15 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
                 decode_slots=web.decode_slots,
                 search_slots=web.search_slots,
             )
-            server = WebServer(app, web.host, web.port)
+            server = WebServer(
+                app,
+                web.host,
+                web.port,
+                threads=web.threads,
+                connection_timeout_s=web.connection_timeout_s,
+                connection_limit=web.connection_limit,
+                max_body_bytes=web.max_upload_bytes + MULTIPART_SLACK,
+            )
             running.enter_context(server)
             click.echo(f"kiosk page at {server.url}")
         stop.wait()

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request, send_from_directory
+from waitress.server import create_server
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
 from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_K = 50
+MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around an upload of the largest allowed size
 
 MESSAGES = {
     "starting": "Show a product to the camera",
@@ -255,20 +256,40 @@ def create_app(
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Request lines at debug level: a kiosk page polling twice a second would flood the journal."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug("%s %s %s", self.command, self.path, code)
-
-
 class WebServer:
-    """The Flask app on a werkzeug server in a background thread (port 0 picks a free port)."""
+    """The Flask app on waitress in a background thread (port 0 picks a free port).
 
-    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-        self.host, self.port = host, int(self._server.server_port)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-web", daemon=True)
+    waitress reads each request completely on its event loop before a worker thread runs the
+    app, so slow or unfinished requests hold a connection, never a thread; idle connections
+    close after `connection_timeout_s`; bodies over `max_body_bytes` (chunked too) get 413;
+    malformed request lines get 400. Pure Python, so it installs on any Pi.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        threads: int = 4,
+        connection_timeout_s: float = 15.0,
+        connection_limit: int = 100,
+        max_body_bytes: int = 8 * 1024 * 1024 + MULTIPART_SLACK,
+    ) -> None:
+        self._server = create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            channel_timeout=connection_timeout_s,
+            cleanup_interval=max(1.0, connection_timeout_s / 4),
+            connection_limit=connection_limit,
+            max_request_body_size=max_body_bytes,
+            expose_tracebacks=False,
+            ident="shelfsight",
+        )
+        self.host, self.port = host, int(self._server.effective_port)  # type: ignore[union-attr]
+        self._thread = threading.Thread(target=self._server.run, name="kiosk-web", daemon=True)
 
     @property
     def url(self) -> str:
@@ -280,8 +301,11 @@ class WebServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        server: Any = self._server
+        server.close()
+        server.task_dispatcher.shutdown()
+        for channel in list(server._map.values()):  # open connections; the loop ends when none is left
+            channel.close()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> "WebServer":

@@ -19,6 +19,13 @@ class WebConfig(StrictModel):
     search_slots: int = Field(
         4, ge=1, le=64, description="POST /search requests admitted at once (running or queued); more get 429"
     )
+    threads: int = Field(4, ge=1, le=64, description="Worker threads running requests (the page polls with two)")
+    connection_timeout_s: float = Field(
+        15.0, gt=0, le=600, description="An idle or unfinished connection is closed after this many seconds"
+    )
+    connection_limit: int = Field(
+        100, ge=1, le=10_000, description="Open connections at most; more wait in the backlog"
+    )
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the live frame the page shows")
     currency: str | None = Field(
         None,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from flask.testing import FlaskClient
@@ -18,7 +19,7 @@ from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge, decod
 from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
-from shelfsight.edge_app.web.app import create_app
+from shelfsight.edge_app.web.app import WebServer, create_app
 
 BOMB_SIDE = 13_000
 
@@ -127,3 +128,40 @@ def test_a_search_over_the_admitted_number_gets_429_with_retry_after(
     worker.join(60)
     assert first == [200]
     assert app.test_client().post("/search", data=photo).status_code == 200  # the slot is free again
+
+
+def raw_exchange(server: WebServer, request: bytes, read_limit_s: float = 30.0) -> bytes:
+    """Send raw bytes to the real server; what it answers before closing (or the limit passes)."""
+    with socket.create_connection((server.host, server.port), timeout=read_limit_s) as conn:
+        conn.sendall(request)
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:  # the server answered and closed with our unread body still arriving
+            pass
+        return answer
+
+
+@pytest.fixture()
+def served(kiosk_client: FlaskClient) -> Iterator[WebServer]:
+    with WebServer(kiosk_client.application, "127.0.0.1", 0, connection_timeout_s=1, max_body_bytes=100_000) as server:
+        yield server
+
+
+def test_a_malformed_request_line_gets_400(served: WebServer) -> None:
+    answer = raw_exchange(served, b"\x16\x03\x01 nonsense\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    assert b"Traceback" not in answer and b"/work" not in answer
+
+
+def test_a_chunked_upload_over_the_limit_gets_413(served: WebServer) -> None:
+    body = b"".join(b"%x\r\n%s\r\n" % (10_000, b"x" * 10_000) for _ in range(11))  # the limit is 100,000
+    head = b"POST /search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: image/png\r\n\r\n"
+    answer = raw_exchange(served, head + body)
+    assert b" 413 " in answer.split(b"\r\n")[0]
+
+
+def test_an_unfinished_request_is_closed_by_the_server(served: WebServer) -> None:
+    answer = raw_exchange(served, b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
+    assert b" 200 " not in answer  # closed (the socket's 30 s read limit would raise instead)
