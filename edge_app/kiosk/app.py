@@ -227,11 +227,20 @@ class Kiosk:
         kiosk_id = sync.config.kiosk_id
         self._send_enrollment = lambda taught: sync.send_enrollment(taught.enrollment(kiosk_id))
 
-    def teach(self, product_id: str, name: str, frames: Sequence[np.ndarray] | None = None, **fields: Any) -> Taught:
+    def teach(
+        self,
+        product_id: str,
+        name: str,
+        frames: Sequence[np.ndarray] | None = None,
+        *,
+        add_to_existing: bool = False,
+        **fields: Any,
+    ) -> Taught:
         """Teach the kiosk a product from `frames` (default: the recent ROI crops); recognised at once.
 
         A new id becomes a local product (fields: description, category, price, attributes);
-        for an id the catalog has, the frames become extra local views of it. Frames that fail
+        for an id the catalog has, the frames become extra local views of it, only with
+        `add_to_existing` (a mistyped id would otherwise teach another product's looks). Frames that fail
         the reference quality check are skipped; InputError if none is usable or the id is invalid.
         """
         from shelfsight.catalog import records
@@ -262,6 +271,10 @@ class Kiosk:
                     existing = catalog.product(product_id)
                 except CatalogError:
                     existing = None
+                if existing is not None and not add_to_existing:
+                    raise InputError(
+                        f"product {product_id} already exists; confirm with add_to_existing to add these views to it"
+                    )
                 if existing is None:
                     catalog.add_product(product_id, name.strip(), local=True, **fields)
                 for reference in prepared:

@@ -124,7 +124,9 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
             raise InputError("price must be a number") from exc
         if not 0 <= fields["price"] < 1e9:
             raise InputError("price must be between 0 and 1e9")
-    unknown = set(form) - {"product_id", "name", "price", *TEACH_TEXT_FIELDS}
+    if form.get("add_to_existing") in (True, "true", "on", "1"):
+        fields["add_to_existing"] = True
+    unknown = set(form) - {"product_id", "name", "price", "add_to_existing", *TEACH_TEXT_FIELDS}
     if unknown:
         shown = ", ".join(sorted(str(k)[:40].encode("ascii", "backslashreplace").decode() for k in unknown)[:10])
         raise InputError(f"unknown fields: {shown}")

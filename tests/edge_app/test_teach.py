@@ -15,6 +15,7 @@ from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
 from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import InputError
 from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
@@ -87,7 +88,11 @@ def test_teach_from_given_frames_adds_views_to_an_existing_product(
 ) -> None:
     known = store_catalog.products()[0]
     version = store_catalog.version
-    taught = kiosk.teach(known["id"], "ignored for an existing product", frames=views_of(sample_set, known["id"])[:1])
+    frames = views_of(sample_set, known["id"])[:1]
+    with pytest.raises(InputError, match="already exists; confirm with add_to_existing"):
+        kiosk.teach(known["id"], "a mistyped id", frames=frames)
+    assert len(store_catalog.product(known["id"])["references"]) == len(known["references"])
+    taught = kiosk.teach(known["id"], "ignored for an existing product", frames=frames, add_to_existing=True)
     assert not taught.new_product and taught.name == known["name"] and len(taught.references) == 1
     product = store_catalog.product(known["id"])
     assert product["local"] is False and len(product["references"]) == len(known["references"]) + 1
@@ -159,3 +164,17 @@ def test_page_in_headless_chromium_offers_the_form_when_not_recognised(
         dom = rendered_page(server.url + "/")
     assert 'data-decision="unknown"' in dom, dom[-2000:]
     assert '<form id="teach" class="teach"' in dom  # no longer hidden
+
+
+def test_teaching_an_existing_id_over_http_needs_the_confirmation(
+    client: FlaskClient, kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str
+) -> None:
+    known = store_catalog.products()[0]
+    show(kiosk, views_of(sample_set, unknown_id)[:1])
+    refused = client.post("/api/teach", json={"product_id": known["id"], "name": "Mistyped"})
+    assert refused.status_code == 400 and "confirm with add_to_existing" in refused.json["error"]
+    assert store_catalog.product(known["id"])["references"] == known["references"]
+    confirmed = client.post(
+        "/api/teach", json={"product_id": known["id"], "name": "More views", "add_to_existing": True}
+    )
+    assert confirmed.status_code == 201 and confirmed.json["new_product"] is False

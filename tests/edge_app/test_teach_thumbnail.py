@@ -30,5 +30,5 @@ def test_teaching_views_of_a_synced_product_leaves_its_row_alone(
     known = store_catalog.products()[0]["id"]
     store_catalog.db.execute("UPDATE products SET thumbnail = NULL WHERE id = ?", [known])  # as HQ sent it
     version = store_catalog.version
-    kiosk.teach(known, "ignored", frames=views_of(sample_set, known)[:1])
+    kiosk.teach(known, "ignored", frames=views_of(sample_set, known)[:1], add_to_existing=True)
     assert store_catalog.thumbnail(known) is None and store_catalog.version == version
