@@ -17,6 +17,7 @@ no usable camera frame).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import unicodedata
@@ -44,6 +45,22 @@ MESSAGES = {
     "unknown": "Not recognised — try turning the product",
     "product": "",
 }
+
+
+def from_this_machine() -> bool:
+    """The request came over loopback: the kiosk's own screen (no staff login exists yet)."""
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def same_origin() -> bool:
+    """No cross-site page made the browser send this (Origin, when given, is this server)."""
+    origin = request.headers.get("Origin")
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return False
+    return origin is None or origin == request.host_url.rstrip("/")
 
 
 def _error(status: int, reason: str) -> tuple[Response, int]:
@@ -174,6 +191,14 @@ def create_app(
     @app.get("/api/display")
     def api_display() -> Response:
         return jsonify(display)
+
+    @app.before_request
+    def camera_feed_and_teaching_stay_local() -> tuple[Response, int] | None:
+        if request.path in ("/api/state", "/api/frame.jpg", "/api/teach") and not from_this_machine():
+            return _error(403, "only the kiosk's own screen may do this")
+        if request.method == "POST" and request.path == "/api/teach" and not same_origin():
+            return _error(403, "cross-origin request refused")
+        return None
 
     @app.get("/api/state")
     def api_state() -> Response:

@@ -178,3 +178,19 @@ def test_teaching_an_existing_id_over_http_needs_the_confirmation(
         "/api/teach", json={"product_id": known["id"], "name": "More views", "add_to_existing": True}
     )
     assert confirmed.status_code == 201 and confirmed.json["new_product"] is False
+
+
+def test_the_network_and_other_origins_cannot_teach_or_watch(
+    client: FlaskClient, kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str
+) -> None:
+    show(kiosk, views_of(sample_set, unknown_id)[:1])
+    before = store_catalog.products()
+    remote = {"REMOTE_ADDR": "192.0.2.7"}
+    form = {"product_id": TAUGHT, "name": "From outside"}
+    for path in ("/api/state", "/api/frame.jpg"):
+        assert client.get(path, environ_base=remote).status_code == 403
+    assert client.post("/api/teach", json=form, environ_base=remote).status_code == 403
+    crossed = client.post("/api/teach", data=form, headers={"Origin": "http://evil.example"})
+    assert crossed.status_code == 403 and "cross-origin" in crossed.json["error"]
+    assert store_catalog.products() == before
+    assert client.get("/health", environ_base=remote).status_code == 200  # the API itself stays open
