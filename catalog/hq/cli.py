@@ -318,20 +318,51 @@ def enrollments_command(inbox: str, show_all: bool) -> None:
         entries = box.entries(None if show_all else "pending")
     # Ids and names were typed at kiosks: escaped so a name cannot clear the screen or fake a line.
     rows = [
-        [printable(c) for c in (e.id, e.kiosk_id, e.product_id, e.name, e.frames, e.status, e.note)] for e in entries
+        [
+            printable(c)
+            for c in (
+                e.id,
+                e.kiosk_id,
+                e.product_id,
+                e.name,
+                e.category,
+                "" if e.price is None else f"{e.price:.2f}",
+                _clipped(e.description, DESCRIPTION_COLUMN_CHARS),
+                e.frames,
+                e.status,
+                e.note,
+            )
+        ]
+        for e in entries
     ]
-    click.echo(format_table(["id", "kiosk", "product", "name", "frames", "status", "note"], rows))
+    headers = ["id", "kiosk", "product", "name", "category", "price", "description", "frames", "status", "note"]
+    click.echo(format_table(headers, rows))
+
+
+# A description may be 2000 characters; the table shows its start (the console shows all of it).
+DESCRIPTION_COLUMN_CHARS = 40
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @hq_group.command("approve")
 @click.argument("entry_id", type=int)
 @inbox_option
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The master catalog.")
-@click.option("--price", type=float, help="The product's price (stores show it on the product card).")
-@click.option("--description", help="The product's description.")
+@click.option(
+    "--price",
+    type=float,
+    help="The product's price (stores show it on the product card); default: the price typed at the kiosk.",
+)
+@click.option("--description", help="The product's description; default: the one typed at the kiosk.")
 @domain_errors
 def approve_command(entry_id: int, inbox: str, db: str, price: float | None, description: str | None) -> None:
     """Fold enrollment ENTRY_ID into the master catalog; `hq serve` then sends it to every store.
+
+    A product new to the master keeps the price and description typed at the kiosk unless
+    --price / --description replace them; a product the master has changes only with them.
 
     \b
     Example:

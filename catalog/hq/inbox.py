@@ -14,6 +14,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class InboxEntry:
     received: float
     status: str
     note: str
+    # What the clerk typed with the product (read from the stored payload; None/"" when not sent).
+    category: str = ""
+    price: float | None = None
+    description: str = ""
 
 
 class EnrollmentInbox:
@@ -86,7 +91,12 @@ class EnrollmentInbox:
             return int(cursor.lastrowid or 0)
 
     def entries(self, status: str | None = None) -> list[InboxEntry]:
-        sql = "SELECT id, kiosk_id, product_id, name, frames, received, status, note FROM enrollments"
+        # json_extract reads three fields of the payload (validated when it was added) without parsing its frames.
+        sql = (
+            "SELECT id, kiosk_id, product_id, name, frames, received, status, note, "
+            "coalesce(json_extract(payload, '$.category'), ''), json_extract(payload, '$.price'), "
+            "coalesce(json_extract(payload, '$.description'), '') FROM enrollments"
+        )
         params: tuple[str, ...] = ()
         if status is not None:
             sql, params = sql + " WHERE status = ?", (status,)
@@ -114,19 +124,25 @@ class EnrollmentInbox:
     ) -> int:
         """Fold an enrollment into the master catalog (one transaction); returns the new master version.
 
-        `price` and `description` (typed by the person approving) go in with the product, in the
-        same transaction; the product gets a thumbnail from its sharpest enrolled photo.
+        A product new to the master gets the price and description the clerk typed, unless `price` /
+        `description` (typed by the person approving) replace them; for a product the master already
+        has, only those given here change it (the master's own values win over a store's). The product
+        gets a thumbnail from its sharpest enrolled photo.
         """
         enrollment, status = self._load(entry_id)
         if status != "pending":
             raise InputError(f"enrollment #{entry_id} is already {status}")
         master.check_model(enrollment.frames[0].fingerprint)
+        given: dict[str, Any] = {k: v for k, v in (("price", price), ("description", description)) if v is not None}
         try:
             with master.batch():
                 try:
                     master.product(enrollment.product_id)
                 except (CatalogError, InputError):
-                    master.add_product(enrollment.product_id, enrollment.name, category=enrollment.category)
+                    typed: dict[str, Any] = {"price": enrollment.price, "description": enrollment.description}
+                    fields = {k: v for k, v in typed.items() if v is not None} | given
+                    master.add_product(enrollment.product_id, enrollment.name, category=enrollment.category, **fields)
+                    given = {}
                 for frame in enrollment.frames:
                     image_jpeg = base64.b64decode(frame.image_jpeg) if frame.image_jpeg else None
                     master.add_reference_vector(
@@ -138,9 +154,8 @@ class EnrollmentInbox:
                         image_jpeg=image_jpeg,
                         keypoints=_keypoints(image_jpeg, entry_id),
                     )
-                fields = {k: v for k, v in (("price", price), ("description", description)) if v is not None}
-                if fields:
-                    master.update_product(enrollment.product_id, **fields)
+                if given:
+                    master.update_product(enrollment.product_id, **given)
                 master.fill_thumbnails([enrollment.product_id])
         except (CatalogError, InputError) as exc:
             self._mark(entry_id, "pending", f"approve failed: {exc}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,11 @@ MAX_STATUS_BYTES = 8 * 1024
 # An enrollment travels in one packet, so one packet is its limit (kiosks check before sending).
 MAX_ENROLL_BYTES = largest_payload(MAX_PACKET_BYTES)
 MAX_ENROLL_FRAMES = 16
+# What a clerk may type with a taught product (the kiosk's teach form has the same bounds).
+MAX_ENROLL_PRICE = 1e9  # exclusive
+MAX_ENROLL_DESCRIPTION_CHARS = 2000
+# Unicode categories no typed text contains: controls, format characters, surrogates, private use, unassigned.
+_UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn")
 
 
 class KioskStatus(BaseModel):
@@ -89,10 +95,26 @@ class Enrollment(BaseModel):
     product_id: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s](?:[^/]*[^/\s])?$")
     name: str = Field(min_length=1, max_length=500)
     category: str = Field(default="", max_length=200)
+    # Typed by the clerk with a new product; `hq approve` uses them unless the approver gives others.
+    # Optional, and left out of the JSON when None (the kiosk sends `exclude_none`): HQ releases
+    # before these fields refuse an enrollment that carries them (`extra="forbid"`).
+    price: float | None = Field(default=None, ge=0, lt=MAX_ENROLL_PRICE, allow_inf_nan=False)
+    description: str | None = Field(default=None, max_length=MAX_ENROLL_DESCRIPTION_CHARS)
     frames: list[EnrolledFrame] = Field(min_length=1, max_length=MAX_ENROLL_FRAMES)
     created: float = 0.0
 
     _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
+
+    @field_validator("description")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and any(unicodedata.category(ch) in _UNPRINTABLE for ch in value):
+            raise ValueError("description may hold only printable characters")
+        return value
+
+    def to_json(self) -> bytes:
+        """The payload as kiosks send it: optional fields left out when unset, so older HQs can read it."""
+        return self.model_dump_json(exclude_none=True).encode()
 
     @field_validator("frames")
     @classmethod

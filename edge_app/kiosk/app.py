@@ -37,6 +37,7 @@ from shelfsight.edge_app.core.errors import (
     ShelfsightError,
 )
 from shelfsight.edge_app.kiosk.config import KioskConfig
+from shelfsight.edge_app.kiosk.priority import PipelineLock
 from shelfsight.edge_app.kiosk.slots import LatestSlot, RateMeter
 from shelfsight.edge_app.kiosk.sources import open_recognizer
 from shelfsight.edge_app.kiosk.teaching import Taught, encode_jpeg
@@ -88,6 +89,7 @@ class Kiosk:
         *,
         jpeg_quality: int = 80,
         on_update: Callable[[KioskState], None] | None = None,
+        camera_first: bool = True,
     ) -> None:
         self.recognizer = recognizer
         self.source = source
@@ -102,7 +104,8 @@ class Kiosk:
         self._state = KioskState(self.voter.current, None, 0, time.monotonic())
         self._state_lock = threading.Lock()
         # One pipeline user at a time: the camera worker and HTTP /search share the interpreter and caches.
-        self._pipeline_lock = threading.Lock()
+        # A waiting frame goes first (camera_first=False: a plain lock, only for the benchmark's "before").
+        self._pipeline_lock = PipelineLock(camera_first)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.source_ended = threading.Event()
@@ -179,7 +182,7 @@ class Kiosk:
     def process(self, frame: Frame) -> KioskState:
         """Recognise one frame, vote, publish the new state (used by the worker and by `shelfsight demo`)."""
         try:
-            with self._pipeline_lock:
+            with self._pipeline_lock.first():
                 result = self._recognize_frame(frame.rgb)
         except Exception as exc:  # one bad frame (or a catalog being swapped) must not stop the kiosk
             self.stats.errors += 1
@@ -285,8 +288,16 @@ class Kiosk:
             recognizer.forget_products()
             self.voter.reset()
         stored = catalog.product(product_id)
+        typed = existing is None  # only a new product's row holds what the clerk typed
         taught = Taught(
-            product_id, stored["name"], stored["category"], existing is None, tuple(prepared), tuple(skipped)
+            product_id,
+            stored["name"],
+            stored["category"],
+            existing is None,
+            tuple(prepared),
+            tuple(skipped),
+            price=stored["price"] if typed else None,
+            description=stored["description"] if typed else None,
         )
         log.info(
             "taught %s (%s): %d views, %d frames skipped",

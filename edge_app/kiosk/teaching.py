@@ -27,6 +27,9 @@ class Taught:
     references: tuple["PreparedReference", ...]
     skipped: tuple[str, ...]  # why unusable frames were left out
     sent_to_hq: bool = False
+    # What the clerk typed with a new product; None for views added to an existing one (its row is not changed).
+    price: float | None = None
+    description: str | None = None
 
     def enrollment(self, kiosk_id: str) -> "Enrollment":
         """The message HQ's inbox stores and `hq approve` folds into the master catalog."""
@@ -52,6 +55,8 @@ class Taught:
             product_id=self.product_id,
             name=self.name,
             category=self.category,
+            price=self.price,
+            description=self.description or None,
             frames=frames,
             created=time.time(),
         )

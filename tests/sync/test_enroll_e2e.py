@@ -29,6 +29,7 @@ from tests.support.broker import Broker
 from tests.support.sync import WAIT, Hq, RunningServer
 
 NEW_ID = "new-sku"
+DESCRIPTION = "Strawberry jam, 350 g"
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
@@ -79,7 +80,7 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
     try:
         assert kiosk.search(frames[0]).decision == "unknown"
         version = sync.version
-        taught = kiosk.teach(NEW_ID, "Local Jam", frames=frames, price=2.5)
+        taught = kiosk.teach(NEW_ID, "Local Jam", frames=frames, price=2.5, description=DESCRIPTION)
         assert taught.new_product and taught.sent_to_hq and len(taught.references) == len(frames)
         assert kiosk.search(frames[0]).product_id == NEW_ID  # usable at once, before HQ has seen it
         assert kiosk.recognizer.catalog.product(NEW_ID)["local"] is True and sync.version == version
@@ -87,9 +88,11 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         assert eventually(lambda: bool(inbox.entries())), "the enrollment never reached HQ's inbox"
         [entry] = inbox.entries()
         assert (entry.kiosk_id, entry.product_id, entry.frames) == ("k1", NEW_ID, len(frames))
+        assert (entry.price, entry.description) == (2.5, DESCRIPTION)  # what the clerk typed reached HQ
         cli = build_cli()
         listed = CliRunner().invoke(cli, ["hq", "enrollments", "--inbox", str(inbox.path)])
         assert listed.exit_code == 0 and NEW_ID in listed.output, listed.output
+        assert "2.50" in listed.output and DESCRIPTION in listed.output, listed.output
         approved = CliRunner().invoke(
             cli, ["hq", "approve", str(entry.id), "--inbox", str(inbox.path), "--db", str(hq.master)]
         )
@@ -98,10 +101,12 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         hq.catalog.reload()
         assert eventually(lambda: sync.version == hq.catalog.version), sync.last_error
         master = hq.catalog.product(NEW_ID)
+        assert (master["price"], master["description"]) == (2.5, DESCRIPTION)  # approved without retyping
         with Catalog(catalog_path, create=False) as store:
             product = store.product(NEW_ID)
             assert product["local"] is False and product["version"] == master["version"]
             assert product["name"] == "Local Jam" and product["references"] == master["references"]
+            assert (product["price"], product["description"]) == (2.5, DESCRIPTION)
             assert store.stats()["local_products"] == 0 and store.stats()["local_references"] == 0
             assert content_digest(store) == content_digest(hq.catalog)
         # `hq approve` computed ORB keypoints from the enrolled frames, so HQ's copy is verified and announced

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from pydantic import ValidationError
 
-from shelfsight.catalog.hq.publisher import ResyncLimits
+from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.hq.publisher import HqServer, ResyncLimits
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier, generate_keys, load_signer
-from shelfsight.catalog.sync.messages import ResyncRequest
+from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, ResyncRequest
 from shelfsight.catalog.sync.transport.base import Message, Will
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.catalog.sync.transport.memory import InMemoryBus, MemoryBroker, topic_matches
@@ -663,3 +667,74 @@ def test_existing_kiosks_converge_under_the_content_digest_and_older_ones_can_re
     memory_broker.drain()
     kiosk.reach(Phase.CURRENT, hq.catalog.version)  # the row digest still matches
     assert kiosk.sync.counters["snapshots"] == 0
+
+
+# -- enrollments: what the clerk typed reaches HQ ---------------------------------------------
+
+
+def test_an_enrollment_carries_the_clerks_price_and_description_into_approve(
+    tmp_path: Path, hq: MemoryHq, memory_broker: MemoryBroker, stores: Callable[..., Store]
+) -> None:
+    inbox = EnrollmentInbox(tmp_path / "inbox.db")
+    hq.server = HqServer(on_enrollment=inbox.add)  # `hq serve --inbox`'s handler
+    hq.bus.subscribe(hq.topics.all_of("enroll"))
+    kiosk = stores("k1")
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    frame = EnrolledFrame(embedding=[1.0] + [0.0] * (hq.dim - 1), fingerprint=hq.fingerprint)
+
+    def enrollment(product_id: str, **typed: Any) -> Enrollment:
+        return Enrollment(kiosk_id="k1", product_id=product_id, name=f"Name {product_id}", frames=[frame], **typed)
+
+    kiosk.sync.send_enrollment(enrollment("jam", price=2.5, description="Strawberry, 350 g", category="Spreads"))
+    kiosk.sync.send_enrollment(enrollment("tea"))  # nothing typed: the fields are left out of the JSON
+    deadline = time.monotonic() + LIMIT
+    while len(inbox.entries()) < 2 and time.monotonic() < deadline:
+        hq.serve()
+        time.sleep(0.05)
+    jam, tea = inbox.entries()
+    assert (jam.product_id, jam.price, jam.description, jam.category) == ("jam", 2.5, "Strawberry, 350 g", "Spreads")
+    assert (tea.product_id, tea.price, tea.description) == ("tea", None, "")
+    assert set(json.loads(enrollment("tea").to_json())) == {
+        "kiosk_id",
+        "product_id",
+        "name",
+        "category",
+        "frames",
+        "created",
+    }
+
+    # An older kiosk's message (no price/description keys) is still accepted; hostile values are refused whole.
+    tap = Recorder(memory_broker, client_id="store-k1")
+    older = enrollment("old").model_dump(exclude={"price", "description"})
+    tap.inject(hq.topics.enroll("k1"), json.dumps(older).encode())
+    assert hq.serve() == 1 and inbox.entries()[-1].product_id == "old"
+    for bad in (
+        {"price": -1},
+        {"price": 1e9},
+        {"price": "NaN"},
+        {"description": "x" * 2001},
+        {"description": "a\x1b[2J"},
+    ):
+        tap.inject(hq.topics.enroll("k1"), json.dumps({**older, **bad}).encode())
+        with pytest.raises(SyncError, match="malformed Enrollment"):
+            hq.serve()
+    assert len(inbox.entries()) == 3
+    with pytest.raises(ValidationError):
+        enrollment("nan", price=math.inf)  # the kiosk cannot build one either
+
+    # approve: what the clerk typed by default, what the approver types instead when given.
+    inbox.approve(jam.id, hq.catalog)
+    inbox.approve(tea.id, hq.catalog, price=1.2, description="Green tea, 20 bags")
+    assert {k: hq.catalog.product("jam")[k] for k in ("price", "description", "category")} == {
+        "price": 2.5,
+        "description": "Strawberry, 350 g",
+        "category": "Spreads",
+    }
+    assert (hq.catalog.product("tea")["price"], hq.catalog.product("tea")["description"]) == (1.2, "Green tea, 20 bags")
+    # A product the master already has keeps its own values; only the approver's change it.
+    hq.catalog.update_product("p000001", price=9.0, description="HQ's")
+    again = inbox.add(enrollment("p000001", price=0.5, description="typed at the store"))
+    inbox.approve(again, hq.catalog)
+    assert (hq.catalog.product("p000001")["price"], hq.catalog.product("p000001")["description"]) == (9.0, "HQ's")
+    inbox.close()

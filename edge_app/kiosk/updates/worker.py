@@ -321,7 +321,7 @@ class KioskSync:
         """Queue a locally taught product for HQ; it survives restarts until the broker has it."""
         if enrollment.kiosk_id != self.config.kiosk_id:
             raise SyncError(f"enrollment names kiosk {enrollment.kiosk_id!r}, we are {self.config.kiosk_id!r}")
-        payload = enrollment.model_dump_json().encode()
+        payload = enrollment.to_json()
         # Checked here, not at sending: one that can never be delivered would block the outbox behind it.
         if len(payload) > MAX_ENROLL_BYTES:
             raise SyncError(f"enrollment: {len(payload)} bytes, over the {MAX_ENROLL_BYTES}-byte message limit")
