@@ -30,6 +30,7 @@ from tests.support.sync import DIM, FLEET, WAIT, Tap, add_products, fingerprint_
 
 HOSTILE = '<img src=x onerror="document.body.dataset.pwned=1">Jam'
 ORIGIN = "http://localhost"
+CLERK_DESCRIPTION = "Strawberry, 350 g <b>new</b>"
 
 
 def jpeg(seed: int, size: int = 256) -> bytes:
@@ -38,7 +39,7 @@ def jpeg(seed: int, size: int = 256) -> bytes:
     return out.getvalue()
 
 
-def taught(kiosk_id: str, product_id: str, name: str, fingerprint: str, *, photos: int = 2) -> Enrollment:
+def taught(kiosk_id: str, product_id: str, name: str, fingerprint: str, *, photos: int = 2, **typed: Any) -> Enrollment:
     rng = np.random.default_rng(len(product_id))
     frames = [
         EnrolledFrame(
@@ -48,7 +49,7 @@ def taught(kiosk_id: str, product_id: str, name: str, fingerprint: str, *, photo
         )
         for i in range(3)
     ]
-    return Enrollment(kiosk_id=kiosk_id, product_id=product_id, name=name, category="jam", frames=frames)
+    return Enrollment(kiosk_id=kiosk_id, product_id=product_id, name=name, category="jam", frames=frames, **typed)
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def files(tmp_path: Path) -> Iterator[ConsoleFiles]:
     fingerprint = fingerprint_of(make_model(tmp_path / "model"))
     with Catalog(tmp_path / "master.db") as master, EnrollmentInbox(tmp_path / "enroll.db") as inbox:
         add_products(master, fingerprint, [1, 2])
-        inbox.add(taught("k1", "jam-1", HOSTILE, fingerprint))
+        inbox.add(taught("k1", "jam-1", HOSTILE, fingerprint, price=2.95, description=CLERK_DESCRIPTION))
         inbox.add(taught("k2", "jam-2", "Plum jam", fingerprint, photos=0))
         yield ConsoleFiles(master, inbox)
 
@@ -78,7 +79,10 @@ def test_enrollments_with_photos_approved_with_price_and_description(client: Fla
     assert (first["kiosk_id"], first["product_id"], first["name"], first["photos"], first["frames"]) == (
         "k1", "jam-1", HOSTILE, 2, 3,
     )  # fmt: skip
-    assert first["category"] == "jam" and first["status"] == "pending" and second["photos"] == 0
+    assert (first["category"], first["price"], first["description"], first["status"]) == (
+        "jam", 2.95, CLERK_DESCRIPTION, "pending",
+    )  # fmt: skip
+    assert (second["photos"], second["price"], second["description"]) == (0, None, "")
     photo = client.get("/api/enrollments/1/photos/1")
     assert photo.status_code == 200 and photo.mimetype == "image/jpeg"
     assert photo.headers["X-Content-Type-Options"] == "nosniff"
@@ -87,11 +91,12 @@ def test_enrollments_with_photos_approved_with_price_and_description(client: Fla
     assert client.get("/api/enrollments/99/photos/0").status_code == 404
 
     before = files.master.version
-    approved = post(client, "/api/enrollments/1/approve", {"price": "3.50", "description": "Strawberry, 350 g"})
+    # HQ corrects the price; the description stays the clerk's.
+    approved = post(client, "/api/enrollments/1/approve", {"price": "3.50", "description": ""})
     assert approved.status_code == 200, approved.json
     product = files.master.product("jam-1")
     assert (product["name"], product["price"], product["description"], product["category"]) == (
-        HOSTILE, 3.5, "Strawberry, 350 g", "jam",
+        HOSTILE, 3.5, CLERK_DESCRIPTION, "jam",
     )  # fmt: skip
     assert len(product["references"]) == 3 and approved.json["master_version"] == files.master.version > before
     assert [e["id"] for e in client.get("/api/enrollments").json["enrollments"]] == [2]
@@ -99,6 +104,12 @@ def test_enrollments_with_photos_approved_with_price_and_description(client: Fla
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     again = post(client, "/api/enrollments/1/approve")
     assert again.status_code == 409 and "already approved" in again.json["error"]
+
+
+def test_approval_without_edits_carries_what_the_clerk_typed(client: FlaskClient, files: ConsoleFiles) -> None:
+    assert post(client, "/api/enrollments/1/approve").status_code == 200
+    product = files.master.product("jam-1")
+    assert (product["price"], product["description"]) == (2.95, CLERK_DESCRIPTION)
 
 
 def test_reject_keeps_the_product_out_of_the_master(client: FlaskClient, files: ConsoleFiles) -> None:
@@ -269,14 +280,16 @@ def test_console_page_in_headless_chromium(broker: Broker, files: ConsoleFiles) 
         wait_until(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
         page.screenshot(path=str(shots / "1-fleet-and-enrollments.png"), full_page=True)
 
+        # The form starts with what the clerk typed at the kiosk; HQ corrects the price.
+        assert card.locator('input[name="price"]').input_value() == "2.95"
+        assert card.locator('textarea[name="description"]').input_value() == CLERK_DESCRIPTION
         card.locator('input[name="price"]').fill("3.50")
-        card.locator('textarea[name="description"]').fill("Strawberry, 350 g")
         card.locator("button.approve").click()
         page.wait_for_selector('#products tr[data-product="jam-1"]')
         page.wait_for_selector('.enrollment[data-id="1"]', state="detached")
         assert "approved" in (page.text_content("#notice") or "")
         row = page.locator('#products tr[data-product="jam-1"] td')
-        assert [row.nth(i).text_content() for i in (2, 4, 5)] == [HOSTILE, "3.50", "Strawberry, 350 g"]
+        assert [row.nth(i).text_content() for i in (2, 4, 5)] == [HOSTILE, "3.50", CLERK_DESCRIPTION]
         wait_until(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
         assert page.locator('#products tr[data-product="jam-1"] img.thumb').count() == 1
         wait_until(lambda: page.text_content("#master") == f"master catalog v{files.master.version}")
@@ -293,7 +306,7 @@ def test_console_page_in_headless_chromium(broker: Broker, files: ConsoleFiles) 
         assert page.evaluate("document.body.dataset.pwned") is None
         assert page.locator("img[src=x]").count() == 0
     product = files.master.product("jam-1")
-    assert (product["price"], product["description"]) == (3.5, "Strawberry, 350 g")
+    assert (product["price"], product["description"]) == (3.5, CLERK_DESCRIPTION)
     assert [(e.id, e.status) for e in files.inbox.entries()] == [(1, "approved"), (2, "rejected")]
 
 

@@ -42,8 +42,9 @@ from shelfsight.catalog.hq.console.auth import (
     same_token,
 )
 from shelfsight.catalog.hq.console.board import FleetView, NoFleet
-from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.hq.inbox import EnrollmentInbox, InboxEntry
 from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.messages import MAX_ENROLL_DESCRIPTION_CHARS, MAX_ENROLL_PRICE
 from shelfsight.edge_app.core.errors import ConfigError, ShelfsightError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REQUEST_BYTES = 16 * 1024  # approve/reject/login bodies are a few fields
 MAX_NOTE_CHARS = 500
-MAX_DESCRIPTION_CHARS = 2000
+MAX_DESCRIPTION_CHARS = MAX_ENROLL_DESCRIPTION_CHARS  # what a kiosk may send, HQ may type
 MAX_QUERY_CHARS = 200
 DEFAULT_PRODUCTS, MAX_PRODUCTS = 100, 500
 # Each row reads its payload (up to 1 MB with its frames); the oldest come first, the total is shown.
@@ -127,8 +128,8 @@ def _price(body: dict[str, Any]) -> float | None:
         price = float(value)
     except (TypeError, ValueError) as exc:
         raise Refused(400, "price must be a number") from exc
-    if not 0 <= price < 1e9:
-        raise Refused(400, "price must be between 0 and 1e9")
+    if not 0 <= price < MAX_ENROLL_PRICE:
+        raise Refused(400, f"price must be between 0 and {MAX_ENROLL_PRICE:g}")
     return price
 
 
@@ -138,18 +139,17 @@ def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
         raise Refused(400, f"unknown fields: {', '.join(sorted(unknown)[:5])}")
 
 
-def enrollment_row(files: ConsoleFiles, entry: Any) -> dict[str, Any]:
-    """One inbox entry for the page: what the clerk typed, its frames' count, where it stands."""
+def enrollment_row(files: ConsoleFiles, entry: InboxEntry) -> dict[str, Any]:
+    """One inbox entry for the page: what the clerk typed, its photos' count, where it stands."""
     enrollment = files.inbox.enrollment(entry.id)
     return {
         "id": entry.id,
         "kiosk_id": entry.kiosk_id,
         "product_id": entry.product_id,
         "name": entry.name,
-        "category": enrollment.category,
-        # Set by kiosks that send them (newer releases); None from older ones.
-        "price": getattr(enrollment, "price", None),
-        "description": getattr(enrollment, "description", None) or "",
+        "category": entry.category,
+        "price": entry.price,
+        "description": entry.description,
         "photos": sum(1 for f in enrollment.frames if f.image_jpeg),
         "frames": entry.frames,
         "received": entry.received,
@@ -297,16 +297,8 @@ def create_console(
         price, description = _price(body), _text(body, "description", MAX_DESCRIPTION_CHARS)
         with write_lock:
             try:
-                entry = files.inbox.enrollment(entry_id)
-                version = files.inbox.approve(entry_id, files.master)
-                current = files.master.product(entry.product_id)
-                changes: dict[str, Any] = {}
-                if price is not None and current["price"] != price:
-                    changes["price"] = price
-                if description and current["description"] != description:
-                    changes["description"] = description
-                if changes:
-                    version = files.master.update_product(entry.product_id, **changes)
+                # An empty field keeps what the clerk typed (for a new product) or the master's value.
+                version = files.inbox.approve(entry_id, files.master, price=price, description=description or None)
             except ShelfsightError as exc:
                 raise Refused(409, files.public(exc)) from exc
         log.info("console: enrollment #%d approved, master at v%d", entry_id, version)
