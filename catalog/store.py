@@ -652,10 +652,14 @@ class Catalog:
             products = query_all(self.db, INDEX_PRODUCTS_SQL)
             rows = self.db.execute(INDEX_REFERENCES_SQL, [fingerprint, dim]).fetchall()
             vocabulary = self.vocabulary() if with_words else None
-            words = None
+            stored = None
             if vocabulary is not None:
-                # Streamed inside the lock: the cursor must be read before another thread writes.
-                words = self._word_index(rows, self.db.execute(INDEX_WORDS_SQL, [fingerprint, dim]), vocabulary)
+                # Read inside the lock (the cursor must be drained before another thread writes),
+                # indexed after it: the seconds of numpy work at 100k references block no reader.
+                stored = self._stored_words(rows, self.db.execute(INDEX_WORDS_SQL, [fingerprint, dim]))
+        words = None
+        if vocabulary is not None and stored is not None:
+            words = WordIndex(*stored, vocabulary.n_words, names=[row[0] for row in rows])
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}
@@ -677,10 +681,10 @@ class Catalog:
             words=words,
         )
 
-    def _word_index(self, rows: list[Any], word_rows: sqlite3.Cursor, vocabulary: Vocabulary) -> WordIndex:
-        """The inverted file, in the search index's reference order.
+    def _stored_words(self, rows: list[Any], word_rows: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray]:
+        """Every reference's stored words in the search index's order: (flat uint16 words, count per reference).
 
-        The blobs are joined batch by batch into one flat buffer and checked by `WordIndex` in
+        The blobs are joined batch by batch into one flat buffer, which `WordIndex` checks in
         vectorised passes: no per-reference arrays, Python checks or list of 10^5 blobs, which
         cost seconds at 100k references and memory the kiosk would keep after the build.
         """
@@ -703,8 +707,7 @@ class Catalog:
         if without:
             # Catalogs built before version-2 features, plain box sides, fruit: found by embedding only.
             log.info("%s: %d of %d references have no visual words", self.name, without, len(rows))
-        flat = np.frombuffer(buffer, dtype="<u2")
-        return WordIndex(flat, lengths, vocabulary.n_words, names=[row[0] for row in rows])
+        return np.frombuffer(buffer, dtype="<u2"), lengths
 
     def index(self) -> SearchIndex:
         """The current immutable in-memory index, rebuilt (and swapped in) after writes.

@@ -36,7 +36,7 @@ from shelfsight.edge_app.core.errors import CatalogError
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_FRACTION = 0.05
-_BUILD_CHUNK = 16384  # references per build pass: ~25 MB of temporaries
+_BUILD_CHUNK = 2048  # references per build pass: ~25 MB of temporaries
 MAX_WORDS_PER_REFERENCE = 4096  # one word per keypoint at most (core.features.MAX_KEYPOINTS)
 
 
