@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from shelfsight.catalog.quality import reference_keypoints
 from shelfsight.catalog.store import Catalog
-from shelfsight.catalog.sync.messages import Enrollment
+from shelfsight.catalog.sync.codec import validation_problems
+from shelfsight.catalog.sync.messages import Enrollment, TypedFields
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.images import decode_rgb
 from shelfsight.edge_app.core.sqlite import Migration, open_database, statements
@@ -129,6 +131,10 @@ class EnrollmentInbox:
         has, only those given here change it (the master's own values win over a store's). The product
         gets a thumbnail from its sharpest enrolled photo.
         """
+        try:  # the approver's values get the bounds the kiosk's have, before anything is written
+            TypedFields(price=price, description=description)
+        except ValidationError as exc:
+            raise InputError(f"enrollment #{entry_id}: {validation_problems(exc)}") from exc
         enrollment, status = self._load(entry_id)
         if status != "pending":
             raise InputError(f"enrollment #{entry_id} is already {status}")

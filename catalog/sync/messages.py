@@ -86,24 +86,15 @@ class EnrolledFrame(BaseModel):
         return value
 
 
-class Enrollment(BaseModel):
-    """Sent on `enroll/<kiosk-id>`: a product taught locally, for HQ to approve into the master catalog."""
+class TypedFields(BaseModel):
+    """What a clerk types with a new product, or the person approving it: the bounds every side checks."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kiosk_id: str
-    product_id: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s](?:[^/]*[^/\s])?$")
-    name: str = Field(min_length=1, max_length=500)
-    category: str = Field(default="", max_length=200)
-    # Typed by the clerk with a new product; `hq approve` uses them unless the approver gives others.
-    # Optional, and left out of the JSON when None (the kiosk sends `exclude_none`): HQ releases
+    # Optional, and left out of an enrollment's JSON when None (`Enrollment.to_json`): HQ releases
     # before these fields refuse an enrollment that carries them (`extra="forbid"`).
     price: float | None = Field(default=None, ge=0, lt=MAX_ENROLL_PRICE, allow_inf_nan=False)
     description: str | None = Field(default=None, max_length=MAX_ENROLL_DESCRIPTION_CHARS)
-    frames: list[EnrolledFrame] = Field(min_length=1, max_length=MAX_ENROLL_FRAMES)
-    created: float = 0.0
-
-    _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
 
     @field_validator("description")
     @classmethod
@@ -111,6 +102,25 @@ class Enrollment(BaseModel):
         if value is not None and any(unicodedata.category(ch) in _UNPRINTABLE for ch in value):
             raise ValueError("description may hold only printable characters")
         return value
+
+
+class Enrollment(TypedFields):
+    """Sent on `enroll/<kiosk-id>`: a product taught locally, for HQ to approve into the master catalog.
+
+    `price` and `description` (from `TypedFields`) are what the clerk typed with a new product;
+    `hq approve` uses them unless the person approving gives others.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kiosk_id: str
+    product_id: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s](?:[^/]*[^/\s])?$")
+    name: str = Field(min_length=1, max_length=500)
+    category: str = Field(default="", max_length=200)
+    frames: list[EnrolledFrame] = Field(min_length=1, max_length=MAX_ENROLL_FRAMES)
+    created: float = 0.0
+
+    _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
 
     def to_json(self) -> bytes:
         """The payload as kiosks send it: optional fields left out when unset, so older HQs can read it."""

@@ -29,7 +29,7 @@ from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, ResyncRe
 from shelfsight.catalog.sync.transport.base import Message, Will
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.catalog.sync.transport.memory import InMemoryBus, MemoryBroker, topic_matches
-from shelfsight.edge_app.core.errors import SyncError
+from shelfsight.edge_app.core.errors import InputError, SyncError
 from shelfsight.edge_app.kiosk.updates.config import SyncConfig
 from shelfsight.edge_app.kiosk.updates.releases import current_release
 from shelfsight.edge_app.kiosk.updates.state import SyncState
@@ -724,6 +724,9 @@ def test_an_enrollment_carries_the_clerks_price_and_description_into_approve(
         enrollment("nan", price=math.inf)  # the kiosk cannot build one either
 
     # approve: what the clerk typed by default, what the approver types instead when given.
+    for price, description in ((-0.01, None), (math.nan, None), (None, "x" * 2001), (None, "tab\there")):
+        with pytest.raises(InputError, match=f"enrollment #{jam.id}: (price|description)"):
+            inbox.approve(jam.id, hq.catalog, price=price, description=description)  # the approver's are bounded too
     inbox.approve(jam.id, hq.catalog)
     inbox.approve(tea.id, hq.catalog, price=1.2, description="Green tea, 20 bags")
     assert {k: hq.catalog.product("jam")[k] for k in ("price", "description", "category")} == {
