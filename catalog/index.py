@@ -21,6 +21,7 @@ of the same snapshot, so both candidate sources always describe one catalog.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -161,6 +162,15 @@ class SearchIndex:
 
     def __len__(self) -> int:
         return len(self.reference_ids)
+
+    def with_words(self, words: WordIndex) -> "SearchIndex":
+        """This index with the word index `words` over the same references; the arrays are shared, not copied."""
+        if words.n_references != len(self):
+            raise CatalogError(f"index: word index covers {words.n_references} references, the index {len(self)}")
+        twin = copy.copy(self)
+        twin.words = words
+        twin._filters, twin._filters_lock, twin._local = {}, threading.Lock(), threading.local()
+        return twin
 
     # ---- filters --------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sqlite_utils
@@ -95,7 +95,7 @@ INDEX_REFERENCES_SQL = (
 )
 # Each indexed reference's words (NULL: none) in INDEX_REFERENCES_SQL's order, so no merge is needed.
 INDEX_WORDS_SQL = (
-    "SELECT w.words FROM reference_images r LEFT JOIN reference_words w ON w.id = r.id"
+    "SELECT r.id, w.words FROM reference_images r LEFT JOIN reference_words w ON w.id = r.id"
     " WHERE r.fingerprint = ? AND r.dim = ? ORDER BY r.id"
 )
 
@@ -656,10 +656,11 @@ class Catalog:
             if vocabulary is not None:
                 # Read inside the lock (the cursor must be drained before another thread writes),
                 # indexed after it: the seconds of numpy work at 100k references block no reader.
-                stored = self._stored_words(rows, self.db.execute(INDEX_WORDS_SQL, [fingerprint, dim]))
+                ids = [row[0] for row in rows]
+                stored = self._stored_words(ids, self.db.execute(INDEX_WORDS_SQL, [fingerprint, dim]))
         words = None
         if vocabulary is not None and stored is not None:
-            words = WordIndex(*stored, vocabulary.n_words, names=[row[0] for row in rows])
+            words = WordIndex(*stored, vocabulary.n_words, names=ids)
         position = {p["id"]: i for i, p in enumerate(products)}
         fields = [
             {**json.loads(p["attributes"]), **{k: p[k] for k in ("id", "name", "description", "category", "price")}}
@@ -681,32 +682,38 @@ class Catalog:
             words=words,
         )
 
-    def _stored_words(self, rows: list[Any], word_rows: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray]:
-        """Every reference's stored words in the search index's order: (flat uint16 words, count per reference).
+    def _stored_words(self, ids: Sequence[str], word_rows: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stored words of references `ids`, in that order: (flat uint16 words, count per reference).
+
+        None if the catalog's indexed references are no longer exactly `ids` (it changed since).
 
         The blobs are joined batch by batch into one flat buffer, which `WordIndex` checks in
         vectorised passes: no per-reference arrays, Python checks or list of 10^5 blobs, which
         cost seconds at 100k references and memory the kiosk would keep after the build.
         """
         buffer = bytearray()
-        lengths = np.zeros(len(rows), np.int64)
+        lengths = np.zeros(len(ids), np.int64)
         done = 0
         while batch := word_rows.fetchmany(4096):
-            blobs = [blob or b"" for (blob,) in batch]
+            if done + len(batch) > len(ids) or any(a != b for (a, _), b in zip(batch, ids[done:])):
+                return None
+            blobs = [blob or b"" for (_, blob) in batch]
             buffer += b"".join(blobs)
             lengths[done : done + len(blobs)] = [len(blob) for blob in blobs]
             done += len(blobs)
+        if done != len(ids):
+            return None
         bad = np.flatnonzero((lengths % 2 == 1) | (lengths > 2 * MAX_WORDS_PER_REFERENCE))
         if len(bad):
             raise CatalogError(
-                f"words of {rows[int(bad[0])][0]}: {int(lengths[bad[0]])} bytes is not a list of at most "
+                f"words of {ids[int(bad[0])]}: {int(lengths[bad[0]])} bytes is not a list of at most "
                 f"{MAX_WORDS_PER_REFERENCE} words"
             )
         lengths //= 2
         without = int(np.count_nonzero(lengths == 0))
         if without:
             # Catalogs built before version-2 features, plain box sides, fruit: found by embedding only.
-            log.info("%s: %d of %d references have no visual words", self.name, without, len(rows))
+            log.info("%s: %d of %d references have no visual words", self.name, without, len(ids))
         return np.frombuffer(buffer, dtype="<u2"), lengths
 
     def index(self) -> SearchIndex:
@@ -774,11 +781,34 @@ class Catalog:
             if self._index is not partial:
                 return  # a rebuild after a write has already replaced it
             try:
-                self._index = self._build_index()
+                words = self._words_for(partial)
+                self._index = partial.with_words(words) if words is not None else self._build_index()
             except (CatalogError, sqlite3.Error):
                 log.exception("%s: no visual-word index; products are found by their embedding only", self.name)
                 return
         log.info("%s: visual-word index ready after %.1f s", self.name, time.perf_counter() - started)
+
+    def _words_for(self, partial: SearchIndex) -> WordIndex | None:
+        """The word index over `partial`'s references, if the catalog still holds exactly those.
+
+        The embedding half is kept rather than rebuilt: a second copy of its 10^5 product and
+        reference objects, allocated while the first still serves, would leave the kiosk's
+        memory ~45 MB larger after the first is freed (measured at 100k references).
+        """
+        with self.reading():
+            same = (
+                int(read_meta(self.db, "version", 0)) == partial.version
+                and read_meta(self.db, "model_fingerprint") == partial.fingerprint
+            )
+            vocabulary = self.vocabulary()
+            if not same or vocabulary is None:
+                return None
+            stored = self._stored_words(
+                partial.reference_ids, self.db.execute(INDEX_WORDS_SQL, [partial.fingerprint, partial.dim])
+            )
+        if stored is None:
+            return None
+        return WordIndex(*stored, vocabulary.n_words, names=partial.reference_ids)
 
     def reload(self) -> None:
         """Re-read the catalog from disk (after another process or connection changed it)."""
