@@ -39,17 +39,33 @@ def describe(config: KioskConfig) -> str:
     )
 
 
+def staff_problems(config: KioskConfig) -> list[str]:
+    """What keeps the staff credential the config names from being used (empty when none is named)."""
+    from shelfsight.edge_app.web.auth import StaffCredential
+
+    if not config.web.enabled or config.web.staff_credential is None:
+        return []
+    try:
+        StaffCredential.load(config.web.staff_credential)
+    except ConfigError as exc:
+        return [f"web.staff_credential: {exc}"]
+    return []
+
+
 def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
     """Run until `stop` is set. The page keeps serving the last state if the camera source ends."""
     from shelfsight.edge_app.kiosk.build import build_kiosk
     from shelfsight.edge_app.web.app import MULTIPART_SLACK, WebServer, create_app
+    from shelfsight.edge_app.web.auth import StaffCredential
+
+    web = config.web
+    staff = StaffCredential.load(web.staff_credential) if web.staff_credential is not None else None
 
     kiosk = build_kiosk(config)
     with kiosk, ExitStack() as running:
         if config.sync is not None and config.sync.enabled:
             running.enter_context(start_sync(config, kiosk))
-        if config.web.enabled:
-            web = config.web
+        if web.enabled:
             app = create_app(
                 kiosk,
                 web.max_upload_bytes,
@@ -58,6 +74,8 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
                 max_image_pixels=web.max_image_pixels,
                 decode_slots=web.decode_slots,
                 search_slots=web.search_slots,
+                staff=staff,
+                staff_idle_s=web.staff_session_idle_s,
             )
             server = WebServer(
                 app,
@@ -125,7 +143,7 @@ def kiosk_command(ctx: click.Context, config_path: Path | None, validate_config:
         from shelfsight.edge_app.kiosk.checks import check_setup, describe_sync
 
         shown = f"{describe(config)}\n{describe_sync(config)}"
-        problems = check_setup(config)
+        problems = check_setup(config) + staff_problems(config)
         if problems:
             raise ConfigError(
                 f"{config_path}: parses, but the kiosk could not serve:\n"
@@ -176,6 +194,42 @@ def rollback_command(data_dir: str) -> None:
     """
     model_path, _ = rollback(data_dir)
     click.echo(f"current release: {model_path.parent.name[:12]}")
+
+
+@kiosk_command.command("set-staff-pin")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path, dir_okay=False),
+    help="Kiosk config file; its web.staff_credential names the file to write.",
+)
+@click.option(
+    "--pin-file",
+    type=click.File("r"),
+    help="Read the PIN from the first line of this file ('-': standard input) instead of asking twice.",
+)
+@domain_errors
+def set_staff_pin_command(config_path: Path, pin_file: Any) -> None:
+    """Set the staff PIN that unlocks teaching (stored as a salted scrypt hash, mode 0600).
+
+    Restart the kiosk afterwards. The PIN is at least 6 characters.
+
+    \b
+    Examples:
+      shelfsight kiosk set-staff-pin --config /etc/shelfsight/kiosk.toml
+      printf '%s\\n' "$PIN" | shelfsight kiosk set-staff-pin --config kiosk.toml --pin-file -
+    """
+    from shelfsight.edge_app.web.auth import write_staff_credential
+
+    target = load_config(config_path).web.staff_credential
+    if target is None:
+        raise ConfigError(f"{config_path}: set web.staff_credential to the file the PIN's hash goes in")
+    if pin_file is not None:
+        pin = pin_file.readline().rstrip("\r\n")
+    else:
+        pin = click.prompt("Staff PIN", hide_input=True, confirmation_prompt=True)
+    click.echo(f"staff PIN set: {write_staff_credential(target, pin)}")
 
 
 COMMANDS: list[click.Command] = [kiosk_command]

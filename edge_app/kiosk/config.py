@@ -112,6 +112,7 @@ def _resolve_paths(config: KioskConfig, base: Path) -> KioskConfig:
                 }
             ),
             "camera": camera,
+            "web": config.web.model_copy(update={"staff_credential": _resolve(config.web.staff_credential, base)}),
         }
     )
 

@@ -8,6 +8,12 @@
     POST /api/teach         teach the product the camera just saw (JSON or form: product_id, name,
                             optional price, description, category) -> 201 {"product_id", "references", ...}
     GET  /health            model fingerprint, catalog version, uptime, fps
+    POST /api/staff/login   {"pin"} -> 200 {"csrf_token"} and the staff session cookie
+    POST /api/staff/logout  ends the session
+
+Staff mode (see auth.py): teaching needs a staff session and its CSRF token in `X-CSRF-Token`;
+every POST but /search (a read) must also come from this page's own origin. The camera feed
+(/api/state, /api/frame.jpg) is served to the kiosk's own screen (loopback) and to staff sessions.
 
 Bad uploads get a 4xx JSON body {"error": reason}: 400 for zero bytes or a
 file that is not a decodable image, 413 for one over the configured size.
@@ -17,9 +23,9 @@ no usable camera frame).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from werkzeug.exceptions import HTTPException
 from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
 from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
 from shelfsight.edge_app.recognition.state import KioskState
+from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential, is_loopback, same_token
 from shelfsight.edge_app.web.service import KioskService
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,13 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_K = 50
 MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around an upload of the largest allowed size
+SESSION_COOKIE = "shelfsight_staff"
+CSRF_HEADER = "X-CSRF-Token"
+LOGIN_FAILURES_PER_MINUTE = 5
+TEACHES_PER_MINUTE = 10
+# The largest teach or login request: its text fields at their limits, 4 UTF-8 bytes each, and form overhead.
+MAX_FORM_BYTES = 16 * 1024
+CAMERA_FEED = ("/api/state", "/api/frame.jpg")
 
 MESSAGES = {
     "starting": "Show a product to the camera",
@@ -48,11 +62,8 @@ MESSAGES = {
 
 
 def from_this_machine() -> bool:
-    """The request came over loopback: the kiosk's own screen (no staff login exists yet)."""
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
+    """The request came over loopback: the kiosk's own screen."""
+    return is_loopback(request.remote_addr or "")
 
 
 def same_origin() -> bool:
@@ -63,8 +74,11 @@ def same_origin() -> bool:
     return origin is None or origin == request.host_url.rstrip("/")
 
 
-def _error(status: int, reason: str) -> tuple[Response, int]:
-    return jsonify({"error": reason}), status
+def _error(status: int, reason: str, retry_after: int | None = None) -> tuple[Response, int]:
+    response = jsonify({"error": reason})
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response, status
 
 
 def _candidate_rows(kiosk: KioskService, candidates: Any, k: int) -> list[dict[str, Any]]:
@@ -159,6 +173,9 @@ def create_app(
     max_image_pixels: int = 25_000_000,
     decode_slots: int = 2,
     search_slots: int = 4,
+    staff: StaffCredential | None = None,
+    staff_idle_s: float = 900.0,
+    clock: Clock = time.monotonic,
 ) -> Flask:
     """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices.
 
@@ -166,12 +183,23 @@ def create_app(
     `decode_slots` uploads are decoded at once. At most `search_slots` searches are admitted
     (running or waiting for the pipeline); one more gets 429 with Retry-After at once, so a burst
     of uploads cannot pile up behind the camera's use of the pipeline.
+
+    `staff` is the staff PIN's hash; without one nobody can log in, so nobody can teach.
+    Sessions end after `staff_idle_s` unused; `clock` times sessions and rate limits.
     """
     app = Flask(__name__, static_folder=None)
     decoder = BoundedDecoder(max_image_pixels, decode_slots)
     admitted = threading.BoundedSemaphore(search_slots)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     display = {"currency": currency, "locale": locale}
+    sessions = Sessions(idle_s=staff_idle_s, clock=clock)
+    failed_logins = RateLimit(LOGIN_FAILURES_PER_MINUTE, clock=clock)
+    teaches = RateLimit(TEACHES_PER_MINUTE, clock=clock)
+
+    def staff_session() -> tuple[str, Any] | None:
+        token = request.cookies.get(SESSION_COOKIE)
+        session = sessions.get(token)
+        return (token, session) if token and session is not None else None
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -193,12 +221,49 @@ def create_app(
         return jsonify(display)
 
     @app.before_request
-    def camera_feed_and_teaching_stay_local() -> tuple[Response, int] | None:
-        if request.path in ("/api/state", "/api/frame.jpg", "/api/teach") and not from_this_machine():
-            return _error(403, "only the kiosk's own screen may do this")
-        if request.method == "POST" and request.path == "/api/teach" and not same_origin():
+    def guard() -> tuple[Response, int] | None:
+        if request.path in CAMERA_FEED and not (from_this_machine() or staff_session()):
+            return _error(403, "the camera feed is for the kiosk's own screen and logged-in staff")
+        if request.method != "POST" or request.path == "/search":  # a search reads, it changes nothing
+            return None
+        if not same_origin():
             return _error(403, "cross-origin request refused")
+        if request.path == "/api/staff/login":
+            return None
+        current = staff_session()
+        if current is None:
+            return _error(401, "staff login required")
+        if not same_token(request.headers.get(CSRF_HEADER), current[1].csrf):
+            return _error(403, f"missing or wrong {CSRF_HEADER} header")
         return None
+
+    @app.post("/api/staff/login")
+    def staff_login() -> tuple[Response, int]:
+        client = request.remote_addr or "?"
+        wait = failed_logins.retry_after(client)
+        if wait is not None:
+            return _error(429, "too many wrong PINs; wait and try again", retry_after=wait)
+        if staff is None:
+            return _error(403, "no staff PIN is set on this kiosk (shelfsight kiosk set-staff-pin)")
+        if (request.content_length or 0) > MAX_FORM_BYTES:
+            return _error(413, "request too large")
+        body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        pin = body.get("pin") if isinstance(body, dict) else None
+        if not staff.check(pin):
+            failed_logins.record(client)
+            log.warning("wrong staff PIN from %s", client)
+            return _error(401, "wrong PIN")
+        token, session = sessions.open()
+        response = jsonify({"csrf_token": session.csrf, "idle_timeout_s": staff_idle_s})
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response, 200
+
+    @app.post("/api/staff/logout")
+    def staff_logout() -> tuple[Response, int]:
+        sessions.close(request.cookies.get(SESSION_COOKIE))
+        response = jsonify({"logged_out": True})
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="Strict", path="/")
+        return response, 200
 
     @app.get("/api/state")
     def api_state() -> Response:
@@ -225,9 +290,7 @@ def create_app(
     @app.post("/search")
     def search() -> Response | tuple[Response, int]:
         if not admitted.acquire(blocking=False):
-            response, status = _error(429, "the kiosk is busy; retry in a second")
-            response.headers["Retry-After"] = "1"
-            return response, status
+            return _error(429, "the kiosk is busy; retry in a second", retry_after=1)
         try:
             return run_search()
         finally:
@@ -266,6 +329,13 @@ def create_app(
 
     @app.post("/api/teach")
     def api_teach() -> tuple[Response, int]:
+        token = request.cookies.get(SESSION_COOKIE) or ""  # the guard checked it is a live session
+        if request.content_length is None or request.content_length > MAX_FORM_BYTES:
+            return _error(413, f"teach request too large (limit {MAX_FORM_BYTES} bytes)")
+        wait = teaches.retry_after(token)
+        if wait is not None:
+            return _error(429, f"at most {TEACHES_PER_MINUTE} teaches a minute", retry_after=wait)
+        teaches.record(token)
         form = request.get_json(silent=True) if request.is_json else request.form.to_dict()
         try:
             product_id, name, fields = teach_fields(form)
@@ -316,7 +386,15 @@ class WebServer:
             ident="shelfsight",
         )
         self.host, self.port = host, int(self._server.effective_port)  # type: ignore[union-attr]
-        self._thread = threading.Thread(target=self._server.run, name="kiosk-web", daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="kiosk-web", daemon=True)
+
+    def _serve(self) -> None:
+        # waitress's own run() loops until its sockets are gone, and closing them from another
+        # thread races its select() (EBADF). One poll at a time, and `stop` closes them after.
+        server: Any = self._server
+        while not self._stopping.is_set():
+            server.asyncore.loop(timeout=0.2, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
 
     @property
     def url(self) -> str:
@@ -328,12 +406,13 @@ class WebServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         server: Any = self._server
-        server.close()
-        server.task_dispatcher.shutdown()
-        for channel in list(server._map.values()):  # open connections; the loop ends when none is left
+        for channel in list(server._map.values()):  # the listening socket and open connections
             channel.close()
-        self._thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
 
     def __enter__(self) -> "WebServer":
         return self.start()

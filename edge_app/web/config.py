@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 
 from shelfsight.edge_app.core.config import StrictModel
+from shelfsight.edge_app.web.auth import is_loopback
 
 
 class WebConfig(StrictModel):
     enabled: bool = Field(True, description="Serve the kiosk page and the HTTP API")
-    host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 serves only this machine's screen")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on; 127.0.0.1 serves only this machine's screen. Any other address "
+        "needs staff_credential",
+    )
+    staff_credential: Path | None = Field(
+        None,
+        description="File with the staff PIN's scrypt hash, written by `shelfsight kiosk set-staff-pin`; "
+        "staff log in with the PIN to teach and to watch the camera from another device. Absent: nobody can teach",
+    )
+    staff_session_idle_s: float = Field(
+        900.0, gt=0, le=86_400, description="A staff session ends after this many seconds without a request"
+    )
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest image accepted by POST /search")
     max_image_pixels: int = Field(
@@ -37,3 +52,12 @@ class WebConfig(StrictModel):
         pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
         description="BCP 47 locale for prices on the page, e.g. sv-SE; absent: the browser's",
     )
+
+    @model_validator(mode="after")
+    def network_needs_a_credential(self) -> "WebConfig":
+        if self.enabled and not is_loopback(self.host) and self.staff_credential is None:
+            raise ValueError(
+                f"host {self.host!r} is reachable from the network, so web.staff_credential must be set "
+                '(create it with `shelfsight kiosk set-staff-pin`), or use host = "127.0.0.1"'
+            )
+        return self

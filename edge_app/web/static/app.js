@@ -63,7 +63,7 @@ function render(state) {
   }));
   // An empty "Also possible" heading reads like a broken page.
   document.getElementById("alternatives-title").classList.toggle("hidden", state.alternatives.length === 0);
-  showTeachForm(state.decision === "unknown");
+  showTeachForm();
   const camera = state.camera;
   if (camera && !camera.connected) {
     text("status", "Camera not connected, retrying… " + (camera.error || ""));
@@ -72,11 +72,49 @@ function render(state) {
   }
 }
 
-// The form appears when the product is not recognised and stays while the clerk is filling it in.
-function showTeachForm(unknown) {
-  const form = document.getElementById("teach");
-  const busy = form.contains(document.activeElement) || Array.from(form.elements).some((el) => el.value);
-  form.classList.toggle("hidden", !(unknown || busy));
+// Staff mode: the CSRF token of this page's staff session, kept in memory only (a reload logs out).
+let csrfToken = null;
+
+function setStaffMode(token) {
+  csrfToken = token;
+  document.getElementById("staff-login").classList.add("hidden");
+  document.getElementById("staff-button").classList.toggle("hidden", token !== null);
+  document.getElementById("staff-logout").classList.toggle("hidden", token === null);
+  showTeachForm();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const form = event.target;
+  const status = document.getElementById("staff-status");
+  try {
+    const response = await fetch("/api/staff/login", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({pin: form.elements.pin.value}),
+    });
+    const body = await response.json();
+    form.reset();
+    if (!response.ok) {
+      status.textContent = body.error;
+      return;
+    }
+    status.textContent = "";
+    setStaffMode(body.csrf_token);
+  } catch (err) {
+    status.textContent = "kiosk not reachable";
+  }
+}
+
+async function logout() {
+  if (csrfToken !== null) {
+    await fetch("/api/staff/logout", {method: "POST", headers: {"X-CSRF-Token": csrfToken}}).catch(() => null);
+  }
+  setStaffMode(null);
+}
+
+// The teach form is staff-only: shown only while this page holds a staff session.
+function showTeachForm() {
+  document.getElementById("teach").classList.toggle("hidden", csrfToken === null);
 }
 
 async function teach(event) {
@@ -87,9 +125,16 @@ async function teach(event) {
   status.textContent = "Saving…";
   try {
     const response = await fetch("/api/teach", {
-      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(fields),
+      method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken},
+      body: JSON.stringify(fields),
     });
     const body = await response.json();
+    if (response.status === 401) {
+      setStaffMode(null);  // the session ended (idle or kiosk restart): log in again
+      status.textContent = "";
+      document.getElementById("staff-status").textContent = "Staff session ended; log in again";
+      return;
+    }
     if (!response.ok) {
       status.textContent = "Not saved: " + body.error;
       return;
@@ -122,5 +167,11 @@ function refreshFrame() {
 }
 
 document.getElementById("teach").addEventListener("submit", teach);
+document.getElementById("staff-login").addEventListener("submit", login);
+document.getElementById("staff-logout").addEventListener("click", logout);
+document.getElementById("staff-button").addEventListener("click", () => {
+  document.getElementById("staff-login").classList.remove("hidden");
+  document.getElementById("staff-pin").focus();
+});
 loadDisplay().finally(poll);
 refreshFrame();
