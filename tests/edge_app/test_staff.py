@@ -27,7 +27,7 @@ from shelfsight.edge_app.kiosk.config import load_config, parse_config
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.web.app import MAX_FORM_BYTES, TEACHES_PER_MINUTE, WebServer, create_app
-from shelfsight.edge_app.web.auth import StaffCredential
+from shelfsight.edge_app.web.auth import Sessions, StaffCredential
 from tests.edge_app.test_teach import show, views_of
 from tests.support.browser import artifact_dir, chromium_page
 from tests.support.staff import PIN, staff_credential
@@ -262,3 +262,22 @@ def test_page_staff_flow_in_headless_chromium(server: WebServer, catalog: Catalo
         page.click("#staff-logout")
         page.wait_for_selector("#teach", state="hidden")
     assert catalog.product(TAUGHT)["name"] == "Taught in Chromium"
+
+
+def test_validate_config_reports_a_missing_staff_credential(tmp_path: Path) -> None:
+    config = tmp_path / "kiosk.toml"
+    config.write_text(
+        '[catalog]\npath = "catalog.db"\n[camera]\ntype = "opencv"\n'
+        '[web]\nhost = "0.0.0.0"\nstaff_credential = "staff.pin"\n'
+    )
+    result = CliRunner().invoke(kiosk_command, ["--config", str(config), "--validate-config"])
+    assert result.exit_code == 1 and "web.staff_credential:" in result.output and "set-staff-pin" in result.output
+
+
+def test_sessions_are_bounded_and_the_least_recently_used_goes_first(clock: Clock) -> None:
+    sessions = Sessions(max_sessions=2, clock=clock)
+    first, _ = sessions.open()
+    second, _ = sessions.open()
+    assert sessions.get(first) is not None  # used: now the most recent
+    sessions.open()
+    assert sessions.get(second) is None and sessions.get(first) is not None
