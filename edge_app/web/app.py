@@ -62,8 +62,10 @@ MESSAGES = {
 
 
 def from_this_machine() -> bool:
-    """The request came over loopback: the kiosk's own screen."""
-    return is_loopback(request.remote_addr or "")
+    """The kiosk's own screen: over loopback, to a loopback name (a DNS-rebinding page has its own Host)."""
+    host = request.host  # "127.0.0.1:8080", "localhost", "[::1]:8080": the name without the port
+    name = host.partition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+    return is_loopback(request.remote_addr or "") and is_loopback(name)
 
 
 def same_origin() -> bool:

@@ -200,6 +200,13 @@ def test_a_remote_device_sees_the_camera_feed_only_with_a_session(server: WebSer
     assert remote.request("GET", "/api/frame.jpg")[0] in (200, 404)  # 404: no camera running in this test
 
 
+def test_a_rebound_name_on_loopback_does_not_get_the_camera_feed(server: WebServer) -> None:
+    """A DNS-rebinding page in the kiosk's own browser comes over loopback, but with its own Host."""
+    local = Browser(server)
+    assert local.request("GET", "/api/state")[0] == 200
+    assert local.request("GET", "/api/state", headers={"Host": f"evil.example:{server.port}"})[0] == 403
+
+
 def test_binding_the_network_needs_a_staff_credential(tmp_path: Path) -> None:
     base = {"catalog": {"path": "catalog.db"}, "camera": {"type": "opencv"}}
     with pytest.raises(ConfigError, match="web.staff_credential must be set"):
