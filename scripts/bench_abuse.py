@@ -7,8 +7,10 @@ recognition rate (frames_recognised from /health) alone, then while 200 client t
 in another process post a small JPEG to /search as fast as they get answers. Rows:
 "before", the previous release (tree of commit adb4c92 via `git archive`: werkzeug's
 threaded server, a plain pipeline lock); "protection_off", this tree with search_slots
-far above 200 and Kiosk(camera_first=False); "after", this tree's defaults (waitress
-with 4 threads, 4 search slots and 429 + Retry-After beyond, the camera first).
+far above 200 and Kiosk(camera_first=False); the same with 16 server threads, with and
+without the camera priority (what the priority alone is worth once more searches reach
+the pipeline than it can serve); "after", this tree's defaults (waitress with 4 threads,
+4 search slots and 429 + Retry-After beyond, the camera first).
 
 slow_client: how long a client that sent half a request keeps its connection open,
 up to --cap-s. before: the previous release's werkzeug server (its /search route, a stub kiosk: the request never reaches
@@ -110,7 +112,7 @@ print(json.dumps(total), flush=True)
 
 # The kiosk under test, in its own process so that either tree can be imported: serves until stdin closes.
 KIOSK_PROCESS = """
-import logging, sys
+import json, logging, sys
 from pathlib import Path
 from shelfsight.edge_app.camera import VideoFileSource
 from shelfsight.edge_app.demo.run import build_sample_catalog
@@ -119,16 +121,17 @@ from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
 from shelfsight.edge_app.runtime.factory import open_embedder
 from shelfsight.edge_app.web.app import WebServer, create_app
-model, sample, clip, catalog_path, threads, protected = sys.argv[1:7]
+model, sample, clip, catalog_path, threads, settings = *sys.argv[1:6], json.loads(sys.argv[6])
 logging.basicConfig(level=logging.WARNING)
 logging.getLogger("waitress").setLevel(logging.ERROR)  # "Task queue depth" on every queued request
 embedder = open_embedder(model, threads=int(threads))
 catalog = build_sample_catalog(Path(catalog_path), Path(sample) / "catalog", Path(sample) / "products.csv", embedder)
 catalog.index()
-extra = {} if protected == "previous" else {"camera_first": protected == "on"}
+extra = {k: settings[k] for k in ("camera_first",) if k in settings}  # the previous release has no such keys
 kiosk = Kiosk(Recognizer(embedder, catalog, RecognitionConfig(), RoiConfig()), VideoFileSource(clip), **extra)
-slots = {} if protected == "previous" else {"search_slots": 4 if protected == "on" else 2000}
-server = WebServer(create_app(kiosk, **slots), "127.0.0.1", 0).start()
+slots = {k: settings[k] for k in ("search_slots",) if k in settings}
+served = {k: settings[k] for k in ("threads",) if k in settings}
+server = WebServer(create_app(kiosk, **slots), "127.0.0.1", 0, **served).start()
 kiosk.start()
 print(server.port, flush=True)
 sys.stdin.read()
@@ -152,12 +155,19 @@ def recognised_rate(port: int, seconds: float) -> float:
 
 
 def camera_under_load(
-    pythonpath: Path, protected: str, workdir: Path, model: Path, sample: Path, clip: Path, seconds: float, threads: int
+    pythonpath: Path,
+    settings: dict[str, Any],
+    workdir: Path,
+    model: Path,
+    sample: Path,
+    clip: Path,
+    seconds: float,
+    threads: int,
 ) -> dict[str, Any]:
     """Camera rate alone and during 200 clients' searches, of a kiosk served from `pythonpath`'s tree."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
-    catalog = workdir / f"catalog-{protected}.db"  # each tree builds its own (schemas differ between releases)
-    args = [str(model), str(sample), str(clip), str(catalog), str(threads), protected]
+    catalog = workdir / f"catalog-{pythonpath.name}.db"  # each tree builds its own (schemas differ between releases)
+    args = [str(model), str(sample), str(clip), str(catalog), str(threads), json.dumps(settings)]
     kiosk = subprocess.Popen(
         [sys.executable, "-c", KIOSK_PROCESS, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
@@ -300,7 +310,7 @@ def bombs(bomb: Path, which: str, pythonpath: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="A .tflite embedder (default: the bundled model)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="Length of each camera-rate measurement")
+    parser.add_argument("--seconds", type=float, default=6.0, help="Length of each camera-rate measurement")
     parser.add_argument("--cap-s", type=float, default=40.0, help="How long a held connection is watched at most")
     parser.add_argument("--threads", type=int, default=2, help="Interpreter threads")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench_abuse"))
@@ -329,19 +339,23 @@ def main() -> None:
         "photo_bytes": len(photo),
     }
     (args.workdir / "photo.jpg").write_bytes(photo)
-    setups = {
-        "before": (
-            before_path,
-            "previous",
-            f"previous release {PREVIOUS_RELEASE}: werkzeug threaded server, plain lock",
+    off = {"search_slots": 10 * CLIENTS, "camera_first": False}
+    setups: dict[str, tuple[Path, dict[str, Any], str]] = {
+        "before": (before_path, {}, f"previous release {PREVIOUS_RELEASE}: werkzeug threaded server, plain lock"),
+        "protection_off": (REPO, off, "this tree, waitress 4 threads, search_slots 2000, camera_first=False"),
+        # More server threads than the pipeline can serve: what the camera priority alone is worth.
+        "16_threads_priority_off": (REPO, {**off, "threads": 16}, "as protection_off with 16 waitress threads"),
+        "16_threads_priority_on": (
+            REPO,
+            {**off, "threads": 16, "camera_first": True},
+            "16 waitress threads, search_slots 2000, camera first",
         ),
-        "protection_off": (REPO, "off", "this tree, search_slots 2000 and Kiosk(camera_first=False)"),
-        "after": (REPO, "on", "this tree, defaults: waitress 4 threads, search_slots 4 (429 beyond), camera first"),
+        "after": (REPO, {}, "this tree, defaults: waitress 4 threads, search_slots 4 (429 beyond), camera first"),
     }
     camera = {}
-    for which, (pythonpath, protected, setup) in setups.items():
+    for which, (pythonpath, settings, setup) in setups.items():
         row = camera_under_load(
-            pythonpath, protected, args.workdir.resolve(), model, sample.root, clip.path, args.seconds, args.threads
+            pythonpath, settings, args.workdir.resolve(), model, sample.root, clip.path, args.seconds, args.threads
         )
         camera[which] = {**row, "setup": setup}
     results["camera"] = camera
@@ -359,13 +373,13 @@ def main() -> None:
 
     for which, c in camera.items():
         print(
-            f"{which:>14}: camera {c['camera_fps_alone']} fps alone, {c['camera_fps_during_searches']} fps during "
+            f"{which:>23}: camera {c['camera_fps_alone']} fps alone, {c['camera_fps_during_searches']} fps during "
             f"{CLIENTS} clients' searches (ratio {c['ratio']}; answers {c['search_answers_by_status']})"
         )
     for which in ("before", "after"):
         b = results["bombs"][which]
         print(
-            f"{which:>14}: half-sent request held {slow[which + '_s']} s (cap {args.cap_s}) | 4 bombs at once: "
+            f"{which:>23}: half-sent request held {slow[which + '_s']} s (cap {args.cap_s}) | 4 bombs at once: "
             f"+{b['peak_rss_growth_mb']} MB peak RSS, {b['wall_s']} s, {b['refused']} refused"
         )
     write_report(args.out, results)
