@@ -370,7 +370,7 @@ class WebServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         *,
-        threads: int = 4,
+        threads: int = 8,
         connection_timeout_s: float = 15.0,
         connection_limit: int = 100,
         max_body_bytes: int = 8 * 1024 * 1024 + MULTIPART_SLACK,

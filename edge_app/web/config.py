@@ -34,7 +34,13 @@ class WebConfig(StrictModel):
     search_slots: int = Field(
         4, ge=1, le=64, description="POST /search requests admitted at once (running or queued); more get 429"
     )
-    threads: int = Field(4, ge=1, le=64, description="Worker threads running requests (the page polls with two)")
+    threads: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Worker threads running requests; above search_slots, so that a full search queue answers 429 "
+        "while the page's polls and /health are still served",
+    )
     connection_timeout_s: float = Field(
         15.0, gt=0, le=600, description="An idle or unfinished connection is closed after this many seconds"
     )
