@@ -34,10 +34,11 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from waitress.server import create_server
 from werkzeug.exceptions import HTTPException
 
+from shelfsight.edge_app.core.access import is_loopback, same_token
 from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
 from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
 from shelfsight.edge_app.recognition.state import KioskState
-from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential, is_loopback, same_token
+from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential
 from shelfsight.edge_app.web.service import KioskService
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import threading
@@ -34,16 +33,6 @@ _MAX_SCRYPT_MEMORY = 64 * 1024 * 1024
 _FORMAT = "scrypt"
 
 Clock = Callable[[], float]
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address (bind or client) only this machine can reach or be."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_pin_text(pin: str) -> str:
@@ -123,11 +112,6 @@ class StaffCredential:
             return False
         with self._lock:
             return hmac.compare_digest(_derive(presented, self._salt, *self._cost), self._digest)
-
-
-def same_token(presented: str | None, expected: str) -> bool:
-    """Constant-time comparison of a header or cookie with a token (any characters, never an exception)."""
-    return hmac.compare_digest((presented or "").encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
 @dataclass

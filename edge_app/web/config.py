@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from shelfsight.edge_app.core.access import is_loopback
 from shelfsight.edge_app.core.config import StrictModel
-from shelfsight.edge_app.web.auth import is_loopback
 
 
 class WebConfig(StrictModel):

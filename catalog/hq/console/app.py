@@ -33,18 +33,12 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from shelfsight.catalog.hq.console.auth import (
-    LOOPBACK_NAMES,
-    Credential,
-    host_name,
-    is_loopback,
-    same_origin,
-    same_token,
-)
+from shelfsight.catalog.hq.console.auth import LOOPBACK_NAMES, Credential, host_name, same_origin
 from shelfsight.catalog.hq.console.board import FleetView, NoFleet
 from shelfsight.catalog.hq.inbox import EnrollmentInbox, InboxEntry
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.messages import MAX_ENROLL_DESCRIPTION_CHARS, MAX_ENROLL_PRICE
+from shelfsight.edge_app.core.access import is_loopback, same_token
 from shelfsight.edge_app.core.errors import ConfigError, ShelfsightError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import threading
 
@@ -22,16 +21,6 @@ MAX_CREDENTIAL_CHARS = 256
 # scrypt at the cost OWASP suggests for interactive logins (n=2**14, r=8, p=1: 16 MiB, ~50 ms).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def is_loopback(host: str) -> bool:
-    """True for a bind address only this machine can reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Credential:
@@ -68,8 +57,3 @@ def host_name(host_header: str) -> str:
 def same_origin(origin: str | None, host_header: str) -> bool:
     """The request's Origin is this console (scheme http, same host and port as the Host header)."""
     return origin is not None and origin == f"http://{host_header}"
-
-
-def same_token(presented: str | None, expected: str) -> bool:
-    """Constant-time comparison of a header or cookie with a token (any characters, never an exception)."""
-    return hmac.compare_digest((presented or "").encode("utf-8", "replace"), expected.encode("utf-8"))
