@@ -112,7 +112,7 @@ print(json.dumps(total), flush=True)
 
 # The kiosk under test, in its own process so that either tree can be imported: serves until stdin closes.
 KIOSK_PROCESS = """
-import json, logging, sys
+import inspect, json, logging, sys
 from pathlib import Path
 from shelfsight.edge_app.camera import VideoFileSource
 from shelfsight.edge_app.demo.run import build_sample_catalog
@@ -121,6 +121,7 @@ from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
 from shelfsight.edge_app.runtime.factory import open_embedder
 from shelfsight.edge_app.web.app import WebServer, create_app
+from shelfsight.edge_app.web.config import WebConfig
 model, sample, clip, catalog_path, threads, settings = *sys.argv[1:6], json.loads(sys.argv[6])
 logging.basicConfig(level=logging.WARNING)
 logging.getLogger("waitress").setLevel(logging.ERROR)  # "Task queue depth" on every queued request
@@ -131,7 +132,10 @@ extra = {k: settings[k] for k in ("camera_first",) if k in settings}  # the prev
 kiosk = Kiosk(Recognizer(embedder, catalog, RecognitionConfig(), RoiConfig()), VideoFileSource(clip), **extra)
 slots = {k: settings[k] for k in ("search_slots",) if k in settings}
 served = {k: settings[k] for k in ("threads",) if k in settings}
-server = WebServer(create_app(kiosk, **slots), "127.0.0.1", 0, **served).start()
+# Releases before the [web] config object took one keyword per setting.
+configured = "config" in inspect.signature(create_app).parameters
+app = create_app(kiosk, WebConfig(**slots)) if configured else create_app(kiosk, **slots)
+server = WebServer(app, "127.0.0.1", 0, **served).start()
 kiosk.start()
 print(server.port, flush=True)
 sys.stdin.read()
@@ -232,6 +236,7 @@ def held_open_s(host: str, port: int, cap_s: float) -> float:
 OLD_SERVER = """
 import sys, time, types
 from shelfsight.edge_app.web.app import WebServer, create_app
+from shelfsight.edge_app.web.config import WebConfig
 server = WebServer(create_app(types.SimpleNamespace()), "127.0.0.1", 0).start()
 print(server.port, flush=True)
 time.sleep(float(sys.argv[1]))

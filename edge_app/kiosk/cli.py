@@ -66,17 +66,7 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
         if config.sync is not None and config.sync.enabled:
             running.enter_context(start_sync(config, kiosk))
         if web.enabled:
-            app = create_app(
-                kiosk,
-                web.max_upload_bytes,
-                currency=web.currency,
-                locale=web.locale,
-                max_image_pixels=web.max_image_pixels,
-                decode_slots=web.decode_slots,
-                search_slots=web.search_slots,
-                staff=staff,
-                staff_idle_s=web.staff_session_idle_s,
-            )
+            app = create_app(kiosk, web, staff=staff)
             server = WebServer(
                 app,
                 web.host,

@@ -39,6 +39,7 @@ from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightEr
 from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
 from shelfsight.edge_app.recognition.state import KioskState
 from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential
+from shelfsight.edge_app.web.config import WebConfig
 from shelfsight.edge_app.web.service import KioskService
 
 log = logging.getLogger(__name__)
@@ -169,18 +170,12 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
 
 def create_app(
     kiosk: KioskService,
-    max_upload_bytes: int = 8 * 1024 * 1024,
+    config: WebConfig | None = None,
     *,
-    currency: str | None = None,
-    locale: str | None = None,
-    max_image_pixels: int = 25_000_000,
-    decode_slots: int = 2,
-    search_slots: int = 4,
     staff: StaffCredential | None = None,
-    staff_idle_s: float = 900.0,
     clock: Clock = time.monotonic,
 ) -> Flask:
-    """The kiosk's web app; `currency` (ISO 4217) and `locale` (BCP 47) only change how the page shows prices.
+    """The kiosk's web app, configured by the `[web]` section (`config`; default: its defaults).
 
     Uploads over `max_image_pixels` (by their header) get 413 without being decoded, and at most
     `decode_slots` uploads are decoded at once. At most `search_slots` searches are admitted
@@ -188,13 +183,15 @@ def create_app(
     of uploads cannot pile up behind the camera's use of the pipeline.
 
     `staff` is the staff PIN's hash; without one nobody can log in, so nobody can teach.
-    Sessions end after `staff_idle_s` unused; `clock` times sessions and rate limits.
+    Sessions end after `staff_session_idle_s` unused; `clock` times sessions and rate limits.
     """
+    config = config or WebConfig()
+    max_upload_bytes, staff_idle_s = config.max_upload_bytes, config.staff_session_idle_s
     app = Flask(__name__, static_folder=None)
-    decoder = BoundedDecoder(max_image_pixels, decode_slots)
-    admitted = threading.BoundedSemaphore(search_slots)
+    decoder = BoundedDecoder(config.max_image_pixels, config.decode_slots)
+    admitted = threading.BoundedSemaphore(config.search_slots)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
-    display = {"currency": currency, "locale": locale}
+    display = {"currency": config.currency, "locale": config.locale, "language": config.language}
     sessions = Sessions(idle_s=staff_idle_s, clock=clock)
     failed_logins = RateLimit(LOGIN_FAILURES_PER_MINUTE, clock=clock)
     teaches = RateLimit(TEACHES_PER_MINUTE, clock=clock)

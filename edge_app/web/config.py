@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from shelfsight.edge_app.core.access import is_loopback
 from shelfsight.edge_app.core.config import StrictModel
@@ -59,6 +62,31 @@ class WebConfig(StrictModel):
         description="BCP 47 locale for prices on the page, e.g. sv-SE; absent: the browser's",
     )
 
+    language: Literal["en", "sv"] = Field(
+        "en", description="Language of the shopper's screen: a message catalog in edge_app/web/static/i18n/"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Web origins (scheme://host[:port]) whose pages may call the read-only API (POST /search, "
+        "GET /api/products, /api/events) from a browser, e.g. a POS screen; empty: same origin only",
+    )
+    event_streams: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="Clients that may hold GET /api/events (Server-Sent Events) open at once; each holds one of "
+        "the server's threads, so keep it well below threads",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin) or origin.endswith("/"):
+                raise ValueError(f"{origin!r} is not an origin like https://pos.example:8443 (no path, no slash)")
+        return origins
+
     @model_validator(mode="after")
     def network_needs_a_credential(self) -> "WebConfig":
         if self.enabled and not is_loopback(self.host) and self.staff_credential is None:
@@ -66,4 +94,6 @@ class WebConfig(StrictModel):
                 f"host {self.host!r} is reachable from the network, so web.staff_credential must be set "
                 '(create it with `shelfsight kiosk set-staff-pin`), or use host = "127.0.0.1"'
             )
+        if self.event_streams >= self.threads:
+            raise ValueError(f"event_streams ({self.event_streams}) must be below threads ({self.threads})")
         return self

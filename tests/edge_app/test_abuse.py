@@ -20,6 +20,7 @@ from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.web.app import WebServer, create_app
+from shelfsight.edge_app.web.config import WebConfig
 
 BOMB_SIDE = 13_000
 
@@ -114,7 +115,7 @@ def test_a_search_over_the_admitted_number_gets_429_with_retry_after(
     sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig
 ) -> None:
     held = HeldSearch(Kiosk(Recognizer(embedder, sample_catalog, full_config)))
-    app = create_app(held, search_slots=1)  # type: ignore[arg-type]
+    app = create_app(held, WebConfig(search_slots=1))  # type: ignore[arg-type]
     photo = png_bomb(96)
     first: list[int] = []
     worker = threading.Thread(

@@ -21,6 +21,7 @@ from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.recognition.state import KioskState
 from shelfsight.edge_app.web.app import WebServer, create_app
+from shelfsight.edge_app.web.config import WebConfig
 
 
 @pytest.fixture()
@@ -30,7 +31,7 @@ def kiosk(sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfi
 
 @pytest.fixture()
 def client(kiosk: Kiosk) -> FlaskClient:
-    return create_app(kiosk, max_upload_bytes=200_000).test_client()
+    return create_app(kiosk, WebConfig(max_upload_bytes=200_000)).test_client()
 
 
 def first_query(sample_set: SampleSet) -> tuple[str, bytes]:
@@ -82,7 +83,7 @@ def test_health_state_frame_and_thumbnail(client: FlaskClient, sample_catalog: A
     assert health["catalog_version"] == sample_catalog.version and health["uptime_s"] >= 0 and "fps" in health
     state = client.get("/api/state").json
     assert state["decision"] == "starting" and state["message"]
-    assert client.get("/api/display").json == {"currency": None, "locale": None}  # the page shows a bare number
+    assert client.get("/api/display").json == {"currency": None, "locale": None, "language": "en"}  # a bare number
     assert client.get("/api/frame.jpg").status_code == 404  # no camera frame yet
     product_id = sample_catalog.products()[0]["id"]
     thumb = client.get(f"/api/thumbnail/{product_id}")
@@ -134,7 +135,7 @@ def test_page_in_headless_chromium_shows_the_recognised_product(
     product, folder = product_frames
     name = sample_catalog.product(product)["name"]
     kiosk.source = FolderSource(folder, interval_s=0.05, loop=True)
-    with kiosk, WebServer(create_app(kiosk, currency="SEK", locale="sv-SE"), "127.0.0.1", 0) as server:
+    with kiosk, WebServer(create_app(kiosk, WebConfig(currency="SEK", locale="sv-SE")), "127.0.0.1", 0) as server:
         wait_for(kiosk, lambda s: s.announcement.product_id == product)
         dom = rendered_page(server.url + "/")
     assert f'<h1 id="product-name">{name}</h1>' in dom, dom[-2000:]
