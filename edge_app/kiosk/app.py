@@ -208,10 +208,20 @@ class Kiosk:
         start = time.perf_counter()
         crop = crop_roi(rgb, self.recognizer.roi)
         is_background, thumb = self.background.matches(crop)
-        if is_background:
-            result = Recognition("empty", None, 0.0, (), {"preprocess": (time.perf_counter() - start) * 1000})
-        else:
-            result = self.recognizer.recognize(rgb)
+        result: Recognition | None = None
+        if is_background and self.background.recheck_due():
+            # Now and then the pipeline looks at the background too: a catalog product there (taught while
+            # it was held still, or synced since) means it was never the empty view.
+            checked = self.recognizer.recognize(rgb)
+            if checked.decision == "product":
+                self.background.forget()
+                result = checked
+        if result is None:
+            result = (
+                Recognition("empty", None, 0.0, (), {"preprocess": (time.perf_counter() - start) * 1000})
+                if is_background
+                else self.recognizer.recognize(rgb)
+            )
         self.background.observe(thumb, recognised=result.decision == "product")
         if result.decision != "empty":
             with self._recent_lock:

@@ -65,11 +65,27 @@ class RecognitionConfig(StrictModel):
     )
     empty_std: float = Field(6.0, ge=0, description="Grey-level spread of the ROI below which the view is empty")
     background_frames: int = Field(
-        50, ge=0, description="Still, unrecognised frames in a row after which the view is learned as empty (0: off)"
+        50,
+        ge=0,
+        description=(
+            "Still, unrecognised frames in a row after which the view is learned as empty, before any is known "
+            "(0: off); a view unlike the learned one takes 36 times as many, so a held product never becomes it"
+        ),
     )
     background_diff: float = Field(6.0, gt=0, description="Grey-level difference that still counts as the background")
-    vote_window: int = Field(5, ge=1, description="Frames the temporal vote looks at")
-    vote_min: int = Field(3, ge=1, description="Agreeing frames needed to announce a product or an empty view")
+    vote_window: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Frames the temporal vote looks at; an announced product stays until twice as many frames in a row "
+            "miss it (a turned or lowered product does not flicker to 'not recognised' or 'empty')"
+        ),
+    )
+    vote_min: int = Field(
+        3,
+        ge=1,
+        description="Agreeing frames needed to make an announcement; one more replaces an announced product",
+    )
 
     @model_validator(mode="after")
     def _votes_fit(self) -> "RecognitionConfig":
