@@ -39,6 +39,7 @@ def kiosk_block(topics: Topics, kiosk_id: str) -> str:
         f"topic write {topics.status(kiosk_id)}",
         f"topic write {topics.enroll(kiosk_id)}",
         f"topic write {topics.resync(kiosk_id)}",
+        f"topic write {topics.events(kiosk_id)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,10 @@
 """The topic tree, in one place (documented in docs/sync.md).
 
 Everything lives under `<prefix>/<fleet>/`. HQ alone writes `catalog/#` and
-`reply/#`; each kiosk writes only `status/<id>`, `enroll/<id>` and `resync/<id>`
-and reads `catalog/#` and its own `reply/<id>/#` (HQ's answers to its resync
-requests, which no other kiosk receives).
+`reply/#`; each kiosk writes only `status/<id>`, `enroll/<id>`, `resync/<id>`
+and `events/<id>` (what it announces, for the store's own systems; HQ ignores
+them) and reads `catalog/#` and its own `reply/<id>/#` (HQ's answers to its
+resync requests, which no other kiosk receives).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Topics:
 
     def resync(self, kiosk_id: str) -> str:
         return f"{self.root}/resync/{kiosk_id}"
+
+    def events(self, kiosk_id: str) -> str:
+        """What the kiosk announces, as it happens (QoS 0, not retained): for POS screens and dashboards."""
+        return f"{self.root}/events/{kiosk_id}"
 
     def replies(self, kiosk_id: str) -> str:
         """What HQ sends one kiosk alone: `reply/<id>/delta` and `reply/<id>/blob/<blob-id>/<i>`."""

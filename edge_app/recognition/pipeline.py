@@ -23,8 +23,14 @@ separates catalog products from unknown ones. With `require_verification`
 (the default) a candidate that verification looked at and did not confirm
 loses 1.0, unless its similarity alone reaches `accept_similarity`: a flat
 package the features cannot confirm yields "not recognised - try turning the
-product" rather than a guess. The displayed confidence combines
-both kinds of evidence: 1 - (1 - max(similarity, 0)) * (1 - g).
+product" rather than a guess.
+
+Confidence. What clients see is one number in [0, 1] on the decision's own
+scale (`decision_confidence`): 0.5 is the threshold, so a product is announced
+exactly when its confidence is at least 0.5; a score one whole point below the
+threshold (an unconfirmed guess) is 0 and one point above (a verified match of
+a similar-looking view) is 1, linearly in between. Similarity and inliers stay
+available as the evidence behind it.
 """
 
 from __future__ import annotations
@@ -162,12 +168,13 @@ class Recognition:
         }
 
 
+def decision_confidence(score: float, threshold: float) -> float:
+    """The pipeline score on the decision's scale: 0.5 at `threshold`, 0 and 1 one point below and above."""
+    return min(1.0, max(0.0, 0.5 + 0.5 * (score - threshold)))
+
+
 def geometric_bonus(inliers: int, min_inliers: int) -> float:
     return inliers / (inliers + min_inliers) if inliers >= min_inliers else 0.0
-
-
-def combined_confidence(similarity: float, bonus: float) -> float:
-    return 1.0 - (1.0 - min(max(similarity, 0.0), 1.0)) * (1.0 - bonus)
 
 
 def crop_roi(rgb: np.ndarray, roi: RoiConfig) -> np.ndarray:
@@ -473,6 +480,7 @@ class Recognizer(Generic[CatalogT]):
     def _rank(self, hits: list[Any], inliers: dict[str, int] | None) -> list[Candidate]:
         """Candidates best first. `inliers` is None when verification did not run."""
         cfg = self.config
+        threshold = self.unknown_threshold
         candidates = []
         for hit in hits:
             n = (inliers or {}).get(hit.product_id, 0)
@@ -487,7 +495,7 @@ class Recognizer(Generic[CatalogT]):
                     similarity=similarity,
                     inliers=n,
                     score=score,
-                    confidence=combined_confidence(similarity, bonus),
+                    confidence=decision_confidence(score, threshold),
                     verified=bonus > 0,
                     reference_id=str(hit.reference_id),
                     name=str(self._product_data(str(hit.product_id)).get("name", "")),
@@ -528,21 +536,27 @@ class Recognizer(Generic[CatalogT]):
         """The k best products for an image with their pipeline scores (used by `shelfsight eval`)."""
         return [(c.product_id, c.score) for c in self._evaluate(rgb, k, roi).ranked[:k]]
 
-    def recognize(self, rgb: np.ndarray, *, roi: RoiConfig | None = None) -> Recognition:
-        """Recognise the product in the region of interest (`roi` overrides the configured one)."""
-        outcome = self._evaluate(rgb, self.config.top_k, roi)
+    def recognize(self, rgb: np.ndarray, *, roi: RoiConfig | None = None, k: int | None = None) -> Recognition:
+        """Recognise the product in the region of interest (`roi` overrides the configured one).
+
+        `candidates` holds the `k` best products (default and at least `top_k`); the decision is the same for any k.
+        """
+        top_k = max(k or 0, self.config.top_k)
+        outcome = self._evaluate(rgb, top_k, roi)
         timings = outcome.timings
         t = time.perf_counter()
         threshold = self.unknown_threshold
-        named = tuple(outcome.ranked[: self.config.top_k])
+        ranked = tuple(outcome.ranked[:top_k])
+        named = ranked[: self.config.top_k]
         if outcome.empty:
-            result = Recognition("empty", None, 0.0, (), timings, named, threshold)
+            result = Recognition("empty", None, 0.0, (), timings, ranked, threshold)
         elif not named or named[0].score < threshold:
-            result = Recognition("unknown", None, 0.0, named, timings, named, threshold)
+            best_guess = named[0].confidence if named else 0.0  # below 0.5: how close the nearest product came
+            result = Recognition("unknown", None, best_guess, named, timings, ranked, threshold)
         else:
             best = named[0]
             product = self.product_info(best.product_id)
-            result = Recognition("product", product, best.confidence, named[1:], timings, named, threshold)
+            result = Recognition("product", product, best.confidence, named[1:], timings, ranked, threshold)
         timings["decision"] += (time.perf_counter() - t) * 1000
         return result
 

@@ -1,24 +1,25 @@
-"""HTTP API and the kiosk page.
+"""HTTP API and the kiosk page. The API is described in openapi.json (served at /api/openapi.json,
+checked against real responses by tests/edge_app/test_openapi.py) and in docs/api.md.
 
-    GET  /                  the kiosk page (static HTML + JS + CSS from this package)
-    GET  /api/state         the announced product, the latest frame's result, rates
-    GET  /api/frame.jpg     the latest camera frame with the region of interest drawn
-    GET  /api/thumbnail/ID  a product's thumbnail from the catalog
-    POST /search            an image (multipart field "image", or the raw body) -> top-k JSON
-    POST /api/teach         teach the product the camera just saw (JSON or form: product_id, name,
-                            optional price, description, category) -> 201 {"product_id", "references", ...}
-    GET  /health            model fingerprint, catalog version, uptime, fps
-    POST /api/staff/login   {"pin"} -> 200 {"csrf_token"} and the staff session cookie
-    POST /api/staff/logout  ends the session
+    GET  /                      the shopper's screen (static HTML + JS + CSS from this package)
+    GET  /api/state             what the screen shows: the announced product, alternatives, health
+    GET  /api/frame.jpg         the latest camera frame with the region of interest drawn
+    GET  /api/thumbnail/ID      a product's picture
+    GET  /api/products/CODE     a product card by id or barcode (a barcode scanner's fallback)
+    POST /search                an image (multipart field "image", or the raw body) -> ranked products
+    GET  /api/events            announcement events as Server-Sent Events
+    POST /api/teach             staff: teach the product the camera just saw
+    POST /api/teach/undo        staff: take back the latest teach of a product
+    POST /api/staff/login       {"pin"} -> {"csrf_token"} and the staff session cookie
+    POST /api/staff/logout      ends the session
+    GET  /health                200 when everything works, 503 with the reasons when a part is down
+    GET  /metrics               Prometheus text format
 
-Staff mode (see auth.py): teaching needs a staff session and its CSRF token in `X-CSRF-Token`;
-every POST but /search (a read) must also come from this page's own origin. The camera feed
-(/api/state, /api/frame.jpg) is served to the kiosk's own screen (loopback) and to staff sessions.
-
-Bad uploads get a 4xx JSON body {"error": reason}: 400 for zero bytes or a
-file that is not a decodable image, 413 for one over the configured size.
-A refused teach request gets 400 with the reason (bad id, no name, bad price,
-no usable camera frame).
+Staff mode (see auth.py): staff POSTs need a staff session and its CSRF token in `X-CSRF-Token`,
+and must come from this page's own origin. The camera feed (/api/state, /api/frame.jpg) is served
+to the kiosk's own screen (loopback) and to staff sessions. Read-only endpoints answer the origins
+in `cors_origins` (a POS page elsewhere). Every error is JSON {"error": reason} naming the problem;
+internals (paths, tracebacks, reprs) stay in the kiosk's log.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,27 @@ from waitress.server import create_server
 from werkzeug.exceptions import HTTPException
 
 from shelfsight.edge_app.core.access import is_loopback, same_token
-from shelfsight.edge_app.core.errors import ImageError, InputError, ShelfsightError
+from shelfsight.edge_app.core.errors import (
+    ImageError,
+    InputError,
+    NothingToUndo,
+    ShelfsightError,
+    SimilarProductError,
+)
 from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
-from shelfsight.edge_app.recognition.state import KioskState
+from shelfsight.edge_app.recognition.events import product_card
 from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential
 from shelfsight.edge_app.web.config import WebConfig
+from shelfsight.edge_app.web.forms import printable, search_parameters, shown, teach_fields
+from shelfsight.edge_app.web.metrics import KioskMetrics
+from shelfsight.edge_app.web.payloads import API_VERSION, search_payload, state_payload
 from shelfsight.edge_app.web.service import KioskService
+from shelfsight.edge_app.web.streams import EventStreams
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MAX_K = 50
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around an upload of the largest allowed size
 SESSION_COOKIE = "shelfsight_staff"
 CSRF_HEADER = "X-CSRF-Token"
@@ -54,13 +64,9 @@ TEACHES_PER_MINUTE = 10
 # The largest teach or login request: its text fields at their limits, 4 UTF-8 bytes each, and form overhead.
 MAX_FORM_BYTES = 16 * 1024
 CAMERA_FEED = ("/api/state", "/api/frame.jpg")
-
-MESSAGES = {
-    "starting": "Show a product to the camera",
-    "empty": "Show a product to the camera",
-    "unknown": "Not recognised — try turning the product",
-    "product": "",
-}
+# What another origin's page may read (cors_origins): the integrator's API, never the staff or camera endpoints.
+CORS_PATHS = ("/search", "/api/products/", "/api/events", "/api/openapi.json", "/api/thumbnail/", "/health")
+STREAMS_KEY = "shelfsight.streams"
 
 
 def from_this_machine() -> bool:
@@ -78,94 +84,15 @@ def same_origin() -> bool:
     return origin is None or origin == request.host_url.rstrip("/")
 
 
-def _error(status: int, reason: str, retry_after: int | None = None) -> tuple[Response, int]:
-    response = jsonify({"error": reason})
+def _error(status: int, reason: str, retry_after: int | None = None, **extra: Any) -> tuple[Response, int]:
+    response = jsonify({"error": reason, **extra})
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response, status
 
 
-def _candidate_rows(kiosk: KioskService, candidates: Any, k: int) -> list[dict[str, Any]]:
-    rows = []
-    for c in list(candidates)[:k]:
-        data = kiosk.product_info(c.product_id)
-        rows.append({**data, **c.to_dict()})
-    return rows
-
-
-def state_payload(kiosk: KioskService, state: KioskState) -> dict[str, Any]:
-    ann = state.announcement
-    rec = ann.recognition
-    payload: dict[str, Any] = {
-        "decision": ann.decision,
-        "message": MESSAGES.get(ann.decision, ""),
-        "product": None,
-        "confidence": 0.0,
-        "alternatives": [],
-        "votes": ann.votes,
-        "window": ann.window,
-        "frame_index": state.frame_index,
-        "fps": round(kiosk.recognition_rate.rate, 2),
-        "camera": kiosk.camera_status(),
-        "frame": state.frame.to_dict() if state.frame is not None else None,
-    }
-    if rec is not None and ann.decision == "product":
-        payload["product"] = rec.product
-        payload["confidence"] = round(rec.confidence, 4)
-        payload["alternatives"] = [c.to_dict() for c in rec.alternatives]
-    elif rec is not None and ann.decision == "unknown":
-        payload["alternatives"] = [c.to_dict() for c in rec.alternatives[:3]]
-    return payload
-
-
-TEACH_TEXT_FIELDS = ("description", "category")
-# Longest text each teach field takes (characters): a clerk types a name, not a document.
-TEXT_LIMITS = {"product_id": 200, "name": 200, "description": 2000, "category": 100}
-
-
-def printable(value: Any, key: str) -> str:
-    """`value` stripped, if it is text a person could type: bounded, no control or lone surrogate code points."""
-    if not isinstance(value, str):
-        raise InputError(f"{key} must be text")
-    limit = TEXT_LIMITS[key]
-    if len(value) > limit:
-        raise InputError(f"{key} is longer than {limit} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
-        raise InputError(f"{key} may hold only printable characters")
-    return value.strip()
-
-
-def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
-    """(product_id, name, optional fields) from a JSON object or a form; InputError names what is wrong."""
-    if not isinstance(form, dict):
-        raise InputError("send a JSON object or a form with product_id and name")
-    product_id, name = form.get("product_id"), form.get("name")
-    if not isinstance(product_id, str) or not product_id.strip():
-        raise InputError("product_id is required")
-    if not isinstance(name, str) or not name.strip():
-        raise InputError("name is required")
-    printable(product_id, "product_id")  # the catalog's own id check follows in teach; it keeps the spaces rule
-    name = printable(name, "name")
-    fields: dict[str, Any] = {}
-    for key in TEACH_TEXT_FIELDS:
-        value = form.get(key)
-        if value not in (None, ""):
-            fields[key] = printable(value, key)
-    price = form.get("price")
-    if price not in (None, ""):
-        try:
-            fields["price"] = float(price)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InputError("price must be a number") from exc
-        if not 0 <= fields["price"] < 1e9:
-            raise InputError("price must be between 0 and 1e9")
-    if form.get("add_to_existing") in (True, "true", "on", "1"):
-        fields["add_to_existing"] = True
-    unknown = set(form) - {"product_id", "name", "price", "add_to_existing", *TEACH_TEXT_FIELDS}
-    if unknown:
-        shown = ", ".join(sorted(str(k)[:40].encode("ascii", "backslashreplace").decode() for k in unknown)[:10])
-        raise InputError(f"unknown fields: {shown}")
-    return product_id, name, fields
+def _cors_path(path: str) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in CORS_PATHS)
 
 
 def create_app(
@@ -195,6 +122,12 @@ def create_app(
     sessions = Sessions(idle_s=staff_idle_s, clock=clock)
     failed_logins = RateLimit(LOGIN_FAILURES_PER_MINUTE, clock=clock)
     teaches = RateLimit(TEACHES_PER_MINUTE, clock=clock)
+    metrics = KioskMetrics(kiosk)
+    kiosk.add_listener(metrics.observe)
+    kiosk.events.subscribe(metrics.announced)
+    streams = EventStreams(kiosk.events, config.event_streams)
+    app.extensions[STREAMS_KEY] = streams  # WebServer.stop ends open streams
+    cors_origins = frozenset(config.cors_origins)
 
     def staff_session() -> tuple[str, Any] | None:
         token = request.cookies.get(SESSION_COOKIE)
@@ -206,22 +139,21 @@ def create_app(
         reason = exc.description or exc.name
         if exc.code == 413:
             reason = f"upload too large (limit {max_upload_bytes} bytes)"
+        elif exc.code == 404:
+            reason = f"no such endpoint: {request.method} {shown(request.path)} (see /api/openapi.json)"
+        elif exc.code == 405:
+            reason = f"{request.method} is not allowed on {shown(request.path)}"
         return _error(exc.code or 500, reason)
 
-    @app.get("/")
-    def index() -> Response:
-        return send_from_directory(STATIC_DIR, "index.html", max_age=0)
-
-    @app.get("/static/<path:name>")
-    def static_file(name: str) -> Response:
-        return send_from_directory(STATIC_DIR, name, max_age=0)
-
-    @app.get("/api/display")
-    def api_display() -> Response:
-        return jsonify(display)
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        log.exception("%s %s failed", request.method, request.path)  # the details stay here
+        return _error(500, "internal error; the kiosk's log has the details")
 
     @app.before_request
-    def guard() -> tuple[Response, int] | None:
+    def guard() -> tuple[Response, int] | Response | None:
+        if request.method == "OPTIONS":
+            return preflight()
         if request.path in CAMERA_FEED and not (from_this_machine() or staff_session()):
             return _error(403, "the camera feed is for the kiosk's own screen and logged-in staff")
         if request.method != "POST" or request.path == "/search":  # a search reads, it changes nothing
@@ -236,6 +168,41 @@ def create_app(
         if not same_token(request.headers.get(CSRF_HEADER), current[1].csrf):
             return _error(403, f"missing or wrong {CSRF_HEADER} header")
         return None
+
+    def preflight() -> Response | tuple[Response, int]:
+        origin = request.headers.get("Origin")
+        if origin not in cors_origins or not _cors_path(request.path):
+            return _error(403, "this origin may not call this endpoint (web.cors_origins)")
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["API-Version"] = API_VERSION
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in cors_origins and _cors_path(request.path):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers.add("Vary", "Origin")
+        return response
+
+    @app.get("/")
+    def index() -> Response:
+        return send_from_directory(STATIC_DIR, "index.html", max_age=0)
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str) -> Response:
+        return send_from_directory(STATIC_DIR, name, max_age=0)
+
+    @app.get("/api/display")
+    def api_display() -> Response:
+        return jsonify(display)
+
+    @app.get("/api/openapi.json")
+    def api_openapi() -> Response:
+        return Response(OPENAPI.read_bytes(), mimetype="application/json")
 
     @app.post("/api/staff/login")
     def staff_login() -> tuple[Response, int]:
@@ -267,7 +234,7 @@ def create_app(
 
     @app.get("/api/state")
     def api_state() -> Response:
-        return jsonify(state_payload(kiosk, kiosk.state()))
+        return jsonify(state_payload(kiosk, kiosk.state(), kiosk.problems(), staff=staff_session() is not None))
 
     @app.get("/api/frame.jpg")
     def api_frame() -> Response | tuple[Response, int]:
@@ -280,33 +247,52 @@ def create_app(
     def api_thumbnail(product_id: str) -> Response | tuple[Response, int]:
         try:
             data = kiosk.thumbnail(product_id)
-        except ShelfsightError as exc:
-            return _error(404, str(exc))
+        except ShelfsightError:
+            return _error(404, f"no product {shown(product_id)!r}")
         if not data:
-            return _error(404, f"product {product_id!r} has no thumbnail")
+            return _error(404, f"product {shown(product_id)!r} has no thumbnail")
         mimetype = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
         return Response(data, mimetype=mimetype, headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/api/products/<code>")
+    def api_product(code: str) -> tuple[Response, int]:
+        try:
+            code = printable(code, "code", "product_id")
+            product_id = kiosk.find_product(code)
+        except InputError as exc:
+            return _error(400, str(exc))
+        if product_id is None:
+            return _error(404, f"no product with id or barcode {shown(code)!r}")
+        return jsonify(product_card(kiosk.product_info(product_id))), 200
 
     @app.post("/search")
     def search() -> Response | tuple[Response, int]:
         if not admitted.acquire(blocking=False):
+            metrics.searches.labels("429").inc()
             return _error(429, "the kiosk is busy; retry in a second", retry_after=1)
         try:
-            return run_search()
+            response, status = run_search()
         finally:
             admitted.release()
+        metrics.searches.labels(str(status)).inc()
+        return response, status
 
-    def run_search() -> Response | tuple[Response, int]:
-        upload = request.files.get("image")
-        data = upload.read() if upload is not None else request.get_data(cache=False)
-        given = (upload.filename if upload is not None else "") or "upload"
-        name = given[:100].encode("ascii", "backslashreplace").decode()  # echoed back: bounded, no raw controls
+    def run_search() -> tuple[Response, int]:
+        try:
+            k, filters = search_parameters(request.args.to_dict(flat=False))
+        except InputError as exc:
+            return _error(400, str(exc))
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("image")
+            if upload is None:
+                fields = sorted({*request.files, *request.form})
+                got = ", ".join(repr(shown(f)) for f in fields[:5]) or "no fields"
+                return _error(400, f"send the image in the form field 'image' (this form has {got})")
+            data, name = upload.read(), shown(upload.filename or "image")
+        else:
+            data, name = request.get_data(cache=False), "upload"
         if not data:
             return _error(400, f"{name}: empty upload (0 bytes); send an image as the 'image' form field or the body")
-        try:
-            k = max(1, min(MAX_K, int(request.args.get("k", 5))))
-        except ValueError:
-            return _error(400, "k must be an integer")
         try:
             rgb = decoder.decode(data, name)
         except ImageTooLarge as exc:
@@ -314,41 +300,80 @@ def create_app(
         except ImageError as exc:
             return _error(400, str(exc))
         try:
-            result = kiosk.search(rgb)
+            result = kiosk.search(rgb, k=50 if filters else k)
         except ShelfsightError as exc:
             return _error(422, str(exc))
-        return jsonify(
-            {
-                "decision": result.decision,
-                "confidence": round(result.confidence, 4),
-                "results": _candidate_rows(kiosk, result.candidates, k),
-                "threshold": round(result.threshold, 4),
-                "timings_ms": {key: round(v, 3) for key, v in result.timings.items()},
-            }
-        )
+        return jsonify(search_payload(kiosk, result, k, filters)), 200
+
+    @app.get("/api/events")
+    def api_events() -> Response | tuple[Response, int]:
+        stream = streams.open()
+        if stream is None:
+            return _error(
+                503, f"at most {config.event_streams} event streams at once (web.event_streams)", retry_after=5
+            )
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return Response(stream, mimetype="text/event-stream", headers=headers)
+
+    def staff_request(limit: RateLimit | None = None) -> tuple[dict[str, Any] | None, tuple[Response, int] | None]:
+        """The JSON or form body of a staff POST, or the error answer (too large, over the rate limit)."""
+        if request.content_length is None or request.content_length > MAX_FORM_BYTES:
+            return None, _error(413, f"request too large (limit {MAX_FORM_BYTES} bytes)")
+        if limit is not None:
+            token = request.cookies.get(SESSION_COOKIE) or ""  # the guard checked it is a live session
+            wait = limit.retry_after(token)
+            if wait is not None:
+                return None, _error(429, f"at most {TEACHES_PER_MINUTE} teaches a minute", retry_after=wait)
+            limit.record(token)
+        form = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        if not isinstance(form, dict):
+            return None, _error(400, "send a JSON object or a form")
+        return form, None
 
     @app.post("/api/teach")
     def api_teach() -> tuple[Response, int]:
-        token = request.cookies.get(SESSION_COOKIE) or ""  # the guard checked it is a live session
-        if request.content_length is None or request.content_length > MAX_FORM_BYTES:
-            return _error(413, f"teach request too large (limit {MAX_FORM_BYTES} bytes)")
-        wait = teaches.retry_after(token)
-        if wait is not None:
-            return _error(429, f"at most {TEACHES_PER_MINUTE} teaches a minute", retry_after=wait)
-        teaches.record(token)
-        form = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        form, refused = staff_request(teaches)
+        if refused is not None:
+            return refused
         try:
             product_id, name, fields = teach_fields(form)
             taught = kiosk.teach(product_id, name, **fields)
+        except SimilarProductError as exc:
+            return _error(409, str(exc), similar=exc.to_dict())
         except (InputError, ImageError) as exc:
             return _error(400, str(exc))
         except ShelfsightError as exc:
             return _error(422, str(exc))
         return jsonify(taught.to_dict()), 201
 
+    @app.post("/api/teach/undo")
+    def api_undo() -> tuple[Response, int]:
+        form, refused = staff_request()
+        if refused is not None:
+            return refused
+        assert form is not None
+        product_id = form.get("product_id")
+        unknown = set(form) - {"product_id"}
+        if unknown:
+            return _error(400, f"unknown fields: {', '.join(sorted(shown(k) for k in unknown)[:10])}")
+        try:
+            undone = kiosk.undo_teach(printable(product_id, "product_id"))
+        except NothingToUndo as exc:
+            return _error(404, str(exc))
+        except InputError as exc:
+            return _error(400, str(exc))
+        except ShelfsightError as exc:
+            return _error(422, str(exc))
+        return jsonify(undone), 200
+
     @app.get("/health")
-    def health() -> Response:
-        return jsonify(kiosk.health())
+    def health() -> tuple[Response, int]:
+        data = {**kiosk.health(), "api_version": API_VERSION}
+        return jsonify(data), 503 if data["status"] == "down" else 200
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 
@@ -373,6 +398,7 @@ class WebServer:
         connection_limit: int = 100,
         max_body_bytes: int = 8 * 1024 * 1024 + MULTIPART_SLACK,
     ) -> None:
+        self._app = app
         self._server = create_server(
             app,
             host=host,
@@ -407,6 +433,9 @@ class WebServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        streams = self._app.extensions.get(STREAMS_KEY)
+        if streams is not None:
+            streams.close()  # open event streams end, so their worker threads are free to shut down
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         server: Any = self._server

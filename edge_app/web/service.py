@@ -8,12 +8,28 @@ change without touching the server, and the server is tested against the real
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from shelfsight.edge_app.recognition import Recognition
+from shelfsight.edge_app.recognition.events import AnnouncementFeed
 from shelfsight.edge_app.recognition.state import KioskState
+
+
+class ProblemLike(Protocol):
+    """Why part of the kiosk is not working (`down`: /health answers 503)."""
+
+    @property
+    def component(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def down(self) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class Rate(Protocol):
@@ -39,8 +55,27 @@ class KioskService(Protocol):
 
     def camera_status(self) -> dict[str, Any] | None: ...
 
-    def search(self, rgb: np.ndarray) -> Recognition: ...
+    @property
+    def events(self) -> AnnouncementFeed: ...
 
-    def teach(self, product_id: str, name: str, **fields: Any) -> TaughtProduct: ...
+    def add_listener(self, listener: Callable[[KioskState], None]) -> None: ...
+
+    def problems(self) -> Sequence[ProblemLike]: ...
+
+    def find_product(self, code: str) -> str | None: ...
+
+    def search(self, rgb: np.ndarray, k: int | None = None) -> Recognition: ...
+
+    def teach(self, product_id: str, name: str, **fields: Any) -> TaughtProduct:
+        """Store the recent frames as `product_id`. Fields include `add_to_existing` (views for an id the
+        catalog has) and `confirm_similar`: without it, views most of which are recognised as another
+        product raise SimilarProductError (`.to_dict()`: that product's id, name, confidence); InputError
+        for anything else wrong."""
+        ...
+
+    def undo_teach(self, product_id: str) -> dict[str, Any]:
+        """Take back this kiosk's latest teach of `product_id`: {"product_id", "removed_product",
+        "references_removed"}; NothingToUndo (an InputError) when there is none."""
+        ...
 
     def health(self) -> dict[str, Any]: ...

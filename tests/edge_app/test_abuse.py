@@ -105,10 +105,10 @@ class HeldSearch:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._kiosk, name)
 
-    def search(self, rgb: Any) -> Any:
+    def search(self, rgb: Any, k: int | None = None) -> Any:
         self.entered.set()
         self.release.wait(60)
-        return self._kiosk.search(rgb)
+        return self._kiosk.search(rgb, k)
 
 
 def test_a_search_over_the_admitted_number_gets_429_with_retry_after(

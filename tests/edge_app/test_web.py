@@ -82,7 +82,7 @@ def test_health_state_frame_and_thumbnail(client: FlaskClient, sample_catalog: A
     assert health["model_fingerprint"] == embedder.fingerprint
     assert health["catalog_version"] == sample_catalog.version and health["uptime_s"] >= 0 and "fps" in health
     state = client.get("/api/state").json
-    assert state["decision"] == "starting" and state["message"]
+    assert state["decision"] == "starting" and state["status"] == {"ok": True, "problems": []}
     assert client.get("/api/display").json == {"currency": None, "locale": None, "language": "en"}  # a bare number
     assert client.get("/api/frame.jpg").status_code == 404  # no camera frame yet
     product_id = sample_catalog.products()[0]["id"]
@@ -186,16 +186,19 @@ def test_missing_camera_is_reported_while_the_page_keeps_serving(
         deadline = time.monotonic() + 30
         while not (kiosk.camera_status() or {}).get("error") and time.monotonic() < deadline:
             time.sleep(0.02)
-        state = client.get("/api/state").json
-        assert state["camera"]["connected"] is False and "no such image folder" in state["camera"]["error"]
-        assert client.get("/health").json["camera"]["connected"] is False
+        state = client.get("/api/state").json  # the shopper's screen says "out of order", with the reason
+        assert state["status"]["ok"] is False
+        (problem,) = state["status"]["problems"]
+        assert problem["component"] == "camera" and "no such image folder" in problem["reason"]
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json["status"] == "down"  # a load balancer / systemd sees it
+        assert health.json["camera"]["connected"] is False and health.json["problems"] == [problem]
         shutil.copytree(frames, camera)  # plugged in
         wait_for(kiosk, lambda s: s.announcement.product_id == product)
-        assert client.get("/api/state").json["camera"] == {
-            "name": f"reconnecting:folder:{camera}",
-            "connected": True,
-            "error": None,
-        }
+        assert client.get("/api/state").json["status"] == {"ok": True, "problems": []}
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json["status"] == "ok"
+        assert health.json["camera"] == {"name": f"reconnecting:folder:{camera}", "connected": True, "error": None}
 
 
 def test_a_bad_frame_is_counted_and_the_kiosk_carries_on(kiosk: Kiosk, sample_set: SampleSet) -> None:

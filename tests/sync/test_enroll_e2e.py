@@ -6,6 +6,7 @@ server loop and the `shelfsight hq enrollments/approve` commands.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from shelfsight.catalog.hq.inbox import EnrollmentInbox
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
 from shelfsight.catalog.sync.envelope import Signer, Verifier
+from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.cli import build_cli
 from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import generate_sample_set
@@ -26,7 +28,7 @@ from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.runtime.factory import open_embedder
 from tests.support.broker import Broker
-from tests.support.sync import WAIT, Hq, RunningServer
+from tests.support.sync import WAIT, Hq, RunningServer, Tap
 
 NEW_ID = "new-sku"
 DESCRIPTION = "Strawberry jam, 350 g"
@@ -64,7 +66,7 @@ def real_hq(tmp_path: Path, broker: Broker, hq_keys: tuple[Signer, Verifier, Pat
 
 
 def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
-    real_hq: Any, kiosk_factory, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
+    real_hq: Any, kiosk_factory, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
 ) -> None:
     hq, embedder, frames = real_hq
     inbox = EnrollmentInbox(tmp_path / "inbox.db")
@@ -77,13 +79,24 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
     kiosk = Kiosk(Recognizer(open_embedder(model_path, threads=1), Catalog(catalog_path, create=False), config))
     kiosks.append(kiosk)
     kiosk.connect_sync(sync)
+    events = Tap(broker, sync.topics.events("k1"), client_id="pos-screen")  # the store's own systems listening
     try:
+        assert kiosk.health()["sync"]["behind"] == 0 and kiosk.problems() == []
         assert kiosk.search(frames[0]).decision == "unknown"
         version = sync.version
         taught = kiosk.teach(NEW_ID, "Local Jam", frames=frames, price=2.5, description=DESCRIPTION)
         assert taught.new_product and taught.sent_to_hq and len(taught.references) == len(frames)
         assert kiosk.search(frames[0]).product_id == NEW_ID  # usable at once, before HQ has seen it
         assert kiosk.recognizer.catalog.product(NEW_ID)["local"] is True and sync.version == version
+        for i, rgb in enumerate(frames * 2):  # the camera sees it: one announcement, published for the store
+            kiosk.process(Frame(rgb, time.monotonic(), i))
+        topic = sync.topics.events("k1")
+        assert events.wait(
+            lambda _: any(b'"product_id":"new-sku"' in p.replace(b" ", b"") for p in events.payloads(topic))
+        )
+        announced = [json.loads(p) for p in events.payloads(topic)]
+        assert [e["decision"] for e in announced][-1] == "product" and announced[-1]["product"]["name"] == "Local Jam"
+        assert len(announced) <= 3  # per change of announcement, not per frame
 
         assert eventually(lambda: bool(inbox.entries())), "the enrollment never reached HQ's inbox"
         [entry] = inbox.entries()
@@ -115,7 +128,12 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         assert answer.candidates[0].product_id == NEW_ID
         assert answer.decision == "product" and answer.product["product_id"] == NEW_ID
         assert sync.counters["snapshots"] == 0  # the approved product arrived as a plain delta
+        broker.stop()  # the store's broker goes away: after the grace period sync is reported down
+        assert eventually(lambda: sync.health_problem(grace_s=0.0) is not None)
+        assert "unreachable" in str(sync.health_problem(grace_s=0.0))
+        assert sync.health_problem(grace_s=3600.0) is None  # within the grace: a blip is not an outage
     finally:
+        events.close()
         server.stop()
         inbox.close()
         kiosk.recognizer.catalog.close()

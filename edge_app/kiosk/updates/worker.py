@@ -225,6 +225,7 @@ class KioskSync:
         self._limit_problem: str | None = None
         self._last_error: str | None = None
         self._last_status = 0.0
+        self._offline_since: float | None = time.monotonic()  # until the first connect
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
 
     # -- lifecycle (any thread) ------------------------------------------------
@@ -312,6 +313,22 @@ class KioskSync:
     def last_error(self) -> str | None:
         return self._last_error
 
+    def health_problem(self, grace_s: float) -> str | None:
+        """Why sync is down, or None: the broker unreachable for more than `grace_s` (updates have stopped)."""
+        since = self._offline_since
+        if self._thread is None:
+            return "sync is not running"
+        if since is None or time.monotonic() - since <= grace_s:
+            return None
+        broker = f"{self.config.host}:{self.config.port}"
+        return f"broker {broker} unreachable for {time.monotonic() - since:.0f} s" + (
+            f" ({self._last_error})" if self._last_error else ""
+        )
+
+    def publish_event(self, payload: bytes) -> None:
+        """Publish a recognition event on `events/<kiosk-id>` if connected (QoS 0): live news, dropped offline."""
+        self._queue.put(("event", payload))
+
     def wait_for(self, predicate: Callable[["KioskSync"], bool], timeout: float) -> bool:
         """Block until `predicate(self)` holds (checked after every change) or `timeout` passes."""
         with self._changed:
@@ -362,6 +379,8 @@ class KioskSync:
                     self._publish_status()
                 elif kind == "enroll":
                     self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
+                elif kind == "event":
+                    self._publish_event(item)
                 self._tick()
             except Exception as exc:  # the worker must outlive any bug; the kiosk keeps serving
                 log.exception("sync worker error")
@@ -591,6 +610,11 @@ class KioskSync:
 
     # -- pursuing the manifest ---------------------------------------------------
     def _tick(self) -> None:
+        connected = self._bus is not None and self._bus.connected
+        if connected:
+            self._offline_since = None
+        elif self._offline_since is None:
+            self._offline_since = time.monotonic()
         self._retry_unwritten()
         state = self._require_state()
         oldest = state.oldest_pending()
@@ -734,6 +758,14 @@ class KioskSync:
             log.info("resync request not sent: %s", exc)
 
     # -- upstream ----------------------------------------------------------------
+    def _publish_event(self, payload: bytes) -> None:
+        if self._bus is None or not self._bus.connected:
+            return
+        try:
+            self._bus.publish(self.topics.events(self.config.kiosk_id), payload, qos=0, timeout=None)
+        except SyncError as exc:
+            log.debug("event not published: %s", exc)
+
     def _flush_outbox(self) -> None:
         if self._bus is None or not self._bus.connected:
             return
