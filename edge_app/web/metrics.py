@@ -28,6 +28,9 @@ class _KioskGauges(Collector):
     def __init__(self, kiosk: KioskService) -> None:
         self._kiosk = kiosk
 
+    def describe(self) -> Iterable[Metric]:
+        return []  # nothing to read at registration: the kiosk may not be serving yet
+
     def collect(self) -> Iterable[Metric]:
         health = self._kiosk.health()
         yield GaugeMetricFamily("shelfsight_fps", "Frames recognised per second (last few seconds)", health["fps"])
