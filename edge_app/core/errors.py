@@ -42,3 +42,24 @@ class ParityError(ShelfsightError):
 
 class CameraError(ShelfsightError):
     """A camera that cannot be opened or stopped delivering frames."""
+
+
+class NothingToUndo(InputError):
+    """An undo with nothing to take back: never taught here, already undone, or changed since."""
+
+
+class SimilarProductError(InputError):
+    """Views to teach that the kiosk would announce as another known product; teaching them needs a confirmation.
+
+    `product_id`, `name`: the product they look like; `confidence`: the recognition's, in [0, 1].
+    """
+
+    def __init__(self, message: str, *, product_id: str, name: str, confidence: float) -> None:
+        super().__init__(message)
+        self.product_id = product_id
+        self.name = name
+        self.confidence = confidence
+
+    def to_dict(self) -> dict[str, object]:
+        """The product they look like, JSON-safe (what an HTTP answer carries)."""
+        return {"product_id": self.product_id, "name": self.name, "confidence": round(self.confidence, 4)}

@@ -34,13 +34,15 @@ from shelfsight.edge_app.core.errors import (
     CatalogError,
     ImageError,
     InputError,
+    NothingToUndo,
     ShelfsightError,
+    SimilarProductError,
 )
 from shelfsight.edge_app.kiosk.config import KioskConfig
 from shelfsight.edge_app.kiosk.priority import PipelineLock
 from shelfsight.edge_app.kiosk.slots import LatestSlot, RateMeter
 from shelfsight.edge_app.kiosk.sources import open_recognizer
-from shelfsight.edge_app.kiosk.teaching import Taught, encode_jpeg
+from shelfsight.edge_app.kiosk.teaching import Taught, TeachRecord, UndoLog, encode_jpeg, lookalike
 from shelfsight.edge_app.recognition import (
     Recognition,
     Recognizer,
@@ -113,6 +115,7 @@ class Kiosk:
         self._recent: deque[np.ndarray] = deque(maxlen=TEACH_FRAMES)
         self._recent_lock = threading.Lock()
         self._send_enrollment: Callable[[Taught], None] | None = None
+        self._undo = UndoLog()  # what each teach stored, for undo_teach (pipeline lock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,6 +250,7 @@ class Kiosk:
         frames: Sequence[np.ndarray] | None = None,
         *,
         add_to_existing: bool = False,
+        confirm_similar: bool = False,
         **fields: Any,
     ) -> Taught:
         """Teach the kiosk a product from `frames` (default: the recent ROI crops); recognised at once.
@@ -255,6 +259,9 @@ class Kiosk:
         for an id the catalog has, the frames become extra local views of it, only with
         `add_to_existing` (a mistyped id would otherwise teach another product's looks). Frames that fail
         the reference quality check are skipped; InputError if none is usable or the id is invalid.
+        Before anything is stored the usable frames are recognised: if most of them would be announced
+        as another known product, SimilarProductError unless `confirm_similar` (two products that
+        look alike would be confused at the counter). `undo_teach` takes the teach back.
         """
         from shelfsight.catalog import records
         from shelfsight.catalog.references import prepare_reference
@@ -271,19 +278,24 @@ class Kiosk:
         with self._pipeline_lock:
             recognizer = self.recognizer
             catalog = recognizer.catalog
-            prepared, skipped = [], []
+            prepared, usable, skipped = [], [], []
             for i, rgb in enumerate(images, 1):
                 try:
                     prepared.append(prepare_reference(rgb, recognizer.embedder, f"taught frame {i}"))
                 except (ImageError, InputError) as exc:
                     skipped.append(str(exc))
+                else:
+                    usable.append(rgb)
             if not prepared:
                 raise InputError(f"no usable frame to teach {product_id} from: {'; '.join(skipped)}")
+            if not add_to_existing and self._stored(product_id) is not None:
+                raise InputError(
+                    f"product {product_id} already exists; confirm with add_to_existing to add these views to it"
+                )
+            if not confirm_similar:
+                self._refuse_lookalike(product_id, usable)
             with catalog.batch():
-                try:
-                    existing = catalog.product(product_id)
-                except CatalogError:
-                    existing = None
+                existing = self._stored(product_id)
                 if existing is not None and not add_to_existing:
                     raise InputError(
                         f"product {product_id} already exists; confirm with add_to_existing to add these views to it"
@@ -294,10 +306,20 @@ class Kiosk:
                     catalog.add_prepared(product_id, reference, local=True)
                 if existing is None:  # a synced product's row (and its thumbnail) is HQ's to change
                     catalog.fill_thumbnails([product_id])
+                stored = catalog.product(product_id)
+            before = None if existing is None else (int(existing["version"]), frozenset(existing["references"]))
+            after = frozenset(stored["references"])
+            record = TeachRecord(
+                product_id,
+                existing is None,
+                tuple(sorted(after - (before[1] if before is not None else frozenset()))),
+                int(stored["version"]),
+                after,
+            )
+            self._undo.push(record, before)
             catalog.index()  # rebuilt now, so the very next frame can match it
             recognizer.forget_products()
             self.voter.reset()
-        stored = catalog.product(product_id)
         typed = existing is None  # only a new product's row holds what the clerk typed
         taught = Taught(
             product_id,
@@ -308,6 +330,7 @@ class Kiosk:
             tuple(skipped),
             price=stored["price"] if typed else None,
             description=stored["description"] if typed else None,
+            reference_ids=record.added,
         )
         log.info(
             "taught %s (%s): %d views, %d frames skipped",
@@ -316,7 +339,81 @@ class Kiosk:
             len(prepared),
             len(skipped),
         )
-        return self._send_upstream(taught)
+        taught = self._send_upstream(taught)
+        record.sent_to_hq = taught.sent_to_hq
+        return taught
+
+    def _stored(self, product_id: str) -> dict[str, Any] | None:
+        try:
+            return self.recognizer.catalog.product(product_id)
+        except CatalogError:
+            return None
+
+    def _refuse_lookalike(self, product_id: str, frames: Sequence[np.ndarray]) -> None:
+        """SimilarProductError if most `frames` would be announced as a known product other than `product_id`."""
+        if not len(self.recognizer.catalog.index()):
+            return  # a store's first product: nothing to look like (and an empty index has no dimension yet)
+        results = [self.recognizer.recognize(rgb, roi=RoiConfig.full_frame()) for rgb in frames]
+        found = lookalike(results, product_id)
+        if found is None:
+            return
+        log.info(
+            "teach %s refused: %d of %d views look like %s", product_id, found.frames, len(results), found.product_id
+        )
+        raise SimilarProductError(
+            f"these views look like {found.name} ({found.product_id}): {found.frames} of {len(results)} "
+            "are recognised as it; confirm to teach them anyway",
+            product_id=found.product_id,
+            name=found.name,
+            confidence=found.confidence,
+        )
+
+    def undo_teach(self, product_id: str) -> dict[str, Any]:
+        """Take back the most recent teach of `product_id` made by this kiosk process.
+
+        A product the teach created is removed with its views; views it added to an existing product
+        are removed from it. NothingToUndo when there is nothing to take back: not taught here since the
+        kiosk started, already undone, or changed since (HQ synced it, the CLI changed its views), whose
+        change is kept. An enrollment already queued for HQ stays pending there (logged).
+        Returns {"product_id", "removed_product", "references_removed"}.
+        """
+        with self._pipeline_lock:
+            recognizer = self.recognizer
+            catalog = recognizer.catalog
+            with catalog.reading():  # checked and written under the catalog's lock: no other thread in between
+                record = self._undo.latest(product_id)
+                if record is None:
+                    raise NothingToUndo(
+                        f"nothing to undo for {product_id}: it was not taught on this kiosk since it started, "
+                        "or that teach was already undone"
+                    )
+                why = record.changed(self._stored(product_id))
+                if why is not None:
+                    self._undo.forget(product_id)  # every earlier teach of it is built on what changed
+                    raise NothingToUndo(f"nothing to undo for {product_id}: {why} since it was taught here")
+                with catalog.batch():
+                    if record.new_product:
+                        catalog.remove_product(product_id)
+                    else:
+                        for reference_id in record.added:
+                            catalog.remove_reference(reference_id)
+                self._undo.pop(product_id)
+            catalog.index()  # rebuilt now, so the next frame no longer matches what was undone
+            recognizer.forget_products()
+            self.voter.reset()
+        removed = len(record.references) if record.new_product else len(record.added)
+        what = "the product and its" if record.new_product else "the"
+        if record.sent_to_hq:
+            log.warning(
+                "undid the teach of %s (%s %d views); HQ still has its enrollment pending: reject it there "
+                "(`shelfsight hq enrollments`, `shelfsight hq reject`)",
+                product_id,
+                what,
+                removed,
+            )
+        else:
+            log.info("undid the teach of %s (%s %d views)", product_id, what, removed)
+        return {"product_id": product_id, "removed_product": record.new_product, "references_removed": removed}
 
     def _send_upstream(self, taught: Taught) -> Taught:
         """Queue the enrollment for HQ; the product stays taught locally whatever happens here."""

@@ -15,11 +15,12 @@ from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
 from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
-from shelfsight.edge_app.core.errors import InputError
+from shelfsight.edge_app.core.errors import InputError, SimilarProductError
 from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
-from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.kiosk.teaching import lookalike
+from shelfsight.edge_app.recognition import Recognition, Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.web.app import create_app
 from tests.support.staff import log_in, staff_credential
@@ -171,3 +172,71 @@ def test_teaching_an_existing_id_over_http_needs_the_confirmation(
         "/api/teach", json={"product_id": known["id"], "name": "More views", "add_to_existing": True}
     )
     assert confirmed.status_code == 201 and confirmed.json["new_product"] is False
+
+
+def test_views_of_a_known_product_under_a_new_id_need_a_confirmation(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet
+) -> None:
+    known = store_catalog.products()[0]
+    frames = views_of(sample_set, known["id"])
+    before = store_catalog.products()
+    with pytest.raises(SimilarProductError) as refused:
+        kiosk.teach(TAUGHT, "Looks familiar", frames=frames)
+    error = refused.value
+    assert error.product_id == known["id"] and error.name == known["name"] and 0.0 < error.confidence <= 1.0
+    assert str(error).startswith(f"these views look like {known['name']} ({known['id']})")
+    assert "confirm to teach them anyway" in str(error)
+    assert error.to_dict() == {
+        "product_id": known["id"],
+        "name": known["name"],
+        "confidence": round(error.confidence, 4),
+    }
+    assert store_catalog.products() == before  # nothing stored
+
+    taught = kiosk.teach(TAUGHT, "Looks familiar", frames=frames, confirm_similar=True)
+    assert taught.new_product and len(store_catalog.product(TAUGHT)["references"]) == len(frames)
+
+
+def test_views_added_to_their_own_product_need_no_confirmation_but_to_another_do(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet
+) -> None:
+    first, second = store_catalog.products()[:2]
+    own = kiosk.teach(first["id"], "ignored", frames=views_of(sample_set, first["id"]), add_to_existing=True)
+    assert len(own.reference_ids) == len(views_of(sample_set, first["id"]))
+    with pytest.raises(SimilarProductError) as refused:
+        kiosk.teach(second["id"], "ignored", frames=views_of(sample_set, first["id"]), add_to_existing=True)
+    assert refused.value.product_id == first["id"]
+    assert store_catalog.product(second["id"])["references"] == second["references"]
+
+
+def test_an_unknown_product_is_taught_without_a_warning(kiosk: Kiosk, sample_set: SampleSet, unknown_id: str) -> None:
+    frames = views_of(sample_set, unknown_id)
+    assert show(kiosk, frames) == [None] * len(frames)  # the kiosk does not know it: nothing to confuse it with
+    assert kiosk.teach(TAUGHT, "Really new", frames=frames).new_product
+
+
+def _recognised(product_id: str | None, confidence: float = 0.8) -> Recognition:
+    if product_id is None:
+        return Recognition("unknown", None, 0.0, ())
+    return Recognition("product", {"product_id": product_id, "name": product_id.title()}, confidence, ())
+
+
+def test_the_lookalike_rule_needs_more_than_half_of_the_usable_frames() -> None:
+    two_of_five = [_recognised("cola"), _recognised("cola"), _recognised(None), _recognised("tea"), _recognised(None)]
+    assert lookalike(two_of_five, "new") is None  # one stray match or a split vote does not stop the clerk
+    three_of_five = [_recognised("cola", 0.9), _recognised("cola", 0.7), _recognised("cola", 0.8)] + two_of_five[2:4]
+    found = lookalike(three_of_five, "new")
+    assert found is not None and (found.product_id, found.name, found.frames) == ("cola", "Cola", 3)
+    assert found.confidence == pytest.approx(0.8)
+    assert lookalike(three_of_five, "cola") is None  # the same product's own views never warn
+    assert lookalike([_recognised("cola", 1.7)] * 2, "new").confidence == 1.0  # type: ignore[union-attr]
+
+
+def test_a_stores_first_product_is_taught_into_an_empty_catalog(
+    tmp_path: Path, embedder: Embedder, full_config: RecognitionConfig, sample_set: SampleSet, unknown_id: str
+) -> None:
+    with Catalog(tmp_path / "empty.db") as catalog:  # nothing to look like: no warning, no search of an empty index
+        kiosk = Kiosk(Recognizer(embedder, catalog, full_config))
+        frames = views_of(sample_set, unknown_id)
+        assert kiosk.teach(TAUGHT, "The first one", frames=frames).new_product
+        assert show(kiosk, frames) == [TAUGHT] * len(frames)

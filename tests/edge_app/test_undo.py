@@ -1,0 +1,145 @@
+"""Undoing a teach at the kiosk: exactly what the teach stored goes, nothing else, and never someone else's change."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from shelfsight.catalog.store import Catalog
+from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.edge_app.camera import Frame
+from shelfsight.edge_app.core.embedder import Embedder
+from shelfsight.edge_app.core.errors import NothingToUndo
+from shelfsight.edge_app.core.images import iter_image_files, load_rgb
+from shelfsight.edge_app.demo.samples import SampleSet
+from shelfsight.edge_app.kiosk.app import Kiosk
+from shelfsight.edge_app.recognition import Recognizer
+from shelfsight.edge_app.recognition.config import RecognitionConfig
+
+TAUGHT = "taught-here"
+
+
+@pytest.fixture()
+def unknown_id(sample_set: SampleSet) -> str:
+    return sorted(p.name for p in sample_set.catalog_dir.iterdir() if p.is_dir())[-1]
+
+
+@pytest.fixture()
+def store_catalog(tmp_path: Path, sample_catalog: Any, unknown_id: str) -> Iterator[Catalog]:
+    """This test's own copy of the sample catalog (HQ's), without `unknown_id`."""
+    with Catalog(tmp_path / "store.db") as catalog:
+        catalog.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
+        catalog.remove_product(unknown_id)
+        yield catalog
+
+
+@pytest.fixture()
+def kiosk(store_catalog: Catalog, embedder: Embedder, full_config: RecognitionConfig) -> Kiosk:
+    return Kiosk(Recognizer(embedder, store_catalog, full_config))
+
+
+def views_of(sample_set: SampleSet, product_id: str) -> list[np.ndarray]:
+    return [load_rgb(p) for p in iter_image_files(sample_set.queries_dir / product_id)]
+
+
+def show(kiosk: Kiosk, frames: list[np.ndarray]) -> list[str | None]:
+    return [kiosk.process(Frame(rgb, time.monotonic(), i)).frame.product_id for i, rgb in enumerate(frames)]  # type: ignore[union-attr]
+
+
+def test_undoing_a_new_product_removes_it_and_it_is_no_longer_recognised(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str
+) -> None:
+    frames = views_of(sample_set, unknown_id)
+    before = content_digest(store_catalog), store_catalog.products()
+    taught = kiosk.teach(TAUGHT, "Taught by mistake", frames=frames, price=1.5)
+    assert show(kiosk, frames) == [TAUGHT] * len(frames)
+    assert set(taught.reference_ids) == set(store_catalog.product(TAUGHT)["references"])
+
+    undone = kiosk.undo_teach(TAUGHT)
+    assert undone == {"product_id": TAUGHT, "removed_product": True, "references_removed": len(frames)}
+    assert (content_digest(store_catalog), store_catalog.products()) == before  # as it was, thumbnail included
+    assert store_catalog.stats()["local_references"] == 0
+    assert show(kiosk, frames) == [None] * len(frames)  # the index was rebuilt at once
+    with pytest.raises(NothingToUndo, match=f"nothing to undo for {TAUGHT}: .*already undone"):
+        kiosk.undo_teach(TAUGHT)
+
+
+def test_undoing_added_views_keeps_the_product_and_its_other_views(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet
+) -> None:
+    known = store_catalog.products()[0]
+    version, digest = content_digest(store_catalog)
+    taught = kiosk.teach(known["id"], "ignored", frames=views_of(sample_set, known["id"])[:2], add_to_existing=True)
+    assert len(taught.reference_ids) == 2
+    undone = kiosk.undo_teach(known["id"])
+    assert undone == {"product_id": known["id"], "removed_product": False, "references_removed": 2}
+    assert store_catalog.product(known["id"]) == known
+    assert content_digest(store_catalog) == (version, digest) and store_catalog.stats()["local_references"] == 0
+
+
+def test_undo_takes_back_the_latest_teach_first(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str
+) -> None:
+    frames = views_of(sample_set, unknown_id)
+    first = kiosk.teach(TAUGHT, "New", frames=frames[:1])
+    more = kiosk.teach(TAUGHT, "ignored", frames=frames[1:], add_to_existing=True)
+    assert set(first.reference_ids).isdisjoint(more.reference_ids)
+
+    assert kiosk.undo_teach(TAUGHT) == {"product_id": TAUGHT, "removed_product": False, "references_removed": 2}
+    assert store_catalog.product(TAUGHT)["references"] == list(first.reference_ids)
+    assert kiosk.undo_teach(TAUGHT)["removed_product"] is True
+    assert TAUGHT not in {p["id"] for p in store_catalog.products()}
+
+
+def test_nothing_to_undo_for_a_product_never_taught_here(kiosk: Kiosk, store_catalog: Catalog) -> None:
+    known = store_catalog.products()[0]
+    with pytest.raises(NothingToUndo, match="not taught on this kiosk since it started"):
+        kiosk.undo_teach(known["id"])
+    assert store_catalog.product(known["id"]) == known
+
+
+def test_a_view_removed_elsewhere_since_blocks_the_undo(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str, tmp_path: Path
+) -> None:
+    taught = kiosk.teach(TAUGHT, "New", frames=views_of(sample_set, unknown_id))
+    with Catalog(tmp_path / "store.db") as cli:  # another process, as `shelfsight catalog remove --reference`
+        cli.remove_reference(taught.reference_ids[0])
+    with pytest.raises(NothingToUndo, match="its views changed since it was taught here"):
+        kiosk.undo_teach(TAUGHT)
+    assert store_catalog.product(TAUGHT)["references"] == list(taught.reference_ids[1:])  # their change is kept
+    with pytest.raises(NothingToUndo, match="already undone"):  # and the stale record is gone
+        kiosk.undo_teach(TAUGHT)
+
+
+def test_a_product_hq_has_synced_since_is_not_undone(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str, tmp_path: Path
+) -> None:
+    taught = kiosk.teach(TAUGHT, "New", frames=views_of(sample_set, unknown_id))
+    base = store_catalog.version
+    with Catalog(tmp_path / "hq.db") as hq:  # HQ approved the enrollment: its delta carries the product
+        hq.replace_with_snapshot(json.loads(json.dumps(store_catalog.export_snapshot())))
+        hq.add_product(TAUGHT, "Approved at HQ", price=2.0)
+        hq.add_prepared(TAUGHT, taught.references[0])
+        store_catalog.apply_changes(base, hq.changes_since(base), hq.version)
+    with pytest.raises(NothingToUndo, match="HQ's catalog holds it now"):
+        kiosk.undo_teach(TAUGHT)
+    assert store_catalog.product(TAUGHT)["name"] == "Approved at HQ"
+
+
+def test_undoing_an_enrolled_teach_says_hq_still_has_it(
+    kiosk: Kiosk, sample_set: SampleSet, unknown_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent: list[Any] = []
+    sync = SimpleNamespace(config=SimpleNamespace(kiosk_id="k1"), send_enrollment=sent.append)
+    kiosk.connect_sync(sync)  # type: ignore[arg-type]
+    assert kiosk.teach(TAUGHT, "New", frames=views_of(sample_set, unknown_id)).sent_to_hq
+    with caplog.at_level(logging.INFO, logger="shelfsight.edge_app.kiosk.app"):
+        kiosk.undo_teach(TAUGHT)
+    assert len(sent) == 1 and "HQ still has its enrollment pending" in caplog.text
