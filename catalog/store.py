@@ -121,6 +121,7 @@ class Catalog:
         # A caller's connection stays the caller's: close() leaves it open.
         self._owns_connection = self.path is not None
         self.db = sqlite_utils.Database(open_catalog(path_or_conn, create=create))
+        self._loaded_data_version = self.data_version
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -810,12 +811,43 @@ class Catalog:
             return None
         return WordIndex(*stored, vocabulary.n_words, names=partial.reference_ids)
 
+    @property
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version` on this catalog's connection (a few microseconds, no file read).
+
+        It changes when another connection commits to the file (the CLI, sync's own connection)
+        and never for writes through this object, so a watcher polling it does not wake up for
+        the kiosk's own teaching.
+        """
+        with self.reading():
+            return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    @property
+    def loaded_data_version(self) -> int:
+        """`data_version` as of the last successful `reload()` (or the opening): equal means nothing to re-read."""
+        return self._loaded_data_version
+
     def reload(self) -> None:
-        """Re-read the catalog from disk (after another process or connection changed it)."""
-        self._stale = True
+        """Re-read the catalog from disk (after another process or connection changed it).
+
+        All or nothing: if what another process wrote cannot be indexed (a row no index can hold,
+        a file that is no longer a catalog), CatalogError, and the previous index and caches keep
+        serving. Otherwise every frame would retry the failed rebuild and fail with it.
+        """
+        with self._build_lock:
+            mark = self.data_version  # read first: a commit during the build is then seen again, never missed
+            was_stale, self._stale = self._stale, False  # as in index(): a write during the build marks it again
+            try:
+                built = self._build_index()
+            except BaseException as exc:
+                self._stale = self._stale or was_stale
+                if isinstance(exc, (ValueError, TypeError, KeyError)):  # malformed rows: blob sizes, a lost product
+                    raise CatalogError(f"{self.name}: cannot be indexed ({type(exc).__name__}: {exc})") from exc
+                raise
+            self._index = built
+            self._loaded_data_version = mark
         with self._lock:
             self._keypoint_cache.clear()
-        self.index()
 
     def search(
         self,

@@ -458,7 +458,56 @@ class Kiosk:
             log.error("catalog update %s could not be loaded; still serving the previous one: %s", version, exc)
             self.stats.errors += 1
         else:
+            self._catalog_reloaded()
             log.info("catalog now at version %s", self.recognizer.catalog.version)
+
+    def _catalog_reloaded(self) -> None:
+        """After a re-read: no cached row of a product removed elsewhere, and no announcement of one."""
+        with self._pipeline_lock:
+            recognizer = self.recognizer
+            # A local product's removal leaves the catalog version as it was, so the recognizer's
+            # version check would keep its cached rows: dropped here whatever changed.
+            recognizer.forget_products()
+            announced = self.voter.current.product_id
+            if announced is not None and announced not in recognizer.catalog.index().product_ids:
+                self.voter.reset()  # the vote's hold would keep naming it for a while
+                with self._state_lock:
+                    self._state = replace(self._state, announcement=self.voter.current)
+
+    def reopen_catalog(self) -> bool:
+        """Open the catalog file anew after it was replaced (`catalog build` renames a new file over it).
+
+        The open connection keeps reading the replaced file, so a reload cannot see the new one. The
+        new file is opened and indexed while the current one serves, then swapped in between two
+        frames; if it cannot serve (not a catalog, another model), the current one keeps serving and
+        this is logged. True if the kiosk switched to it.
+        """
+        from shelfsight.edge_app.kiosk.sources import open_catalog
+
+        old = self.recognizer
+        path = old.catalog.path
+        if path is None:
+            return False
+        catalog = None
+        try:
+            catalog = open_catalog(path)
+            recognizer = Recognizer(old.embedder, catalog, old.config, old.roi)
+            catalog.index()
+        except (ShelfsightError, ValueError, TypeError, KeyError) as exc:
+            if catalog is not None:
+                catalog.close()
+            log.error("%s was replaced, but the new file cannot serve; still serving the previous one: %s", path, exc)
+            self.stats.errors += 1
+            return False
+        with self._pipeline_lock:
+            switched = self.recognizer is old  # not if a model release was switched in meanwhile
+            if switched:
+                self.recognizer = recognizer
+                self.voter.reset()
+        (old.catalog if switched else catalog).close()  # the embedder is shared: left open
+        if switched:
+            log.info("%s was replaced; now serving its catalog version %s", path, catalog.version)
+        return switched
 
     def replace_recognizer(self, recognizer: Recognizer[Catalog]) -> None:
         """Switch to another model + catalog between two frames, then release the old ones."""

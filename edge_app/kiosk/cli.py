@@ -55,6 +55,7 @@ def staff_problems(config: KioskConfig) -> list[str]:
 def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
     """Run until `stop` is set. The page keeps serving the last state if the camera source ends."""
     from shelfsight.edge_app.kiosk.build import build_kiosk
+    from shelfsight.edge_app.kiosk.watch import CatalogWatcher
     from shelfsight.edge_app.web.app import MULTIPART_SLACK, WebServer, create_app
     from shelfsight.edge_app.web.auth import StaffCredential
 
@@ -63,6 +64,8 @@ def run_kiosk(config: KioskConfig, stop: threading.Event) -> None:
 
     kiosk = build_kiosk(config)
     with kiosk, ExitStack() as running:
+        # `shelfsight catalog remove/add/build` on the kiosk's file is picked up without a restart.
+        running.enter_context(CatalogWatcher(kiosk, config.catalog.watch_interval_s))
         if config.sync is not None and config.sync.enabled:
             running.enter_context(start_sync(config, kiosk))
         if web.enabled:

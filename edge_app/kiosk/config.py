@@ -57,6 +57,13 @@ class CatalogConfig(StrictModel):
     sync_dir: Path | None = Field(
         None, description="Where sync keeps HQ's releases (model + catalog); default: <catalog folder>/sync"
     )
+    watch_interval_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="How often the running kiosk checks whether another process (`shelfsight catalog remove`, "
+        "`add`, `build`) changed its catalog file, and re-reads it if so (a few microseconds a check); 0: never",
+    )
 
     @property
     def sync_folder(self) -> Path:
