@@ -89,6 +89,8 @@ MAX_THUMBNAIL_SOURCE_BYTES = 20 * 1024 * 1024  # an image `set_thumbnail` accept
 
 _KEYPOINT_CACHE_SIZE = 4096
 # What building the search index reads; both are answered from covering indexes (schema v2).
+# Attributes a product's barcode may be stored under (CSV columns become attributes), in the order looked up.
+BARCODE_ATTRIBUTES = ("barcode", "ean", "gtin", "upc")
 INDEX_PRODUCTS_SQL = "SELECT id, name, description, category, price, attributes FROM products ORDER BY id"
 INDEX_REFERENCES_SQL = (
     "SELECT id, product_id, embedding, scale FROM reference_images WHERE fingerprint = ? AND dim = ? ORDER BY id"
@@ -592,6 +594,25 @@ class Catalog:
         """ORB keypoints of a reference: (points float32 (K, 2), descriptors uint8 (K, 32)); cached."""
         features = self.features(reference_id)
         return features.points, features.descriptors
+
+    def find_code(self, code: str) -> str | None:
+        """The id of the product whose id is `code`, else of one whose barcode attribute (BARCODE_ATTRIBUTES) is."""
+        with self.reading():
+            if self._product_row(code) is not None:
+                return code
+            for attribute in BARCODE_ATTRIBUTES:  # a scan against 100k products: one pass of json_extract, ~50 ms
+                row = self.db.execute(
+                    "SELECT id FROM products WHERE CAST(json_extract(attributes, ?) AS TEXT) = ? ORDER BY id LIMIT 1",
+                    [f"$.{attribute}", code],
+                ).fetchone()
+                if row is not None:
+                    return str(row[0])
+        return None
+
+    def product_count(self) -> int:
+        """How many products the catalog holds (one indexed count: cheap enough for every health check)."""
+        with self.reading():
+            return int(self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
         """Counts and metadata: version, model, products, references, categories, file size, ..."""

@@ -14,13 +14,14 @@ search index, and, when sync is connected, sends it to HQ as an enrollment.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -50,6 +51,7 @@ from shelfsight.edge_app.recognition import (
 )
 from shelfsight.edge_app.recognition.background import BackgroundModel
 from shelfsight.edge_app.recognition.config import RoiConfig
+from shelfsight.edge_app.recognition.events import AnnouncementFeed
 from shelfsight.edge_app.recognition.pipeline import crop_roi
 from shelfsight.edge_app.recognition.state import KioskState
 
@@ -60,6 +62,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEACH_FRAMES = 5  # recent ROI crops kept for teaching: a second or two of camera at kiosk rates
+# A camera that has sent nothing for this long is reported as down: well past a frame interval even at
+# 2 fps, and short enough that the shopper's screen (polling at 4 Hz) says "out of order" within 2 s.
+CAMERA_STALL_S = 1.5
+STARTUP_GRACE_S = 10.0  # a camera may take this long to deliver its first frame (a Pi camera's sensor start)
+SYNC_OFFLINE_GRACE_S = 60.0  # broker away this long: updates and enrollments have stopped, so sync is down
+
+
+class SyncView(Protocol):
+    """What the kiosk reads from its sync worker (KioskSync) for health and metrics."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def target_version(self) -> int | None: ...
+
+    @property
+    def phase(self) -> Any: ...
+
+    def health_problem(self, grace_s: float) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a part of the kiosk is not working; `down` ones make /health 503."""
+
+    component: str  # "camera" | "catalog" | "recognition" | "sync"
+    reason: str
+    down: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"component": self.component, "reason": self.reason, "down": self.down}
 
 
 @dataclass
@@ -99,7 +133,6 @@ class Kiosk:
         self.voter = voter or TemporalVoter(cfg.vote_window, cfg.vote_min)
         self.background = BackgroundModel(cfg.background_frames, cfg.background_diff)
         self.jpeg_quality = jpeg_quality
-        self.on_update = on_update
         self.stats = KioskStats()
         self.capture_rate, self.recognition_rate = RateMeter(), RateMeter()
         self._frames: LatestSlot[Frame] = LatestSlot()
@@ -116,6 +149,14 @@ class Kiosk:
         self._recent_lock = threading.Lock()
         self._send_enrollment: Callable[[Taught], None] | None = None
         self._undo = UndoLog()  # what each teach stored, for undo_teach (pipeline lock)
+        self._listeners: list[Callable[[KioskState], None]] = [on_update] if on_update is not None else []
+        self._last_frame_at: float | None = None  # monotonic time of the latest captured frame
+        self._last_result_at: float | None = None  # ... and of the latest frame recognised without an error
+        self._catalog_error: str | None = None  # the latest catalog update that could not be loaded
+        self._sync: SyncView | None = None
+        # What is announced, as events for the page's stream and the store's MQTT (one per change, not per frame).
+        self.events = AnnouncementFeed(self.product_info)
+        self._listeners.append(self.events.observe)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,6 +208,7 @@ class Kiosk:
                 self.source_ended.set()
                 break
             self.stats.frames_captured += 1
+            self._last_frame_at = time.monotonic()
             self.capture_rate.tick()
             self._frames.put(frame)
         self._frames.wake()
@@ -195,6 +237,7 @@ class Kiosk:
             self._last_error = message
             return self.state()
         self._last_error = ""
+        self._last_result_at = time.monotonic()
         result.timings["capture"] = frame.capture_ms
         announcement = self.voter.push(result)
         state = KioskState(announcement, result, frame.index, time.monotonic())
@@ -202,9 +245,16 @@ class Kiosk:
             self._state = state
         self.stats.frames_recognised += 1
         self.recognition_rate.tick()
-        if self.on_update is not None:
-            self.on_update(state)
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:  # an observer (metrics, events) must never stop recognition
+                log.exception("state listener %s failed", getattr(listener, "__name__", listener))
         return state
+
+    def add_listener(self, listener: Callable[[KioskState], None]) -> None:
+        """Call `listener` with every new state, on the recognition thread: keep it short and non-blocking."""
+        self._listeners.append(listener)
 
     def _recognize_frame(self, rgb: np.ndarray) -> Recognition:
         """The pipeline, unless the region of interest shows the learned empty background."""
@@ -239,9 +289,13 @@ class Kiosk:
     # ------------------------------------------------------------------ teaching (local enrollment)
 
     def connect_sync(self, sync: "KioskSync") -> None:
-        """Send what is taught here to HQ through `sync` (queued; delivered when the broker is reachable)."""
+        """Work with HQ through `sync`: what is taught here goes to HQ (queued; delivered when the broker is
+        reachable), announcements go out on the kiosk's `events/<id>` topic, and sync's health and lag are
+        reported in `problems` and `health`."""
         kiosk_id = sync.config.kiosk_id
         self._send_enrollment = lambda taught: sync.send_enrollment(taught.enrollment(kiosk_id))
+        self.events.subscribe(lambda event: sync.publish_event(json.dumps(event).encode()))
+        self.watch_sync(sync)
 
     def teach(
         self,
@@ -443,10 +497,14 @@ class Kiosk:
             return None
         return encode_jpeg(draw_roi(frame.rgb, self.recognizer.roi), self.jpeg_quality)
 
-    def search(self, rgb: np.ndarray) -> Recognition:
-        """One uploaded photo through the same pipeline (whole image, no ROI, no voting)."""
+    def search(self, rgb: np.ndarray, k: int | None = None) -> Recognition:
+        """One uploaded photo through the same pipeline (whole image, no ROI, no voting); `k` best candidates."""
         with self._pipeline_lock:
-            return self.recognizer.recognize(rgb, roi=RoiConfig.full_frame())
+            return self.recognizer.recognize(rgb, roi=RoiConfig.full_frame(), k=k)
+
+    def find_product(self, code: str) -> str | None:
+        """The product whose id, or barcode attribute, is `code` (what a barcode scanner types)."""
+        return self.recognizer.catalog.find_code(code)
 
     # ------------------------------------------------------------------ catalog and model updates (sync)
 
@@ -457,7 +515,9 @@ class Kiosk:
         except ShelfsightError as exc:
             log.error("catalog update %s could not be loaded; still serving the previous one: %s", version, exc)
             self.stats.errors += 1
+            self._catalog_error = f"update {version} could not be loaded: {exc}"
         else:
+            self._catalog_error = None
             self._catalog_reloaded()
             log.info("catalog now at version %s", self.recognizer.catalog.version)
 
@@ -550,10 +610,46 @@ class Kiosk:
             }
         return {"name": source.name, "connected": not self.source_ended.is_set(), "error": None}
 
+    def watch_sync(self, sync: "SyncView") -> None:
+        """Report `sync` in `problems` (down when its broker is away too long) and its lag in `health`."""
+        self._sync = sync
+
+    def problems(self, now: float | None = None) -> list[Problem]:
+        """What is not working now, for /health, the shopper's screen and /metrics."""
+        now = time.monotonic() if now is None else now
+        found: list[Problem] = []
+        camera = self.camera_status()
+        if camera is not None:
+            seen = self._last_frame_at
+            if not camera["connected"]:
+                found.append(Problem("camera", f"{camera['name']}: {camera['error'] or 'end of stream'}"))
+            elif seen is None and now - self.stats.started > STARTUP_GRACE_S:
+                found.append(Problem("camera", f"{camera['name']}: no frame since the kiosk started"))
+            elif seen is not None and now - seen > CAMERA_STALL_S:
+                found.append(Problem("camera", f"{camera['name']}: no frame for {now - seen:.0f} s"))
+        if self._last_error and (self._last_result_at is None or now - self._last_result_at > CAMERA_STALL_S):
+            found.append(Problem("recognition", f"every frame fails: {self._last_error}"))
+        try:
+            products = self.recognizer.catalog.product_count()
+        except ShelfsightError as exc:
+            found.append(Problem("catalog", f"unreadable: {exc}"))
+        else:
+            if products == 0:
+                found.append(Problem("catalog", "the catalog has no products"))
+        if self._catalog_error is not None:  # still serving the previous catalog: degraded, not down
+            found.append(Problem("catalog", self._catalog_error, down=False))
+        if self._sync is not None:
+            reason = self._sync.health_problem(SYNC_OFFLINE_GRACE_S)
+            if reason is not None:
+                found.append(Problem("sync", reason))
+        return found
+
     def health(self) -> dict[str, Any]:
         embedder = self.recognizer.embedder
+        problems = self.problems()
         return {
-            "status": "ok",
+            "status": "down" if any(p.down for p in problems) else "degraded" if problems else "ok",
+            "problems": [p.to_dict() for p in problems],
             "model_fingerprint": embedder.fingerprint,
             "catalog_version": self.recognizer.catalog.version,
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
@@ -564,4 +660,18 @@ class Kiosk:
             "frames_recognised": self.stats.frames_recognised,
             "errors": self.stats.errors,
             "last_error": self._last_error or None,
+            "sync": None if self._sync is None else self.sync_status(),
+        }
+
+    def sync_status(self) -> dict[str, Any] | None:
+        """The installed and the wanted catalog version (None without sync), for /health and /metrics."""
+        sync = self._sync
+        if sync is None:
+            return None
+        target = sync.target_version
+        return {
+            "version": sync.version,
+            "target_version": target,
+            "behind": max(0, target - sync.version) if target is not None else 0,
+            "phase": str(getattr(sync.phase, "value", sync.phase)),
         }

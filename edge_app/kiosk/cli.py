@@ -96,7 +96,7 @@ def start_sync(config: KioskConfig, kiosk: "Kiosk") -> Any:
         on_release=lambda model, catalog: kiosk.switch_release(model, catalog, config),
         metrics=lambda: {"fps": kiosk.recognition_rate.rate},
     )
-    kiosk.connect_sync(sync)  # products a clerk teaches go to HQ's enrollment inbox
+    kiosk.connect_sync(sync)  # enrollments to HQ, events to the store, sync's health on /health
     return sync
 
 
