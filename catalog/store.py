@@ -802,9 +802,10 @@ class Catalog:
         with self._build_lock:
             if self._index is not partial:
                 return  # a rebuild after a write has already replaced it
+            serving: SearchIndex = partial  # (mypy narrows `partial` to the attribute's Optional type above)
             try:
-                words = self._words_for(partial)
-                self._index = partial.with_words(words) if words is not None else self._build_index()
+                words = self._words_for(serving)
+                self._index = serving.with_words(words) if words is not None else self._build_index()
             except (CatalogError, sqlite3.Error):
                 log.exception("%s: no visual-word index; products are found by their embedding only", self.name)
                 return

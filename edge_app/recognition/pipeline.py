@@ -238,7 +238,10 @@ class Recognizer(Generic[CatalogT]):
             self._seen_version = version
 
     def forget_products(self) -> None:
-        """Drop cached product data after an unversioned (local) catalog write, e.g. a taught product."""
+        """Drop cached product data after an unversioned (local) catalog write, e.g. a taught or removed product."""
+        self._products.clear()
+        self._public.clear()
+        self._threshold = None
         self._seen_version = None
 
     @property

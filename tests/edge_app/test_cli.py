@@ -135,7 +135,7 @@ def test_kiosk_process_recognises_and_never_imports_tensorflow(
     assert report["state"]["decision"] == "product", out.stderr[-2000:]
     assert report["state"]["product"]["product_id"] == "P0003"
     assert report["health"]["model_fingerprint"] and report["health"]["frames_recognised"] >= 3
-    assert report["display"] == {"currency": "EUR", "locale": "de-DE"}  # the config reaches the page
+    assert report["display"] == {"currency": "EUR", "locale": "de-DE", "language": "en"}  # the config reaches the page
 
 
 def test_kiosk_command_stops_cleanly_on_sigterm(

@@ -128,7 +128,8 @@ def network_address() -> str:
     return address
 
 
-FORM = {"product_id": TAUGHT, "name": "Taught by staff"}
+# The camera shows a catalog product here, so teaching it under a new id needs the lookalike confirmation.
+FORM = {"product_id": TAUGHT, "name": "Taught by staff", "confirm_similar": True}
 
 
 def test_an_anonymous_teach_is_refused_and_nothing_is_stored(server: WebServer, catalog: Catalog) -> None:
@@ -265,10 +266,18 @@ def test_page_staff_flow_in_headless_chromium(server: WebServer, catalog: Catalo
         page.fill("#teach input[name=name]", "Taught in Chromium")
         page.screenshot(path=str(artifact_dir("kiosk") / "staff-mode.png"))
         page.click("#teach button[type=submit]")
+        # The camera showed a catalog product: the page asks before a lookalike is saved under a new id.
+        lookalike = catalog.products()[0]["name"]
+        page.wait_for_selector(f"#similar-text:has-text('This looks like {lookalike}. Save anyway?')")
+        assert TAUGHT not in {p["id"] for p in catalog.products()}
+        page.click("#similar-save")
         page.wait_for_selector(f"#teach-status:has-text('Saved {TAUGHT}')")
+        assert catalog.product(TAUGHT)["name"] == "Taught in Chromium"
+        page.click("#teach-undo")  # offered right after the teach
+        page.wait_for_selector(f"#teach-status:has-text('Undone: {TAUGHT}')")
+        assert TAUGHT not in {p["id"] for p in catalog.products()}
         page.click("#staff-logout")
         page.wait_for_selector("#teach", state="hidden")
-    assert catalog.product(TAUGHT)["name"] == "Taught in Chromium"
 
 
 def test_validate_config_reports_a_missing_staff_credential(tmp_path: Path) -> None:
