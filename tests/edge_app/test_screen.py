@@ -490,4 +490,5 @@ def test_real_kiosk_camera_unplugged_then_plugged_in(
         page.wait_for_function(f"document.getElementById('product-name').textContent === {json.dumps(name)}")
         assert page.is_hidden("#out-of-order")
         shopper_checks(page)
+        page.wait_for_function("document.getElementById('frame').naturalWidth > 0")  # the live view, over loopback
         shot(page, "real-product")

@@ -294,8 +294,15 @@ function noAnswer() {
 function refreshFrame() {
   const img = byId("frame");
   const next = new Image();
-  next.onload = () => { img.src = next.src; setTimeout(refreshFrame, FRAME_MS); };
-  next.onerror = () => setTimeout(refreshFrame, 1000);
+  next.onload = () => {
+    img.src = next.src;
+    img.classList.remove("missing");
+    setTimeout(refreshFrame, FRAME_MS);
+  };
+  next.onerror = () => {
+    img.classList.add("missing");  // no frame (yet): an empty box, not a broken-image icon
+    setTimeout(refreshFrame, 1000);
+  };
   next.src = "/api/frame.jpg?t=" + Date.now();
 }
 
