@@ -492,3 +492,32 @@ def test_real_kiosk_camera_unplugged_then_plugged_in(
         shopper_checks(page)
         page.wait_for_function("document.getElementById('frame').naturalWidth > 0")  # the live view, over loopback
         shot(page, "real-product")
+
+
+def test_real_kiosk_a_scanned_barcode_shows_its_product(
+    kiosk: Kiosk, sample_set: SampleSet, sample_catalog: Any
+) -> None:
+    """The "scan the barcode" fallback: a scanner types the code and Enter fast; a person typing is ignored."""
+    product = sample_set.designs[2].sku
+    sample_catalog.update_product(product, ean="7310865004703")
+    name = sample_catalog.product(product)["name"]
+    with WebServer(create_app(kiosk), "127.0.0.1", 0) as server, chromium_page(800, 480) as page:
+        page.goto(server.url + "/")
+        wait_decision(page, "starting")
+        page.keyboard.type("0000", delay=200)  # a person at a keyboard, not a scanner: nothing happens
+        page.keyboard.press("Enter")
+        assert page.is_hidden("#card")
+        page.keyboard.type("7310865004703", delay=5)
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"document.getElementById('product-name').textContent === {json.dumps(name)}")
+        assert EN["card.scanned"] in visible_text(page)
+        shopper_checks(page)
+        shot(page, "real-scanned")
+        page.keyboard.type("999999", delay=5)
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            f"document.getElementById('message-title').textContent === {json.dumps(EN['scan.not_found'])}"
+        )
+        assert page.is_hidden("#card") and EN["unknown.hint"] in visible_text(page)
+        page.wait_for_timeout(600)  # the page's next polls keep the notice (it lasts 5 s)
+        assert EN["scan.not_found"] in visible_text(page)

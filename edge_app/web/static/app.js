@@ -179,11 +179,52 @@ function renderAlternatives(state) {
   show("alternatives-box", rows.length > 0);  // an empty "Also possible" heading reads like a broken page
 }
 
-function pick(product) {
+function pick(product, note = "card.chosen") {
   if (lastState === null) return;
-  picked = {product, key: announcementKey(lastState), until: Date.now() + PICK_MS};
+  picked = {product, note, key: announcementKey(lastState), until: Date.now() + PICK_MS};
   render(lastState);
   announceProduct(product);
+}
+
+// A barcode scanner is a keyboard: it types the code and Enter within a fraction of a second. Such a
+// burst outside the staff form is looked up (GET /api/products/CODE: id or barcode attribute) and its
+// card shown like a tapped one; a person typing is slower than SCAN_GAP_MS between keys and is ignored.
+const SCAN_GAP_MS = 60;
+const SCAN_MIN = 4;
+const SCAN_MAX = 64;
+const SCAN_MISS_MS = 5000;  // how long "no product has this barcode" stays while nothing is announced
+let scanMiss = 0;
+let scanBuffer = "";
+let scanLastKey = 0;
+
+function onKey(event) {
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+  const now = performance.now();
+  if (now - scanLastKey > SCAN_GAP_MS) scanBuffer = "";
+  scanLastKey = now;
+  if (event.key === "Enter") {
+    const code = scanBuffer;
+    scanBuffer = "";
+    if (code.length >= SCAN_MIN) lookUp(code);
+  } else if (event.key.length === 1 && scanBuffer.length < SCAN_MAX) {
+    scanBuffer += event.key;
+  }
+}
+
+async function lookUp(code) {
+  try {
+    const {response, body} = await fetchJson("/api/products/" + encodeURIComponent(code));
+    if (response.ok && body && body.product_id) {
+      pick(body, "card.scanned");
+      return;
+    }
+  } catch (err) {
+    // not reachable: the poll shows "out of order" if it lasts
+  }
+  picked = null;
+  scanMiss = Date.now() + SCAN_MISS_MS;
+  if (lastState !== null) render(lastState);
 }
 
 function announceProduct(product) {
@@ -230,6 +271,7 @@ function render(state) {
   document.body.dataset.decision = state.decision;
   if (picked) {
     showCard(picked.product, true);
+    byId("card-note").textContent = t(picked.note);
     show("message", false);
   } else if (state.decision === "product" && state.product) {
     showCard(state.product, false);
@@ -240,10 +282,12 @@ function render(state) {
     byId("card").dataset.productId = "";
     show("message", true);
     const unknown = state.decision === "unknown";
-    byId("message-title").textContent = t(unknown ? "unknown.title" : "prompt.show");
-    byId("message-hint").textContent = unknown ? t("unknown.hint") : "";
-    show("message-hint", unknown);
-    announce(unknown ? t("unknown.title") + ". " + t("unknown.hint") : t("prompt.show"));
+    const missed = Date.now() < scanMiss;
+    const title = missed ? "scan.not_found" : unknown ? "unknown.title" : "prompt.show";
+    byId("message-title").textContent = t(title);
+    byId("message-hint").textContent = unknown || missed ? t("unknown.hint") : "";
+    show("message-hint", unknown || missed);
+    announce(unknown || missed ? t(title) + ". " + t("unknown.hint") : t(title));
   }
   const confidence = typeof state.confidence === "number" ? state.confidence : 0;
   byId("product-confidence").textContent = state.decision === "product" && !picked ? staffFigures(confidence) : "";
@@ -482,6 +526,7 @@ byId("staff-login").addEventListener("submit", login);
 byId("staff-cancel").addEventListener("click", closeLogin);
 byId("staff-logout").addEventListener("click", logout);
 byId("staff-button").addEventListener("click", openLogin);
+document.addEventListener("keydown", onKey);
 document.body.dataset.staleMs = String(STALE_MS);
 loadDisplay().finally(() => {
   lastAnswer = performance.now();  // the catalog load is not the backend's silence
