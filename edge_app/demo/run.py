@@ -226,7 +226,7 @@ def run_demo(
         try:
             config = RecognitionConfig(verify=not global_only)
             recognizer = Recognizer(embedder, catalog, config, RoiConfig())
-            kiosk = Kiosk(recognizer, None, TemporalVoter(config.vote_window, config.vote_min))
+            kiosk = Kiosk(recognizer, None, TemporalVoter.from_config(config))
             report = _play_clip(kiosk, clip) if clip is not None and camera is None else None
             if report is not None:
                 names = {p["id"]: p["name"] for p in catalog.products()}
