@@ -23,7 +23,7 @@ HEADER = """\
 
 
 def hq_block(prefix: str, hq_user: str = "hq") -> str:
-    """HQ: the only writer of catalog and reply topics; reads status, enrollments and resync requests."""
+    """HQ: the only writer of catalog and reply topics; reads status, enrollments, withdrawals and resync requests."""
     check_name(hq_user, "HQ username")
     check_name(prefix, "topic prefix")
     return f"user {hq_user}\ntopic readwrite {prefix}/#\n"
@@ -38,6 +38,7 @@ def kiosk_block(topics: Topics, kiosk_id: str) -> str:
         f"topic read {topics.replies(kiosk_id)}",
         f"topic write {topics.status(kiosk_id)}",
         f"topic write {topics.enroll(kiosk_id)}",
+        f"topic write {topics.withdraw(kiosk_id)}",
         f"topic write {topics.resync(kiosk_id)}",
         f"topic write {topics.events(kiosk_id)}",
     ]

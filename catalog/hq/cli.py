@@ -218,7 +218,12 @@ def serve_command(
 
     config, topics = _broker(kwargs)
     box = EnrollmentInbox(inbox) if inbox else None
-    server = HqServer(on_enrollment=box.add if box else None, poll_s=poll, share_group=share_group)
+    server = HqServer(
+        on_enrollment=box.add if box else None,
+        on_withdrawal=box.withdraw if box else None,
+        poll_s=poll,
+        share_group=share_group,
+    )
     bus = open_bus(
         config,
         client_id=client_id or f"hq-serve-{topics.fleet}",
@@ -302,10 +307,15 @@ inbox_option = click.option(
 
 @hq_group.command("enrollments")
 @inbox_option
-@click.option("--all", "show_all", is_flag=True, help="Include approved and rejected ones.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Include approved, rejected and withdrawn ones (with why, in the note)."
+)
 @domain_errors
 def enrollments_command(inbox: str, show_all: bool) -> None:
     """List products taught at stores that wait for approval.
+
+    An enrollment its kiosk withdrew (the clerk undid the teach) waits for nobody and cannot be
+    approved, so it is listed only with --all, as "withdrawn".
 
     \b
     Example:

@@ -43,8 +43,10 @@ from shelfsight.catalog.sync.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_PACKET
 from shelfsight.catalog.sync.messages import (
     MAX_ENROLL_BYTES,
     MAX_STATUS_BYTES,
+    MAX_WITHDRAW_BYTES,
     Enrollment,
     ResyncRequest,
+    Withdrawal,
     parse_upstream,
 )
 from shelfsight.catalog.sync.topics import Topics
@@ -370,18 +372,27 @@ class HqPublisher:
 
 
 EnrollmentSink = Callable[[Enrollment], object]
+WithdrawalSink = Callable[[Withdrawal], object]
 
 
 class HqServer:
     """`shelfsight hq serve`: publish on every master change, answer resyncs, collect enrollments.
 
     Create it first, hand `on_message`/`on_connect` to `open_bus`, then `run` with the publisher.
+    `on_enrollment` and `on_withdrawal` (`EnrollmentInbox.add` and `.withdraw`) get each kiosk's
+    message once it has been checked: size, strict model, the payload's kiosk id against the topic's.
     """
 
     def __init__(
-        self, *, on_enrollment: EnrollmentSink | None = None, poll_s: float = 2.0, share_group: str | None = None
+        self,
+        *,
+        on_enrollment: EnrollmentSink | None = None,
+        on_withdrawal: WithdrawalSink | None = None,
+        poll_s: float = 2.0,
+        share_group: str | None = None,
     ) -> None:
         self._on_enrollment = on_enrollment
+        self._on_withdrawal = on_withdrawal
         self.poll_s = poll_s
         self._share_group = share_group
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -396,7 +407,7 @@ class HqServer:
 
     def run(self, publisher: HqPublisher, bus: MessageBus) -> None:
         """Serve until `stop_event` is set."""
-        for leaf in ("resync", "enroll"):
+        for leaf in ("resync", "enroll", "withdraw"):
             topic = publisher.topics.all_of(leaf)
             # A shared subscription spreads requests over several HQ workers (see docs/sync.md).
             bus.subscribe(f"$share/{self._share_group}/{topic}" if self._share_group else topic)
@@ -434,3 +445,7 @@ class HqServer:
             enrollment = parse_upstream(Enrollment, message.payload, topic=topic, max_bytes=MAX_ENROLL_BYTES)
             assert isinstance(enrollment, Enrollment)
             self._on_enrollment(enrollment)
+        elif topic.startswith(f"{topics.root}/withdraw/") and self._on_withdrawal is not None:
+            withdrawal = parse_upstream(Withdrawal, message.payload, topic=topic, max_bytes=MAX_WITHDRAW_BYTES)
+            assert isinstance(withdrawal, Withdrawal)
+            self._on_withdrawal(withdrawal)

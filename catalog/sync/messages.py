@@ -1,8 +1,8 @@
-"""What kiosks send upstream: status and enrollments (JSON, size-limited, strictly validated).
+"""What kiosks send upstream: status, enrollments and their withdrawals (JSON, size-limited, strictly validated).
 
 Kiosks hold no signing key; the broker's ACL is what guarantees a kiosk can
-only write its own `status/<id>` and `enroll/<id>` topics, and HQ checks the
-kiosk id in the payload against the topic.
+only write its own `status/<id>`, `enroll/<id>` and `withdraw/<id>` topics, and
+HQ checks the kiosk id in the payload against the topic.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ MAX_ENROLL_FRAMES = 16
 # What a clerk may type with a taught product (the kiosk's teach form has the same bounds).
 MAX_ENROLL_PRICE = 1e9  # exclusive
 MAX_ENROLL_DESCRIPTION_CHARS = 2000
+# A withdrawal is two ids and two times: a few hundred bytes; anything near this limit is not one.
+MAX_WITHDRAW_BYTES = 4 * 1024
 # Unicode categories no typed text contains: controls, format characters, surrogates, private use, unassigned.
 _UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn")
 
@@ -104,6 +106,10 @@ class TypedFields(BaseModel):
         return value
 
 
+# A catalog product id (`catalog.records.check_product_id`): no slash, no space at either end.
+PRODUCT_ID_PATTERN = r"^[^/\s](?:[^/]*[^/\s])?$"
+
+
 class Enrollment(TypedFields):
     """Sent on `enroll/<kiosk-id>`: a product taught locally, for HQ to approve into the master catalog.
 
@@ -114,7 +120,7 @@ class Enrollment(TypedFields):
     model_config = ConfigDict(extra="forbid")
 
     kiosk_id: str
-    product_id: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s](?:[^/]*[^/\s])?$")
+    product_id: str = Field(min_length=1, max_length=200, pattern=PRODUCT_ID_PATTERN)
     name: str = Field(min_length=1, max_length=500)
     category: str = Field(default="", max_length=200)
     frames: list[EnrolledFrame] = Field(min_length=1, max_length=MAX_ENROLL_FRAMES)
@@ -132,6 +138,28 @@ class Enrollment(TypedFields):
         if len({(f.fingerprint, len(f.embedding)) for f in frames}) != 1:
             raise ValueError("all frames must come from the same model and have the same dimension")
         return frames
+
+
+class Withdrawal(BaseModel):
+    """Sent on `withdraw/<kiosk-id>`: the clerk undid a teach whose enrollment may already be at HQ.
+
+    It names the enrollment by what the kiosk stamped on it: its kiosk, product and `created`
+    time (`Enrollment.created`; one kiosk's teaches of one product are at least milliseconds
+    apart). HQ marks that enrollment withdrawn while it is pending, records the withdrawal either
+    way, and stores the enrollment as withdrawn should it arrive after its withdrawal.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kiosk_id: str
+    product_id: str = Field(min_length=1, max_length=200, pattern=PRODUCT_ID_PATTERN)
+    enrollment_created: float = Field(ge=0, allow_inf_nan=False)
+    created: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
 
 
 def parse_upstream(model: type[BaseModel], payload: bytes, *, topic: str, max_bytes: int) -> BaseModel:

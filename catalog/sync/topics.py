@@ -1,8 +1,9 @@
 """The topic tree, in one place (documented in docs/sync.md).
 
 Everything lives under `<prefix>/<fleet>/`. HQ alone writes `catalog/#` and
-`reply/#`; each kiosk writes only `status/<id>`, `enroll/<id>`, `resync/<id>`
-and `events/<id>` (what it announces, for the store's own systems; HQ ignores
+`reply/#`; each kiosk writes only `status/<id>`, `enroll/<id>`, `withdraw/<id>`
+(an enrollment taken back: the clerk undid the teach), `resync/<id>` and
+`events/<id>` (what it announces, for the store's own systems; HQ ignores
 them) and reads `catalog/#` and its own `reply/<id>/#` (HQ's answers to its
 resync requests, which no other kiosk receives).
 """
@@ -61,6 +62,14 @@ class Topics:
     def enroll(self, kiosk_id: str) -> str:
         return f"{self.root}/enroll/{kiosk_id}"
 
+    def withdraw(self, kiosk_id: str) -> str:
+        """A teach undone at the kiosk after its enrollment reached the broker: HQ marks it withdrawn.
+
+        A topic of its own, not a new key on `enroll/`: an HQ of an earlier release does not
+        subscribe to it and never sees it, where it would refuse an enrollment with an unknown key.
+        """
+        return f"{self.root}/withdraw/{kiosk_id}"
+
     def resync(self, kiosk_id: str) -> str:
         return f"{self.root}/resync/{kiosk_id}"
 
@@ -79,7 +88,7 @@ class Topics:
         return f"{self.root}/reply/{kiosk_id}/blob/{blob_id}/{index}"
 
     def all_of(self, leaf: str) -> str:
-        """`status`, `enroll`, `resync` -> a filter for every kiosk's topic of that kind."""
+        """`status`, `enroll`, `withdraw`, `resync` -> a filter for every kiosk's topic of that kind."""
         return f"{self.root}/{leaf}/+"
 
     def parse_blob_chunk(self, topic: str, kiosk_id: str | None = None) -> tuple[str, int] | None:

@@ -69,6 +69,7 @@ def test_kiosk_cannot_publish_catalog_or_foreign_status(secured: Broker) -> None
             ("shelfsight/north/catalog/manifest", b"forged manifest"),
             (f"shelfsight/north/status/{K2}", b"impersonation"),
             (f"shelfsight/north/reply/{K2}/delta", b"forged reply"),
+            (f"shelfsight/north/withdraw/{K2}", b"withdrawing another kiosk's enrollment"),
         ]
         for topic, payload in forbidden:
             try:
@@ -76,8 +77,9 @@ def test_kiosk_cannot_publish_catalog_or_foreign_status(secured: Broker) -> None
             except SyncError as exc:  # MQTT 5 brokers may say so in the PUBACK
                 assert "refused" in str(exc)
         kiosk.inject(f"shelfsight/north/status/{K1}", b"own status")  # allowed
+        kiosk.inject(f"shelfsight/north/withdraw/{K1}", b"own withdrawal")  # allowed: a teach undone there
         hq.inject("shelfsight/north/catalog/delta", b"marker")  # HQ may write catalog topics
-        assert hq.wait(lambda ms: {m.payload for m in ms} >= {b"own status", b"marker"})
+        assert hq.wait(lambda ms: {m.payload for m in ms} >= {b"own status", b"own withdrawal", b"marker"})
         seen = {m.payload for m in hq.messages}
         assert not seen & {payload for _, payload in forbidden}
     finally:
@@ -92,6 +94,7 @@ def test_a_kiosk_can_neither_write_nor_read_another_fleets_topics(secured: Broke
         forbidden = [
             (f"shelfsight/south/status/{K1}", b"status into south"),
             (f"shelfsight/south/enroll/{K1}", b"enrollment into south"),
+            (f"shelfsight/south/withdraw/{K1}", b"withdrawal into south"),
             (f"shelfsight/south/resync/{K1}", b"resync into south"),
         ]
         for topic, payload in forbidden:

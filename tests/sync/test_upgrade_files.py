@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.sync.messages import Withdrawal
 from shelfsight.edge_app.core.errors import InputError, SyncError
 from shelfsight.edge_app.core.sqlite import user_version
 from shelfsight.edge_app.kiosk.updates.state import SyncState
@@ -35,6 +36,10 @@ INSERT INTO enrollments (kiosk_id, product_id, name, frames, payload, received)
     VALUES ('k1', 'tea', 'Green tea', 1, '{"kiosk_id": "k1", "product_id": "tea", "name": "Green tea",
             "frames": [{"embedding": [0.6, 0.8], "fingerprint": "m1"}]}', 1700000000.0);
 """
+TAUGHT_JAM = (
+    '{"kiosk_id": "k1", "product_id": "jam", "name": "Jam", "created": 1700000099.987654, '
+    '"frames": [{"embedding": [0.6, 0.8], "fingerprint": "m1"}]}'
+)
 
 
 def previous_release_file(path: Path, script: str) -> Path:
@@ -85,9 +90,30 @@ def test_enrollment_inbox_of_the_previous_release_is_upgraded_in_place(tmp_path:
         [entry] = inbox.entries("pending")
         assert (entry.id, entry.kiosk_id, entry.product_id, entry.frames) == (1, "k1", "tea", 1)
         inbox.reject(entry.id, "duplicate")
-    assert version_of(path) == 1
+    assert version_of(path) == 2
     with EnrollmentInbox(path) as inbox:
         assert [(e.status, e.note) for e in inbox.entries()] == [("rejected", "duplicate")]
+
+
+def test_an_inbox_of_schema_1_gains_withdrawals_and_its_pending_entries_can_be_withdrawn(tmp_path: Path) -> None:
+    """Schema 1 is the versioned inbox of the releases before withdrawals: the table above at user_version 1."""
+    path = previous_release_file(tmp_path / "inbox.db", PREVIOUS_INBOX)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO enrollments (kiosk_id, product_id, name, frames, payload, received) VALUES (?, ?, ?, ?, ?, ?)",
+            ("k1", "jam", "Jam", 1, TAUGHT_JAM, 1700000100.0),
+        )
+    set_version(path, 1)
+    with EnrollmentInbox(path) as inbox:
+        assert version_of(path) == 2
+        assert [(e.product_id, e.status) for e in inbox.entries()] == [("tea", "pending"), ("jam", "pending")]
+        undone = Withdrawal(kiosk_id="k1", product_id="jam", enrollment_created=1700000099.987654)
+        assert inbox.withdraw(undone) == [2]
+        # "tea" carries no `created` (0.0, as the model reads it): withdrawn by that stamp only.
+        assert inbox.withdraw(Withdrawal(kiosk_id="k1", product_id="tea", enrollment_created=0.0)) == [1]
+    with EnrollmentInbox(path) as inbox:  # a state, not a deletion: photos and all stay for the record
+        assert [(e.product_id, e.status) for e in inbox.entries()] == [("tea", "withdrawn"), ("jam", "withdrawn")]
+        assert inbox.enrollment(2).created == 1700000099.987654 and len(inbox.withdrawals()) == 2
 
 
 def test_enrollment_inbox_from_a_newer_release_is_refused(tmp_path: Path) -> None:
