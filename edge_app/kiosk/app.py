@@ -147,7 +147,9 @@ class Kiosk:
         self._last_error = ""
         self._recent: deque[np.ndarray] = deque(maxlen=TEACH_FRAMES)
         self._recent_lock = threading.Lock()
-        self._send_enrollment: Callable[[Taught], None] | None = None
+        # Sync's seams (connect_sync): queue a teach's enrollment, returning its `created` stamp; take one back.
+        self._send_enrollment: Callable[[Taught], float] | None = None
+        self._withdraw_enrollment: Callable[[str, float], str] | None = None
         self._undo = UndoLog()  # what each teach stored, for undo_teach (pipeline lock)
         self._listeners: list[Callable[[KioskState], None]] = [on_update] if on_update is not None else []
         self._last_frame_at: float | None = None  # monotonic time of the latest captured frame
@@ -290,10 +292,17 @@ class Kiosk:
 
     def connect_sync(self, sync: "KioskSync") -> None:
         """Work with HQ through `sync`: what is taught here goes to HQ (queued; delivered when the broker is
-        reachable), announcements go out on the kiosk's `events/<id>` topic, and sync's health and lag are
+        reachable) and is taken back from HQ when the teach is undone, announcements go out on the kiosk's `events/<id>` topic, and sync's health and lag are
         reported in `problems` and `health`."""
         kiosk_id = sync.config.kiosk_id
-        self._send_enrollment = lambda taught: sync.send_enrollment(taught.enrollment(kiosk_id))
+
+        def send(taught: Taught) -> float:
+            enrollment = taught.enrollment(kiosk_id)
+            sync.send_enrollment(enrollment)
+            return enrollment.created
+
+        self._send_enrollment = send
+        self._withdraw_enrollment = lambda product_id, created: sync.withdraw_enrollment(product_id, created)
         self.events.subscribe(lambda event: sync.publish_event(json.dumps(event).encode()))
         self.watch_sync(sync)
 
@@ -394,7 +403,7 @@ class Kiosk:
             len(skipped),
         )
         taught = self._send_upstream(taught)
-        record.sent_to_hq = taught.sent_to_hq
+        record.enrollment_created = taught.enrollment_created
         return taught
 
     def _stored(self, product_id: str) -> dict[str, Any] | None:
@@ -428,8 +437,11 @@ class Kiosk:
         A product the teach created is removed with its views; views it added to an existing product
         are removed from it. NothingToUndo when there is nothing to take back: not taught here since the
         kiosk started, already undone, or changed since (HQ synced it, the CLI changed its views), whose
-        change is kept. An enrollment already queued for HQ stays pending there (logged).
-        Returns {"product_id", "removed_product", "references_removed"}.
+        change is kept. The teach's enrollment is taken back from HQ too (`KioskSync.withdraw_enrollment`).
+        Returns {"product_id", "removed_product", "references_removed", "hq"}, where "hq" is what became of
+        the enrollment: "not sent" (none was queued), "removed from outbox" (HQ never sees it),
+        "withdrawal queued" (HQ is told to withdraw it; once approved there it stays, HQ's catalog is HQ's)
+        or "not withdrawn" (sync could not take it back: HQ may still list it, reject it there).
         """
         with self._pipeline_lock:
             recognizer = self.recognizer
@@ -457,17 +469,33 @@ class Kiosk:
             self.voter.reset()
         removed = len(record.references) if record.new_product else len(record.added)
         what = "the product and its" if record.new_product else "the"
-        if record.sent_to_hq:
-            log.warning(
-                "undid the teach of %s (%s %d views); HQ still has its enrollment pending: reject it there "
+        log.info("undid the teach of %s (%s %d views)", product_id, what, removed)
+        # After the locks: the sync worker may take a moment to answer, and frames must not wait for it.
+        hq = self._withdraw_upstream(product_id, record.enrollment_created)
+        return {
+            "product_id": product_id,
+            "removed_product": record.new_product,
+            "references_removed": removed,
+            "hq": hq,
+        }
+
+    def _withdraw_upstream(self, product_id: str, created: float | None) -> str:
+        """Take the undone teach's enrollment back from HQ; the undo stands whatever happens here."""
+        if created is None:
+            return "not sent"
+        withdraw = self._withdraw_enrollment
+        try:
+            if withdraw is None:  # only a kiosk that queued the enrollment gets here, and it keeps its seams
+                raise ShelfsightError("sync is not connected")
+            return withdraw(product_id, created)
+        except (ShelfsightError, ValueError) as exc:  # ValueError: pydantic's, for a withdrawal it cannot build
+            log.error(
+                "undid the teach of %s here, but its enrollment could not be withdrawn from HQ (%s): reject it there "
                 "(`shelfsight hq enrollments`, `shelfsight hq reject`)",
                 product_id,
-                what,
-                removed,
+                exc,
             )
-        else:
-            log.info("undid the teach of %s (%s %d views)", product_id, what, removed)
-        return {"product_id": product_id, "removed_product": record.new_product, "references_removed": removed}
+            return "not withdrawn"
 
     def _send_upstream(self, taught: Taught) -> Taught:
         """Queue the enrollment for HQ; the product stays taught locally whatever happens here."""
@@ -476,11 +504,11 @@ class Kiosk:
         from pydantic import ValidationError
 
         try:
-            self._send_enrollment(taught)
+            created = self._send_enrollment(taught)
         except (ShelfsightError, ValidationError) as exc:
             log.error("%s is taught here but could not be queued for HQ: %s", taught.product_id, exc)
             return taught
-        return replace(taught, sent_to_hq=True)
+        return replace(taught, sent_to_hq=True, enrollment_created=created)
 
     # ------------------------------------------------------------------ what the web server reads
 

@@ -33,9 +33,11 @@ class Taught:
     price: float | None = None
     description: str | None = None
     reference_ids: tuple[str, ...] = ()  # the stored references this teach added (a view already stored adds none)
+    # The queued enrollment's `created` stamp (set with sent_to_hq): what names it to HQ if the teach is undone.
+    enrollment_created: float | None = None
 
     def enrollment(self, kiosk_id: str) -> "Enrollment":
-        """The message HQ's inbox stores and `hq approve` folds into the master catalog."""
+        """The message HQ's inbox stores and `hq approve` folds into the master catalog, stamped now."""
         import base64
 
         from shelfsight.catalog.sync.messages import (
@@ -93,7 +95,12 @@ class TeachRecord:
     added: tuple[str, ...]  # reference ids this teach stored
     version: int
     references: frozenset[str]
-    sent_to_hq: bool = False  # set once the enrollment is queued (after the catalog write)
+    # The `created` stamp of the enrollment queued for HQ (after the catalog write); None: none was.
+    enrollment_created: float | None = None
+
+    @property
+    def sent_to_hq(self) -> bool:
+        return self.enrollment_created is not None
 
     @property
     def leaves(self) -> tuple[int, frozenset[str]]:

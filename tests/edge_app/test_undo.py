@@ -14,9 +14,10 @@ import pytest
 
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
+from shelfsight.catalog.sync.messages import Enrollment
 from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
-from shelfsight.edge_app.core.errors import NothingToUndo
+from shelfsight.edge_app.core.errors import NothingToUndo, SyncError
 from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
@@ -63,7 +64,12 @@ def test_undoing_a_new_product_removes_it_and_it_is_no_longer_recognised(
     assert set(taught.reference_ids) == set(store_catalog.product(TAUGHT)["references"])
 
     undone = kiosk.undo_teach(TAUGHT)
-    assert undone == {"product_id": TAUGHT, "removed_product": True, "references_removed": len(frames)}
+    assert undone == {
+        "product_id": TAUGHT,
+        "removed_product": True,
+        "references_removed": len(frames),
+        "hq": "not sent",
+    }
     assert (content_digest(store_catalog), store_catalog.products()) == before  # as it was, thumbnail included
     assert store_catalog.stats()["local_references"] == 0
     assert show(kiosk, frames) == [None] * len(frames)  # the index was rebuilt at once
@@ -79,7 +85,7 @@ def test_undoing_added_views_keeps_the_product_and_its_other_views(
     taught = kiosk.teach(known["id"], "ignored", frames=views_of(sample_set, known["id"])[:2], add_to_existing=True)
     assert len(taught.reference_ids) == 2
     undone = kiosk.undo_teach(known["id"])
-    assert undone == {"product_id": known["id"], "removed_product": False, "references_removed": 2}
+    assert undone == {"product_id": known["id"], "removed_product": False, "references_removed": 2, "hq": "not sent"}
     assert store_catalog.product(known["id"]) == known
     assert content_digest(store_catalog) == (version, digest) and store_catalog.stats()["local_references"] == 0
 
@@ -92,7 +98,12 @@ def test_undo_takes_back_the_latest_teach_first(
     more = kiosk.teach(TAUGHT, "ignored", frames=frames[1:], add_to_existing=True)
     assert set(first.reference_ids).isdisjoint(more.reference_ids)
 
-    assert kiosk.undo_teach(TAUGHT) == {"product_id": TAUGHT, "removed_product": False, "references_removed": 2}
+    assert kiosk.undo_teach(TAUGHT) == {
+        "product_id": TAUGHT,
+        "removed_product": False,
+        "references_removed": 2,
+        "hq": "not sent",
+    }
     assert store_catalog.product(TAUGHT)["references"] == list(first.reference_ids)
     assert kiosk.undo_teach(TAUGHT)["removed_product"] is True
     assert TAUGHT not in {p["id"] for p in store_catalog.products()}
@@ -133,13 +144,58 @@ def test_a_product_hq_has_synced_since_is_not_undone(
     assert store_catalog.product(TAUGHT)["name"] == "Approved at HQ"
 
 
-def test_undoing_an_enrolled_teach_says_hq_still_has_it(
-    kiosk: Kiosk, sample_set: SampleSet, unknown_id: str, caplog: pytest.LogCaptureFixture
+class FakeSync:
+    """What `connect_sync` uses of a `KioskSync`: records enrollments, answers withdrawals as told."""
+
+    def __init__(self, answer: str | Exception = "withdrawal queued") -> None:
+        self.config = SimpleNamespace(kiosk_id="k1")
+        self.sent: list[Enrollment] = []
+        self.withdrawn: list[tuple[str, float]] = []
+        self.answer = answer
+
+    def send_enrollment(self, enrollment: Enrollment) -> None:
+        self.sent.append(enrollment)
+
+    def withdraw_enrollment(self, product_id: str, created: float) -> str:
+        self.withdrawn.append((product_id, created))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def publish_event(self, payload: bytes) -> None:
+        pass
+
+
+def test_undoing_an_enrolled_teach_withdraws_exactly_that_enrollment(
+    kiosk: Kiosk, sample_set: SampleSet, unknown_id: str
 ) -> None:
-    sent: list[Any] = []
-    sync = SimpleNamespace(config=SimpleNamespace(kiosk_id="k1"), send_enrollment=sent.append)
+    sync = FakeSync()
     kiosk.connect_sync(sync)  # type: ignore[arg-type]
-    assert kiosk.teach(TAUGHT, "New", frames=views_of(sample_set, unknown_id)).sent_to_hq
+    frames = views_of(sample_set, unknown_id)
+    assert kiosk.teach(TAUGHT, "New", frames=frames[:1]).sent_to_hq
+    kiosk.teach(TAUGHT, "ignored", frames=frames[1:], add_to_existing=True)
+    first, more = sync.sent
+    assert first.created < more.created
+    # The newest teach first, each named to HQ by its enrollment's stamp, so the earlier one stays at HQ.
+    assert kiosk.undo_teach(TAUGHT)["hq"] == "withdrawal queued"
+    assert sync.withdrawn == [(TAUGHT, more.created)]
+    sync.answer = "removed from outbox"
+    assert kiosk.undo_teach(TAUGHT) == {
+        "product_id": TAUGHT,
+        "removed_product": True,
+        "references_removed": 1,
+        "hq": "removed from outbox",
+    }
+    assert sync.withdrawn == [(TAUGHT, more.created), (TAUGHT, first.created)]
+
+
+def test_an_undo_stands_when_sync_cannot_withdraw_its_enrollment(
+    kiosk: Kiosk, store_catalog: Catalog, sample_set: SampleSet, unknown_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync = FakeSync(SyncError("sync is not running: the enrollment of taught-here cannot be withdrawn now"))
+    kiosk.connect_sync(sync)  # type: ignore[arg-type]
+    kiosk.teach(TAUGHT, "New", frames=views_of(sample_set, unknown_id))
     with caplog.at_level(logging.INFO, logger="shelfsight.edge_app.kiosk.app"):
-        kiosk.undo_teach(TAUGHT)
-    assert len(sent) == 1 and "HQ still has its enrollment pending" in caplog.text
+        assert kiosk.undo_teach(TAUGHT)["hq"] == "not withdrawn"
+    assert TAUGHT not in {p["id"] for p in store_catalog.products()}
+    assert "could not be withdrawn from HQ (sync is not running" in caplog.text and "reject it there" in caplog.text

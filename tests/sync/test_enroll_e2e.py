@@ -1,4 +1,5 @@
-"""Enrollment end to end, all real parts: a clerk teaches a kiosk, HQ approves, the product comes back as HQ's.
+"""Enrollment end to end, all real parts: a clerk teaches a kiosk, HQ approves, the product comes back as HQ's;
+or the clerk undoes the teach, and HQ's inbox entry is withdrawn (or HQ never sees it).
 
 Real Mosquitto, real SQLite catalogs, the real tiny TFLite model, `hq serve`'s
 server loop and the `shelfsight hq enrollments/approve` commands.
@@ -7,6 +8,8 @@ server loop and the `shelfsight hq enrollments/approve` commands.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,15 +18,18 @@ import pytest
 from click.testing import CliRunner
 
 from shelfsight.catalog.hq.inbox import EnrollmentInbox
+from shelfsight.catalog.hq.publisher import HqPublisher, HqServer
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
 from shelfsight.catalog.sync.envelope import Signer, Verifier
+from shelfsight.catalog.sync.transport.factory import open_bus
 from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.cli import build_cli
 from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import generate_sample_set
 from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.kiosk.updates.releases import current_release
+from shelfsight.edge_app.kiosk.updates.worker import KioskSync
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.runtime.factory import open_embedder
@@ -138,3 +144,121 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         inbox.close()
         kiosk.recognizer.catalog.close()
         kiosk.recognizer.embedder.close()
+
+
+# -- an undone teach is withdrawn from HQ's inbox ---------------------------------------------
+
+
+class InboxServer:
+    """`hq serve --inbox` in a thread: enrollments into the inbox and withdrawals applied to it, as the CLI wires it."""
+
+    def __init__(self, hq: Hq, signer: Signer, inbox: EnrollmentInbox) -> None:
+        self.server = HqServer(on_enrollment=inbox.add, on_withdrawal=inbox.withdraw, poll_s=0.2)
+        self.bus = open_bus(
+            hq.config, client_id="hq-server", on_message=self.server.on_message, on_connect=self.server.on_connect
+        )
+        publisher = HqPublisher(
+            hq.master, signer, self.bus, hq.topics, model=hq.model, chunk_bytes=hq.publisher.chunk_bytes
+        )
+        self.bus.connect()
+        self.thread = threading.Thread(target=self.server.run, args=(publisher, self.bus), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.stop_event.set()
+        self.thread.join(30)
+        self.bus.close()
+
+
+@pytest.fixture
+def store(real_hq: Any, kiosk_factory: Callable[..., KioskSync]) -> Any:
+    """A real kiosk on the tiny model, seeded from HQ and connected to sync."""
+    hq = real_hq[0]
+    kiosks: list[Kiosk] = []
+    sync = kiosk_factory("k1", hq=hq, hooks={"on_applied": lambda version: kiosks[0].reload_catalog(version)})
+    model_path, catalog_path = current_release(sync.data_dir)
+    config = RecognitionConfig(shortlist=3, unknown_threshold=0.5, accept_similarity=1.01)
+    kiosk = Kiosk(Recognizer(open_embedder(model_path, threads=1), Catalog(catalog_path, create=False), config))
+    kiosks.append(kiosk)
+    kiosk.connect_sync(sync)
+    yield kiosk, sync
+    kiosk.recognizer.catalog.close()
+    kiosk.recognizer.embedder.close()
+
+
+def test_an_undone_teach_is_withdrawn_from_hqs_inbox_and_hq_approve_refuses_it(
+    real_hq: Any,
+    store: Any,
+    broker: Broker,
+    hq_keys: tuple[Signer, Verifier, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hq, _, frames = real_hq
+    kiosk, sync = store
+    inbox = EnrollmentInbox(tmp_path / "inbox.db")
+    server = InboxServer(hq, hq_keys[0], inbox)
+    attacker = Tap(broker, client_id="k2")
+    cli = build_cli()
+    try:
+        assert kiosk.teach(NEW_ID, "Taught by mistake", frames=frames, price=2.5).sent_to_hq
+        assert eventually(lambda: bool(inbox.entries())), "the enrollment never reached HQ's inbox"
+        [entry] = inbox.entries()
+        genuine = {"kiosk_id": "k1", "product_id": NEW_ID, "enrollment_created": inbox.enrollment(entry.id).created}
+
+        # Hostile withdrawals through the real broker and server loop: refused, logged, nothing changed.
+        with caplog.at_level(logging.WARNING, logger="shelfsight.catalog.hq.publisher"):
+            attacker.inject(sync.topics.withdraw("k2"), json.dumps(genuine).encode())  # k2 withdrawing k1's
+            attacker.inject(sync.topics.withdraw("k1"), json.dumps({**genuine, "pad": "x" * 5000}).encode())
+            attacker.inject(sync.topics.withdraw("k1"), b'{"kiosk_id": "k1", "product_id": ')
+            assert eventually(lambda: caplog.text.count("hq: ") >= 3), caplog.text
+        assert "payload claims kiosk 'k1', topic says 'k2'" in caplog.text
+        assert "over the 4096-byte limit" in caplog.text and "malformed Withdrawal" in caplog.text
+        assert [e.status for e in inbox.entries()] == ["pending"] and inbox.withdrawals() == []
+
+        # The clerk undoes the teach: gone at the store at once, withdrawn at HQ once the message is there.
+        undone = kiosk.undo_teach(NEW_ID)
+        assert undone["removed_product"] and undone["hq"] == "withdrawal queued"
+        assert kiosk.search(frames[0]).decision == "unknown"
+        assert eventually(lambda: inbox.entries()[0].status == "withdrawn"), inbox.withdrawals()
+        assert "undone" in inbox.entries()[0].note
+        assert inbox.enrollment(entry.id).frames[0].image_jpeg  # a state, not a deletion: the photos stay
+
+        refused = CliRunner().invoke(
+            cli, ["hq", "approve", str(entry.id), "--inbox", str(inbox.path), "--db", str(hq.master)]
+        )
+        assert refused.exit_code == 1 and f"enrollment #{entry.id} was withdrawn by its kiosk" in refused.output
+        hq.catalog.reload()
+        assert NEW_ID not in {p["id"] for p in hq.catalog.products()}
+        listed = CliRunner().invoke(cli, ["hq", "enrollments", "--inbox", str(inbox.path)])
+        assert listed.exit_code == 0 and NEW_ID not in listed.output  # nothing waits for anyone
+        everything = CliRunner().invoke(cli, ["hq", "enrollments", "--inbox", str(inbox.path), "--all"])
+        assert NEW_ID in everything.output and "withdrawn" in everything.output, everything.output
+    finally:
+        attacker.close()
+        server.stop()
+        inbox.close()
+
+
+def test_a_teach_undone_while_the_broker_is_away_is_taken_out_of_the_outbox_and_never_reaches_hq(
+    real_hq: Any, store: Any, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
+) -> None:
+    hq, _, frames = real_hq
+    kiosk, sync = store
+    inbox = EnrollmentInbox(tmp_path / "inbox.db")
+    server = InboxServer(hq, hq_keys[0], inbox)
+    try:
+        broker.stop()
+        assert eventually(lambda: sync.health_problem(grace_s=0.0) is not None)
+        assert kiosk.teach(NEW_ID, "Taught by mistake", frames=frames).sent_to_hq  # waits in the outbox
+        assert kiosk.undo_teach(NEW_ID)["hq"] == "removed from outbox"
+        broker.start()
+        assert eventually(lambda: sync.health_problem(grace_s=0.0) is None), sync.last_error
+        # The next teach goes out behind where the undone one was: once it is at HQ, the outbox is flushed.
+        assert kiosk.teach("jam-2", "Local Jam", frames=frames).sent_to_hq
+        assert eventually(lambda: bool(inbox.entries())), "the next enrollment never reached HQ's inbox"
+        assert [(e.product_id, e.status) for e in inbox.entries()] == [("jam-2", "pending")]
+        assert inbox.withdrawals() == []
+    finally:
+        server.stop()
+        inbox.close()

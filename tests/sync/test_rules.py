@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from shelfsight.catalog.hq.publisher import HqServer, ResyncLimits
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.codec import LatestManifest, encode_delta
 from shelfsight.catalog.sync.envelope import EnvelopeHeader, Signer, Verifier, generate_keys, load_signer
-from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, ResyncRequest
+from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, ResyncRequest, Withdrawal
 from shelfsight.catalog.sync.transport.base import Message, Will
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.catalog.sync.transport.memory import InMemoryBus, MemoryBroker, topic_matches
@@ -741,3 +742,176 @@ def test_an_enrollment_carries_the_clerks_price_and_description_into_approve(
     inbox.approve(again, hq.catalog)
     assert (hq.catalog.product("p000001")["price"], hq.catalog.product("p000001")["description"]) == (9.0, "HQ's")
     inbox.close()
+
+
+# -- withdrawals: a teach undone at the kiosk is taken back from HQ's inbox ------------------------
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, hq: MemoryHq) -> Iterator[EnrollmentInbox]:
+    """HQ with `hq serve --inbox`'s handlers for enrollments and their withdrawals."""
+    box = EnrollmentInbox(tmp_path / "inbox.db")
+    hq.server = HqServer(on_enrollment=box.add, on_withdrawal=box.withdraw)
+    hq.bus.subscribe(hq.topics.all_of("enroll"))
+    hq.bus.subscribe(hq.topics.all_of("withdraw"))
+    yield box
+    box.close()
+
+
+def taught_enrollment(hq: MemoryHq, kiosk_id: str, product_id: str, created: float) -> Enrollment:
+    frame = EnrolledFrame(embedding=[1.0] + [0.0] * (hq.dim - 1), fingerprint=hq.fingerprint)
+    return Enrollment(
+        kiosk_id=kiosk_id, product_id=product_id, name=f"Name {product_id}", frames=[frame], created=created
+    )
+
+
+def serve_until(hq: MemoryHq, done: Callable[[], bool]) -> None:
+    """Let HQ handle what arrived until `done()` holds (the kiosk's worker thread sends on its own tick)."""
+    deadline = time.monotonic() + LIMIT
+    while not done():
+        assert time.monotonic() < deadline, "HQ never got there"
+        hq.serve()
+        time.sleep(0.02)
+
+
+def statuses(inbox: EnrollmentInbox) -> list[tuple[str, str, str]]:
+    return [(e.kiosk_id, e.product_id, e.status) for e in inbox.entries()]
+
+
+def test_a_withdrawal_takes_back_only_that_kiosks_enrollment_of_that_teach(
+    hq: MemoryHq,
+    memory_broker: MemoryBroker,
+    stores: Callable[..., Store],
+    inbox: EnrollmentInbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kiosk = stores("k1")
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    first, again = taught_enrollment(hq, "k1", "jam", 1000.25), taught_enrollment(hq, "k1", "jam", 2000.5)
+    kiosk.sync.send_enrollment(first)  # taught, then more views of it taught (add_to_existing)
+    kiosk.sync.send_enrollment(again)
+    # Another kiosk taught the same id at the same instant: its entry is never k1's to withdraw.
+    Recorder(memory_broker, client_id="k2").inject(
+        hq.topics.enroll("k2"), taught_enrollment(hq, "k2", "jam", 2000.5).to_json()
+    )
+    serve_until(hq, lambda: len(inbox.entries()) == 3)
+
+    # The second teach is undone: only its enrollment goes.
+    assert kiosk.sync.withdraw_enrollment("jam", again.created) == "withdrawal queued"
+    serve_until(hq, lambda: inbox.withdrawals() != [])
+    assert sorted(statuses(inbox)) == [("k1", "jam", "pending"), ("k1", "jam", "withdrawn"), ("k2", "jam", "pending")]
+    [withdrawn] = inbox.entries("withdrawn")
+    assert inbox.enrollment(withdrawn.id).created == again.created and "undone" in withdrawn.note
+    assert [w.outcome for w in inbox.withdrawals()] == [f"withdrew #{withdrawn.id}"]
+    for decide in (lambda: inbox.approve(withdrawn.id, hq.catalog), lambda: inbox.reject(withdrawn.id)):
+        with pytest.raises(InputError, match=f"#{withdrawn.id} was withdrawn by its kiosk"):
+            decide()
+    assert "jam" not in {p["id"] for p in hq.catalog.products()}
+
+    # The first was approved before the kiosk took it back: HQ's catalog keeps it, and says so.
+    [kept] = [e for e in inbox.entries("pending") if e.kiosk_id == "k1"]
+    version = inbox.approve(kept.id, hq.catalog)
+    assert kiosk.sync.withdraw_enrollment("jam", first.created) == "withdrawal queued"
+    with caplog.at_level(logging.INFO, logger="shelfsight.catalog.hq.inbox"):
+        serve_until(hq, lambda: len(inbox.withdrawals()) == 2)
+    assert "already approved" in caplog.text and "the master catalog keeps it" in caplog.text
+    assert inbox.entries()[kept.id - 1].status == "approved" and hq.catalog.version == version
+    assert hq.catalog.product("jam")["name"] == "Name jam"
+    assert sorted(statuses(inbox)) == [("k1", "jam", "approved"), ("k1", "jam", "withdrawn"), ("k2", "jam", "pending")]
+
+
+def test_a_withdrawal_handled_before_its_enrollment_makes_it_arrive_withdrawn(
+    hq: MemoryHq, memory_broker: MemoryBroker, inbox: EnrollmentInbox
+) -> None:
+    """Several `hq serve` workers share the topics, so a withdrawal can be handled before its enrollment."""
+    store = Recorder(memory_broker, client_id="k1")
+    undone, kept = (
+        taught_enrollment(hq, "k1", "tea", 1700000000.123456),
+        taught_enrollment(hq, "k1", "tea", 1700000099.5),
+    )
+    withdrawal = Withdrawal(kiosk_id="k1", product_id="tea", enrollment_created=undone.created, created=1700000001.0)
+    store.inject(hq.topics.withdraw("k1"), withdrawal.to_json())
+    assert hq.serve() == 1 and inbox.entries() == []
+    assert [w.outcome for w in inbox.withdrawals()] == ["no such enrollment yet: it is stored withdrawn if it arrives"]
+    store.inject(hq.topics.enroll("k1"), undone.to_json())
+    store.inject(hq.topics.enroll("k1"), kept.to_json())  # taught again later: a new teach, not withdrawn
+    store.inject(hq.topics.withdraw("k1"), withdrawal.to_json())  # the broker delivered it twice
+    assert hq.serve() == 3
+    assert [(e.id, e.status) for e in inbox.entries()] == [(1, "withdrawn"), (2, "pending")]
+    assert [w.outcome for w in inbox.withdrawals()] == ["withdrew #1, which arrived after it", "#1 already withdrawn"]
+
+
+def test_an_enrollment_the_broker_never_had_is_taken_out_of_the_outbox(
+    hq: MemoryHq, stores: Callable[..., Store], inbox: EnrollmentInbox
+) -> None:
+    kiosk = stores("k1")
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    kiosk.bus.drop()  # the broker is away
+    undone = taught_enrollment(hq, "k1", "jam", 1000.0)
+    kiosk.sync.send_enrollment(undone)
+    assert kiosk.sync.withdraw_enrollment("jam", undone.created) == "removed from outbox"
+    kiosk.bus.connect()
+    marker = taught_enrollment(hq, "k1", "tea", 1001.0)
+    kiosk.sync.send_enrollment(marker)  # queued behind where the undone one was
+    serve_until(hq, lambda: inbox.entries() != [])
+    hq.serve()
+    assert statuses(inbox) == [("k1", "tea", "pending")] and inbox.withdrawals() == []
+
+
+def test_an_enrollment_sent_without_an_acknowledgement_is_withdrawn_at_hq_too(
+    hq: MemoryHq, stores: Callable[..., Store], inbox: EnrollmentInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QoS 1 send that timed out may still arrive (paho keeps it in flight): the outbox copy is not enough."""
+    kiosk = stores("k1")
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    publish = kiosk.bus.publish
+    delivered: list[str] = []
+
+    def acknowledgement_lost(topic: str, payload: bytes, **kwargs: Any) -> None:
+        if "/enroll/" not in topic:
+            return publish(topic, payload, **kwargs)
+        if not delivered:
+            delivered.append(topic)
+            publish(topic, payload, **kwargs)  # it reaches the broker; its PUBACK does not come back
+        raise SyncError(f"{topic}: the broker did not acknowledge the message within 5s")
+
+    monkeypatch.setattr(kiosk.bus, "publish", acknowledgement_lost)
+    undone = taught_enrollment(hq, "k1", "jam", 1000.0)
+    kiosk.sync.send_enrollment(undone)
+    serve_until(hq, lambda: inbox.entries() != [])
+    assert kiosk.sync.withdraw_enrollment("jam", undone.created) == "withdrawal queued"
+    serve_until(hq, lambda: inbox.withdrawals() != [])
+    assert statuses(inbox) == [("k1", "jam", "withdrawn")]
+
+
+def test_hostile_withdrawals_are_refused_and_change_nothing(
+    hq: MemoryHq, memory_broker: MemoryBroker, inbox: EnrollmentInbox
+) -> None:
+    store, other = Recorder(memory_broker, client_id="k1"), Recorder(memory_broker, client_id="k2")
+    taught = taught_enrollment(hq, "k1", "jam", 1000.5)
+    store.inject(hq.topics.enroll("k1"), taught.to_json())
+    assert hq.serve() == 1
+    genuine = json.loads(Withdrawal(kiosk_id="k1", product_id="jam", enrollment_created=1000.5).to_json())
+    hostile = [
+        (hq.topics.withdraw("k2"), json.dumps(genuine).encode(), "payload claims kiosk 'k1', topic says 'k2'"),
+        (hq.topics.withdraw("k1"), json.dumps({**genuine, "pad": "x" * 5000}).encode(), "over the 4096-byte limit"),
+        (hq.topics.withdraw("k1"), b'{"kiosk_id": "k1", "product_id": "jam", ', "malformed Withdrawal"),
+        (hq.topics.withdraw("k1"), json.dumps({**genuine, "all": True}).encode(), "malformed Withdrawal"),
+        (hq.topics.withdraw("k1"), json.dumps({**genuine, "enrollment_created": "NaN"}).encode(), "malformed"),
+        (hq.topics.withdraw("k1"), json.dumps({**genuine, "product_id": "../jam"}).encode(), "malformed"),
+        (hq.topics.withdraw("k1"), json.dumps({**genuine, "kiosk_id": "k1/#"}).encode(), "malformed"),
+    ]
+    for topic, payload, why in hostile:
+        (other if "/k2" in topic else store).inject(topic, payload)
+        with pytest.raises(SyncError, match=why):
+            hq.serve()
+    # k2 naming its own id is a well-formed withdrawal, of k2's enrollments only: k1's entry is not among them.
+    other.inject(hq.topics.withdraw("k2"), json.dumps({**genuine, "kiosk_id": "k2"}).encode())
+    assert hq.serve() == 1
+    assert statuses(inbox) == [("k1", "jam", "pending")]
+    assert [(w.kiosk_id, w.outcome) for w in inbox.withdrawals()] == [
+        ("k2", "no such enrollment yet: it is stored withdrawn if it arrives")
+    ]

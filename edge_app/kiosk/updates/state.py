@@ -2,8 +2,8 @@
 
 Holds what must survive a restart but does not belong in the catalog: the
 highest manifest sequence accepted (replay protection), the latest manifest
-itself, out-of-order deltas waiting for their base, and enrollments not yet
-acknowledged by the broker. The catalog's own version is the truth for "what
+itself, out-of-order deltas waiting for their base, and enrollments (and
+withdrawals of enrollments) not yet acknowledged by the broker. The catalog's own version is the truth for "what
 is applied"; it is committed in the same transaction as the rows.
 
 The file is versioned like the catalog (`edge_app.core.sqlite`): releases before
@@ -111,3 +111,20 @@ class SyncState:
 
     def sent(self, item_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+    def queued_for(self, topic: str, product_id: str) -> list[tuple[int, bytes]]:
+        """Messages on `topic` still waiting for the broker whose JSON names `product_id`, oldest first.
+
+        SQLite reads the id out of each payload, so the queue's (up to 1 MB) enrollments are not
+        loaded to find one.
+        """
+        rows = self._db.execute(
+            "SELECT id, payload FROM outbox WHERE topic = ? AND CASE WHEN json_valid(CAST(payload AS TEXT)) "
+            "THEN json_extract(CAST(payload AS TEXT), '$.product_id') END = ? ORDER BY id",
+            (topic, product_id),
+        ).fetchall()
+        return [(int(i), bytes(p)) for i, p in rows]
+
+    def unqueue(self, item_id: int) -> bool:
+        """Take a message back before the broker has it; False if it is no longer queued."""
+        return self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,)).rowcount > 0

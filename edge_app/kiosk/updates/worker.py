@@ -55,12 +55,15 @@ catalog)` and swaps its index itself.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import queue
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -78,7 +81,14 @@ from shelfsight.catalog.sync.codec import (
 from shelfsight.catalog.sync.digest import content_digest, row_digest
 from shelfsight.catalog.sync.envelope import Envelope, Verifier, load_verifier
 from shelfsight.catalog.sync.limits import broker_limit_problem
-from shelfsight.catalog.sync.messages import MAX_ENROLL_BYTES, Enrollment, KioskStatus, ResyncRequest
+from shelfsight.catalog.sync.messages import (
+    MAX_ENROLL_BYTES,
+    MAX_WITHDRAW_BYTES,
+    Enrollment,
+    KioskStatus,
+    ResyncRequest,
+    Withdrawal,
+)
 from shelfsight.catalog.sync.transport.base import Message, MessageBus, Will
 from shelfsight.catalog.sync.transport.factory import open_bus
 from shelfsight.edge_app.core.errors import ShelfsightError, SyncError
@@ -108,6 +118,11 @@ _RETRY_WRITE_MAX_S = 30.0
 # Unwritten messages kept for a retry; the broker's in-flight window (20 in the example config) bounds them first.
 _MAX_UNWRITTEN = 1000
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+# How long `withdraw_enrollment` waits for the worker to decide (it may be installing a snapshot meanwhile).
+_WITHDRAW_WAIT_S = 10.0
+# What `withdraw_enrollment` did: HQ will never see the enrollment, or HQ is told to withdraw it.
+REMOVED_FROM_OUTBOX = "removed from outbox"
+WITHDRAWAL_QUEUED = "withdrawal queued"
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -226,6 +241,9 @@ class KioskSync:
         self._last_error: str | None = None
         self._last_status = 0.0
         self._offline_since: float | None = time.monotonic()  # until the first connect
+        # Outbox rows handed to the bus without an acknowledgement: the client may still deliver them
+        # (paho keeps a timed-out QoS 1 message in flight), so taking one back must also tell HQ.
+        self._attempted: set[int] = set()
         self.counters = {"applied": 0, "duplicates": 0, "refused": 0, "held": 0, "snapshots": 0, "releases": 0}
 
     # -- lifecycle (any thread) ------------------------------------------------
@@ -252,6 +270,8 @@ class KioskSync:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+            if not self._thread.is_alive():
+                self._drain_commands()
             self._thread = None
         if self._bus is not None:
             if self._bus.connected:
@@ -344,6 +364,35 @@ class KioskSync:
             raise SyncError(f"enrollment: {len(payload)} bytes, over the {MAX_ENROLL_BYTES}-byte message limit")
         self._queue.put(("enroll", payload))
 
+    def withdraw_enrollment(self, product_id: str, created: float) -> str:
+        """Take back the enrollment of `product_id` stamped `created` (`Enrollment.created`): its teach was undone.
+
+        Returns "removed from outbox" when the broker never had it (HQ will never see it), or
+        "withdrawal queued" when it may have: a `Withdrawal` then goes to HQ on `withdraw/<kiosk-id>`,
+        queued like enrollments (it survives restarts until the broker has it), and HQ marks the
+        enrollment withdrawn. The worker thread decides, since it alone sends the queue: no send
+        slips in between looking and answering. SyncError when sync is not running.
+        """
+        withdrawal = Withdrawal(
+            kiosk_id=self.config.kiosk_id, product_id=product_id, enrollment_created=created, created=time.time()
+        )
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            raise SyncError(f"sync is not running: the enrollment of {product_id} cannot be withdrawn now")
+        answer: Future[str] = Future()
+        self._queue.put(("withdraw", (withdrawal, answer)))
+        try:
+            return answer.result(timeout=_WITHDRAW_WAIT_S)
+        except FutureTimeout:
+            if answer.done():  # answered just now
+                return answer.result()
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                raise SyncError(f"sync stopped: the enrollment of {product_id} was not withdrawn") from None
+            # Still in the worker's queue behind its current work (an install, a retry): it is carried out next.
+            log.info("sync is busy; the withdrawal of %s's enrollment waits in its queue", product_id)
+            return WITHDRAWAL_QUEUED
+
     # -- worker ------------------------------------------------------------------
     def _open_local(self) -> None:
         self._state = self._open_state(self.data_dir / STATE_NAME)
@@ -379,12 +428,37 @@ class KioskSync:
                     self._publish_status()
                 elif kind == "enroll":
                     self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
+                elif kind == "withdraw":
+                    self._answer(*item)
                 elif kind == "event":
                     self._publish_event(item)
                 self._tick()
             except Exception as exc:  # the worker must outlive any bug; the kiosk keeps serving
                 log.exception("sync worker error")
                 self._note_error(f"internal error: {exc}")
+
+    def _answer(self, withdrawal: Withdrawal, answer: "Future[str]") -> None:
+        try:
+            answer.set_result(self._withdraw(withdrawal))
+        except Exception as exc:
+            answer.set_exception(exc)
+            raise
+
+    def _drain_commands(self) -> None:
+        """After the worker stopped: what it had not taken yet still goes into the outbox (enrollments and
+        withdrawals survive a stop); the thread is gone, so this one may use the state."""
+        while True:
+            try:
+                kind, item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if kind == "enroll":
+                    self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
+                elif kind == "withdraw":
+                    self._answer(*item)
+            except Exception:
+                log.exception("sync: could not keep a queued %s at stop", kind)
 
     def _check_limits(self) -> None:
         """After a connect: can the broker hand us a packet we would refuse? (It would stall our session.)"""
@@ -771,12 +845,35 @@ class KioskSync:
             return
         state = self._require_state()
         for item_id, topic, payload in state.outbox():
+            self._attempted.add(item_id)
             try:
                 self._bus.publish(topic, payload, timeout=5)
             except SyncError as exc:
-                log.info("enrollment not delivered yet: %s", exc)
+                log.info("upstream message not delivered yet: %s", exc)
                 return
             state.sent(item_id)
+            self._attempted.discard(item_id)
+
+    def _withdraw(self, withdrawal: Withdrawal) -> str:
+        """On the worker thread: drop the enrollment from the outbox if it is there, else queue the withdrawal."""
+        state = self._require_state()
+        kiosk_id, product_id = self.config.kiosk_id, withdrawal.product_id
+        for item_id, payload in reversed(state.queued_for(self.topics.enroll(kiosk_id), product_id)):
+            if _created(payload) != withdrawal.enrollment_created:
+                continue  # another teach of the same product
+            state.unqueue(item_id)
+            if item_id not in self._attempted:
+                log.info("the enrollment of %s was taken back before it reached the broker", product_id)
+                return REMOVED_FROM_OUTBOX
+            # Handed to the bus once without an acknowledgement: it may still arrive, so HQ is told too.
+            self._attempted.discard(item_id)
+            break
+        payload = withdrawal.to_json()
+        if len(payload) > MAX_WITHDRAW_BYTES:  # ids are bounded far below this; checked as every sender checks
+            raise SyncError(f"withdrawal: {len(payload)} bytes, over the {MAX_WITHDRAW_BYTES}-byte message limit")
+        state.queue(self.topics.withdraw(kiosk_id), payload)
+        log.info("withdrawal of the enrollment of %s queued for HQ", product_id)
+        return WITHDRAWAL_QUEUED
 
     def _status(self, state: str = "online") -> KioskStatus:
         metrics = {}
@@ -826,3 +923,12 @@ class KioskSync:
         if self._catalog is None:
             raise SyncError("no catalog installed yet")
         return self._catalog
+
+
+def _created(payload: bytes) -> float | None:
+    """The `created` stamp of a queued enrollment (our own JSON; None if unreadable)."""
+    try:
+        value = json.loads(payload).get("created", 0.0)  # the model's default
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
