@@ -1,7 +1,7 @@
 """The store topology: kiosks on a store broker bridged to HQ's broker (Mosquitto's own bridge, two processes).
 
 The bridge lines are the example's (deploy/mosquitto/bridge-store.conf): catalog and reply topics in,
-status, enrollments and resync requests out, a clean session on every reconnect. The link between the
+status, enrollments, their withdrawals and resync requests out, a clean session on every reconnect. The link between the
 brokers runs through a relay that the test cuts, so only the bridge goes down.
 """
 
@@ -45,6 +45,23 @@ def _bridged(store: Broker, hq: Hq) -> bool:
         tap.close()
 
 
+def _goes_up(store: Broker, hq_broker: Broker, leaves: list[str]) -> bool:
+    """Whether a kiosk's message on each of these upstream topics crosses the bridge to HQ's broker."""
+    up = Tap(hq_broker, f"shelfsight/{FLEET}/+/k1", client_id="hq-upstream")
+    kiosk = Tap(store, client_id="k1-upstream")
+    wanted = {f"{leaf} marker".encode() for leaf in leaves}
+    try:
+        for _ in range(10):  # sent again until seen: HQ's tap may not be subscribed at the first one
+            for leaf in leaves:
+                kiosk.inject(f"shelfsight/{FLEET}/{leaf}/k1", f"{leaf} marker".encode())
+            if up.wait(lambda ms: {m.payload for m in ms} >= wanted, WAIT / 10):
+                return True
+        return False
+    finally:
+        up.close()
+        kiosk.close()
+
+
 def test_kiosks_on_a_store_broker_serve_through_a_bridge_outage_and_converge_when_it_returns(
     hq_broker: Broker,
     store: Broker,
@@ -78,6 +95,7 @@ def test_kiosks_on_a_store_broker_serve_through_a_bridge_outage_and_converge_whe
         store.restart()
         hq.add(range(10, 12), seed=9)
         assert kiosk.wait_for(lambda k: k.version == hq.catalog.version, 3 * WAIT), kiosk.last_error
+        assert _goes_up(store, hq_broker, ["enroll", "withdraw", "resync"])
     finally:
         server.stop()
         hq.close()

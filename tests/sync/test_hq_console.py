@@ -19,7 +19,7 @@ from shelfsight.catalog.hq.console.auth import Credential
 from shelfsight.catalog.hq.console.board import StatusBoard
 from shelfsight.catalog.hq.inbox import EnrollmentInbox
 from shelfsight.catalog.store import Catalog
-from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, KioskStatus
+from shelfsight.catalog.sync.messages import EnrolledFrame, Enrollment, KioskStatus, Withdrawal
 from shelfsight.catalog.sync.topics import Topics
 from shelfsight.catalog.sync.transport.config import BrokerConfig
 from shelfsight.edge_app.core.errors import ConfigError
@@ -122,6 +122,30 @@ def test_reject_keeps_the_product_out_of_the_master(client: FlaskClient, files: 
     missing = post(client, "/api/enrollments/77/reject")
     assert missing.status_code == 409 and "no enrollment #77" in missing.json["error"]
     assert str(files.inbox.path.parent) not in missing.json["error"]  # no server folders in errors
+
+
+def withdraw_first(files: ConsoleFiles) -> None:
+    """Kiosk k1's clerk undid the teach of jam-1 (entry 1; the fixture's enrollments carry created 0.0)."""
+    assert files.inbox.withdraw(Withdrawal(kiosk_id="k1", product_id="jam-1", enrollment_created=0.0)) == [1]
+
+
+def test_a_withdrawn_enrollment_is_listed_as_such_and_cannot_be_approved(
+    client: FlaskClient, files: ConsoleFiles
+) -> None:
+    withdraw_first(files)
+    assert [e["id"] for e in client.get("/api/enrollments").json["enrollments"]] == [2]  # pending: waits for someone
+    [withdrawn] = client.get("/api/enrollments?status=withdrawn").json["enrollments"]
+    assert (withdrawn["id"], withdrawn["status"], withdrawn["photos"]) == (1, "withdrawn", 2)  # photos kept
+    assert "undone" in withdrawn["note"] and client.get("/api/enrollments/1/photos/1").status_code == 200
+    statuses = [e["status"] for e in client.get("/api/enrollments?status=all").json["enrollments"]]
+    assert statuses == ["withdrawn", "pending"]
+    before = files.master.version
+    for action in ("approve", "reject"):
+        refused = post(client, f"/api/enrollments/1/{action}")
+        assert refused.status_code == 409 and "#1 was withdrawn by its kiosk" in refused.json["error"]
+    assert files.master.version == before and not files.master.products(id="jam-1")
+    wrong = client.get("/api/enrollments?status=gone")
+    assert wrong.status_code == 400 and "withdrawn" in wrong.json["error"]
 
 
 @pytest.mark.parametrize(
@@ -358,3 +382,30 @@ def test_cli_serves_the_console_until_a_signal(broker: Broker, files: ConsoleFil
         output = console.communicate(timeout=30)[0].decode()
     assert console.returncode == 0, output
     assert f"HQ console at http://127.0.0.1:{port}" in output
+
+
+def test_console_page_shows_a_withdrawn_enrollment_without_an_approve_button(files: ConsoleFiles) -> None:
+    shots = artifact_dir("hq-console")
+    with ConsoleServer(create_console(files), "127.0.0.1", 0) as server, chromium_page(1280, 900) as page:
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        stale = page.locator('.enrollment[data-id="1"]')
+        assert stale.locator("button.approve").count() == 1
+        # Withdrawn while the page shows it: approving the stale card says why, and the list drops it.
+        withdraw_first(files)
+        stale.locator("button.approve").click()
+        page.wait_for_selector('.enrollment[data-id="1"]', state="detached")
+        assert "#1 was withdrawn by its kiosk" in (page.text_content("#notice") or "")
+        page.select_option("#enrollment-status", "withdrawn")
+        card = page.locator('.enrollment[data-id="1"][data-status="withdrawn"]')
+        card.wait_for()
+        assert (card.locator(".state").text_content() or "").startswith("Withdrawn by its kiosk")
+        assert card.locator("button.approve").count() == 0 and card.locator("button.reject").count() == 0
+        assert card.locator(".photos img").count() == 2  # kept for the record
+        wait_until(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        page.screenshot(path=str(shots / "4-withdrawn.png"), full_page=True)
+        page.select_option("#enrollment-status", "all")
+        page.wait_for_selector('.enrollment[data-id="2"][data-status="pending"] button.approve')
+        assert page.locator('.enrollment[data-id="1"] button.approve').count() == 0
+        assert page.evaluate("document.body.dataset.pwned") is None  # the hostile name stayed text
+    assert [(e.id, e.status) for e in files.inbox.entries()] == [(1, "withdrawn"), (2, "pending")]

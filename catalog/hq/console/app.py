@@ -4,7 +4,7 @@
     GET  /api/session                      {"csrf", "login_required", "logged_in"}
     POST /api/login                        {"credential"} -> a session cookie (only when a credential is set)
     GET  /api/fleet                        every kiosk's catalog version, model, last error, last seen
-    GET  /api/enrollments?status=pending   products taught at stores (pending, approved, rejected or all)
+    GET  /api/enrollments?status=pending   products taught at stores (pending, approved, rejected, withdrawn or all)
     GET  /api/enrollments/ID/photos/N      the enrollment's Nth frame (JPEG)
     POST /api/enrollments/ID/approve       {"price"?, "description"?} -> into the master catalog
     POST /api/enrollments/ID/reject        {"note"?}
@@ -35,7 +35,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from shelfsight.catalog.hq.console.auth import LOOPBACK_NAMES, Credential, host_name, same_origin
 from shelfsight.catalog.hq.console.board import FleetView, NoFleet
-from shelfsight.catalog.hq.inbox import EnrollmentInbox, InboxEntry
+from shelfsight.catalog.hq.inbox import STATUSES, EnrollmentInbox, InboxEntry
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.messages import MAX_ENROLL_DESCRIPTION_CHARS, MAX_ENROLL_PRICE
 from shelfsight.edge_app.core.access import is_loopback, same_token
@@ -51,7 +51,6 @@ MAX_QUERY_CHARS = 200
 DEFAULT_PRODUCTS, MAX_PRODUCTS = 100, 500
 # Each row reads its payload (up to 1 MB with its frames); the oldest come first, the total is shown.
 MAX_ENROLLMENTS = 50
-STATUSES = ("pending", "approved", "rejected")
 SESSION_COOKIE = "shelfsight_console"
 CSP = "default-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 

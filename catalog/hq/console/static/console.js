@@ -67,9 +67,24 @@ async function loadFleet() {
   problems.replaceChildren(...fleet.problems.map((p) => el("li", "unreadable status: " + p)));
 }
 
+// What a decided entry says instead of the approve form: a withdrawn one cannot be approved.
+const STATE_TEXT = {
+  approved: "Approved",
+  rejected: "Rejected",
+  withdrawn: "Withdrawn by its kiosk (the clerk undid the teach): it cannot be approved",
+};
+const EMPTY_TEXT = {
+  pending: "Nothing waits for approval.",
+  withdrawn: "No enrollment was withdrawn.",
+  approved: "No enrollment was approved yet.",
+  rejected: "No enrollment was rejected.",
+  all: "The inbox is empty.",
+};
+
 function enrollmentCard(entry) {
   const card = document.getElementById("enrollment-template").content.firstElementChild.cloneNode(true);
   card.dataset.id = String(entry.id);
+  card.dataset.status = entry.status;
   card.querySelector(".title").textContent = entry.name + " (" + entry.product_id + ")";
   const received = new Date(entry.received * 1000).toLocaleString();
   card.querySelector(".meta").textContent =
@@ -83,6 +98,15 @@ function enrollmentCard(entry) {
     photos.append(img);
   }
   const form = card.querySelector("form");
+  if (entry.status !== "pending") {
+    // Decided (or withdrawn by its kiosk): no form, so nothing to approve or reject; the photos stay.
+    card.classList.add("decided");
+    const state = card.querySelector(".state");
+    state.textContent = STATE_TEXT[entry.status] || entry.status;
+    state.classList.remove("hidden");
+    form.remove();
+    return card;
+  }
   form.elements.price.value = price(entry.price);
   form.elements.description.value = entry.description || "";
   form.addEventListener("submit", async (event) => {
@@ -109,12 +133,13 @@ async function decide(entry, action, body) {
 }
 
 async function loadEnrollments() {
-  const data = await api("/api/enrollments?status=pending");
+  const status = document.getElementById("enrollment-status").value;
+  const data = await api("/api/enrollments?status=" + encodeURIComponent(status));
   const list = document.getElementById("enrollments");
   list.replaceChildren(...data.enrollments.map(enrollmentCard));
   const empty = document.getElementById("enrollments-empty");
   empty.classList.toggle("hidden", data.enrollments.length > 0 && data.enrollments.length === data.total);
-  empty.textContent = data.enrollments.length ? "the oldest " + data.enrollments.length + " of " + data.total + " are shown" : "Nothing waits for approval.";
+  empty.textContent = data.enrollments.length ? "the oldest " + data.enrollments.length + " of " + data.total + " are shown" : EMPTY_TEXT[status];
 }
 
 async function loadProducts() {
@@ -157,6 +182,9 @@ async function main() {
   const session = await api("/api/session");
   csrf = session.csrf;
   const login = document.getElementById("login");
+  document.getElementById("enrollment-status").addEventListener("change", () => {
+    loadEnrollments().catch((err) => notice("enrollments: " + err.message));
+  });
   document.getElementById("search").addEventListener("submit", (event) => {
     event.preventDefault();
     loadProducts().catch((err) => notice("products: " + err.message));
