@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -915,3 +916,40 @@ def test_hostile_withdrawals_are_refused_and_change_nothing(
     assert [(w.kiosk_id, w.outcome) for w in inbox.withdrawals()] == [
         ("k2", "no such enrollment yet: it is stored withdrawn if it arrives")
     ]
+
+
+def test_what_the_worker_had_not_taken_when_sync_stops_stays_in_the_outbox(
+    hq: MemoryHq, stores: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kiosk = stores("k1")
+    kiosk.sync.start()
+    kiosk.reach(Phase.CURRENT, hq.catalog.version)
+    busy, release = threading.Event(), threading.Event()
+
+    def stuck(payload: bytes) -> None:  # the worker is busy with something slow (an install, say)
+        busy.set()
+        release.wait(LIMIT)
+
+    monkeypatch.setattr(kiosk.sync, "_publish_event", stuck)
+    kiosk.sync.publish_event(b"{}")
+    assert busy.wait(LIMIT)
+    kiosk.sync.send_enrollment(taught_enrollment(hq, "k1", "jam", 1000.0))
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(kiosk.sync.withdraw_enrollment("tea", 999.0)))
+    asking.start()
+    deadline = time.monotonic() + LIMIT
+    while kiosk.sync._queue.qsize() < 2:  # noqa: SLF001 - both wait behind the slow item
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stopping = threading.Thread(target=kiosk.sync.stop)
+    stopping.start()
+    assert kiosk.sync._stop.wait(LIMIT)  # noqa: SLF001
+    release.set()
+    stopping.join(LIMIT)
+    asking.join(LIMIT)
+    assert answers == ["withdrawal queued"]
+    state = SyncState(kiosk.sync.data_dir / "sync_state.db")
+    try:
+        assert [topic for _, topic, _ in state.outbox()] == [hq.topics.enroll("k1"), hq.topics.withdraw("k1")]
+    finally:
+        state.close()
