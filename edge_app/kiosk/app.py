@@ -130,8 +130,8 @@ class Kiosk:
         self.recognizer = recognizer
         self.source = source
         cfg = recognizer.config
-        self.voter = voter or TemporalVoter(cfg.vote_window, cfg.vote_min)
-        self.background = BackgroundModel(cfg.background_frames, cfg.background_diff)
+        self.voter = voter or TemporalVoter.from_config(cfg)
+        self.background = BackgroundModel.from_config(cfg)
         self.jpeg_quality = jpeg_quality
         self.stats = KioskStats()
         self.capture_rate, self.recognition_rate = RateMeter(), RateMeter()

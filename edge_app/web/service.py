@@ -75,7 +75,8 @@ class KioskService(Protocol):
 
     def undo_teach(self, product_id: str) -> dict[str, Any]:
         """Take back this kiosk's latest teach of `product_id`: {"product_id", "removed_product",
-        "references_removed"}; NothingToUndo (an InputError) when there is none."""
+        "references_removed", "hq"} ("hq": what became of its enrollment, see openapi.json `Undone`);
+        NothingToUndo (an InputError) when there is none."""
         ...
 
     def health(self) -> dict[str, Any]: ...

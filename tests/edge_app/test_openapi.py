@@ -188,6 +188,7 @@ def test_teach_conflict_and_undo_match_the_document(app: Flask, kiosk: Kiosk, sa
         "product_id": "copy-of-known",
         "removed_product": True,
         "references_removed": taught.json["references"],
+        "hq": "not sent",  # this kiosk has no sync
     }
     again = client.post("/api/teach/undo", json={"product_id": "copy-of-known"})
     assert again.status_code == 404 and conforms(again, "/api/teach/undo", "post")["error"]
