@@ -15,7 +15,6 @@ topics, so the two can be handled out of order) makes that enrollment arrive wit
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from pydantic import ValidationError
 from shelfsight.catalog.quality import reference_keypoints
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.codec import validation_problems
-from shelfsight.catalog.sync.messages import Enrollment, TypedFields, Withdrawal
+from shelfsight.catalog.sync.messages import Enrollment, TypedFields, Withdrawal, enrollment_created
 from shelfsight.edge_app.core.errors import CatalogError, InputError
 from shelfsight.edge_app.core.images import decode_rgb
 from shelfsight.edge_app.core.sqlite import Migration, open_database, statements
@@ -180,7 +179,7 @@ class EnrollmentInbox:
                 matched = [
                     (int(i), str(status))
                     for i, status, payload in rows
-                    if _created(payload) == withdrawal.enrollment_created
+                    if enrollment_created(payload) == withdrawal.enrollment_created
                 ]
                 withdrawn = [i for i, status in matched if status == PENDING]
                 decided = [(i, status) for i, status in matched if status != PENDING]
@@ -325,15 +324,6 @@ def _check_pending(entry_id: int, status: str) -> None:
         )
     if status != PENDING:
         raise InputError(f"enrollment #{entry_id} is already {status}")
-
-
-def _created(payload: str) -> float | None:
-    """A stored enrollment's `created` stamp, read back by Python's exact float parsing (not SQLite's JSON)."""
-    try:
-        value = json.loads(payload).get("created", 0.0)  # the model's default
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _outcome(withdrawn: list[int], decided: list[tuple[int, str]]) -> str:

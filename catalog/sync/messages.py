@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import unicodedata
 from typing import Literal
@@ -188,3 +189,15 @@ class ResyncRequest(BaseModel):
     chunks: list[int] = Field(default_factory=list, max_length=256)
 
     _check_kiosk = field_validator("kiosk_id")(_kiosk_id)
+
+
+def enrollment_created(payload: str | bytes) -> float | None:
+    """A serialised enrollment's `created` stamp, by Python's exact float parsing (None if unreadable).
+
+    Withdrawals name an enrollment by it, so the kiosk's outbox and HQ's inbox compare it the same way.
+    """
+    try:
+        value = json.loads(payload).get("created", 0.0)  # the model's default
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None

@@ -229,8 +229,14 @@ class Kiosk:
     def process(self, frame: Frame) -> KioskState:
         """Recognise one frame, vote, publish the new state (used by the worker and by `shelfsight demo`)."""
         try:
+            # The vote and the published state change under the pipeline lock too: teach, undo and
+            # catalog reloads reset the voter under it, and must not interleave with a push.
             with self._pipeline_lock.first():
                 result = self._recognize_frame(frame.rgb)
+                result.timings["capture"] = frame.capture_ms
+                state = KioskState(self.voter.push(result), result, frame.index, time.monotonic())
+                with self._state_lock:
+                    self._state = state
         except Exception as exc:  # one bad frame (or a catalog being swapped) must not stop the kiosk
             self.stats.errors += 1
             message = f"{type(exc).__name__}: {exc}"
@@ -240,11 +246,6 @@ class Kiosk:
             return self.state()
         self._last_error = ""
         self._last_result_at = time.monotonic()
-        result.timings["capture"] = frame.capture_ms
-        announcement = self.voter.push(result)
-        state = KioskState(announcement, result, frame.index, time.monotonic())
-        with self._state_lock:
-            self._state = state
         self.stats.frames_recognised += 1
         self.recognition_rate.tick()
         for listener in list(self._listeners):
@@ -380,9 +381,7 @@ class Kiosk:
                 after,
             )
             self._undo.push(record, before)
-            catalog.index()  # rebuilt now, so the very next frame can match it
-            recognizer.forget_products()
-            self.voter.reset()
+            self._catalog_changed()  # rebuilt now, so the very next frame can match it
         typed = existing is None  # only a new product's row holds what the clerk typed
         taught = Taught(
             product_id,
@@ -464,9 +463,7 @@ class Kiosk:
                         for reference_id in record.added:
                             catalog.remove_reference(reference_id)
                 self._undo.pop(product_id)
-            catalog.index()  # rebuilt now, so the next frame no longer matches what was undone
-            recognizer.forget_products()
-            self.voter.reset()
+            self._catalog_changed()  # rebuilt now, so the next frame no longer matches what was undone
         removed = len(record.references) if record.new_product else len(record.added)
         what = "the product and its" if record.new_product else "the"
         log.info("undid the teach of %s (%s %d views)", product_id, what, removed)
@@ -549,6 +546,18 @@ class Kiosk:
             self._catalog_reloaded()
             log.info("catalog now at version %s", self.recognizer.catalog.version)
 
+    def _catalog_changed(self) -> None:
+        """After a local write (teach, undo), under the pipeline lock: index, caches and announcement follow it."""
+        self.recognizer.catalog.index()
+        self.recognizer.forget_products()
+        self._reset_announcement()
+
+    def _reset_announcement(self) -> None:
+        """Start the vote afresh and publish that, so no reader is shown a product the catalog may no longer hold."""
+        self.voter.reset()
+        with self._state_lock:
+            self._state = replace(self._state, announcement=self.voter.current, frame=None)
+
     def _catalog_reloaded(self) -> None:
         """After a re-read: no cached row of a product removed elsewhere, and no announcement of one."""
         with self._pipeline_lock:
@@ -558,9 +567,7 @@ class Kiosk:
             recognizer.forget_products()
             announced = self.voter.current.product_id
             if announced is not None and announced not in recognizer.catalog.index().product_ids:
-                self.voter.reset()  # the vote's hold would keep naming it for a while
-                with self._state_lock:
-                    self._state = replace(self._state, announcement=self.voter.current)
+                self._reset_announcement()  # the vote's hold would keep naming it for a while
 
     def reopen_catalog(self) -> bool:
         """Open the catalog file anew after it was replaced (`catalog build` renames a new file over it).
@@ -591,7 +598,7 @@ class Kiosk:
             switched = self.recognizer is old  # not if a model release was switched in meanwhile
             if switched:
                 self.recognizer = recognizer
-                self.voter.reset()
+                self._reset_announcement()
         (old.catalog if switched else catalog).close()  # the embedder is shared: left open
         if switched:
             log.info("%s was replaced; now serving its catalog version %s", path, catalog.version)
@@ -601,7 +608,7 @@ class Kiosk:
         """Switch to another model + catalog between two frames, then release the old ones."""
         with self._pipeline_lock:
             old, self.recognizer = self.recognizer, recognizer
-            self.voter.reset()
+            self._reset_announcement()
         old.catalog.close()
         old.embedder.close()
 
@@ -657,6 +664,8 @@ class Kiosk:
                 found.append(Problem("camera", f"{camera['name']}: no frame for {now - seen:.0f} s"))
         if self._last_error and (self._last_result_at is None or now - self._last_result_at > CAMERA_STALL_S):
             found.append(Problem("recognition", f"every frame fails: {self._last_error}"))
+        elif any(not t.is_alive() for t in self._threads) and not self.source_ended.is_set():
+            found.append(Problem("recognition", "a kiosk thread has stopped; restart the kiosk"))
         try:
             products = self.recognizer.catalog.product_count()
         except ShelfsightError as exc:
@@ -679,7 +688,7 @@ class Kiosk:
             "status": "down" if any(p.down for p in problems) else "degraded" if problems else "ok",
             "problems": [p.to_dict() for p in problems],
             "model_fingerprint": embedder.fingerprint,
-            "catalog_version": self.recognizer.catalog.version,
+            "catalog_version": self._catalog_version(),
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
             "fps": round(self.recognition_rate.rate, 2),
             "capture_fps": round(self.capture_rate.rate, 2),
@@ -690,6 +699,12 @@ class Kiosk:
             "last_error": self._last_error or None,
             "sync": None if self._sync is None else self.sync_status(),
         }
+
+    def _catalog_version(self) -> int | None:
+        try:
+            return self.recognizer.catalog.version
+        except ShelfsightError:  # unreadable: `problems` says so, and /health must still answer 503
+            return None
 
     def sync_status(self) -> dict[str, Any] | None:
         """The installed and the wanted catalog version (None without sync), for /health and /metrics."""

@@ -70,15 +70,15 @@ class Taught:
         return {
             "product_id": self.product_id,
             "name": self.name,
-            "local": self.new_product,
-            "new_product": self.new_product,
+            "new_product": self.new_product,  # a new product is a local one until HQ approves it
             "references": len(self.references),
             "skipped_frames": list(self.skipped),
             "sent_to_hq": self.sent_to_hq,
         }
 
 
-UNDO_PRODUCTS = 100  # products whose teaches a kiosk process remembers for undo (ids only: a few kB)
+UNDO_PRODUCTS = 100  # products whose teaches a kiosk process remembers for undo
+UNDO_DEPTH = 10  # teaches of one product that can be undone in turn (each keeps its reference ids)
 
 
 @dataclass
@@ -140,6 +140,7 @@ class UndoLog:
         if stack and stack[-1].leaves != before:
             stack = []
         stack.append(record)
+        del stack[:-UNDO_DEPTH]  # the oldest teaches of a product taught over and over
         self._stacks[record.product_id] = stack
         while len(self._stacks) > self.limit:
             self._stacks.popitem(last=False)

@@ -46,7 +46,7 @@ from shelfsight.edge_app.core.images import BoundedDecoder, ImageTooLarge
 from shelfsight.edge_app.recognition.events import product_card
 from shelfsight.edge_app.web.auth import Clock, RateLimit, Sessions, StaffCredential
 from shelfsight.edge_app.web.config import WebConfig
-from shelfsight.edge_app.web.forms import printable, search_parameters, shown, teach_fields
+from shelfsight.edge_app.web.forms import printable, refuse_unknown, search_parameters, shown, teach_fields
 from shelfsight.edge_app.web.metrics import KioskMetrics
 from shelfsight.edge_app.web.payloads import API_VERSION, search_payload, state_payload
 from shelfsight.edge_app.web.service import KioskService
@@ -67,6 +67,7 @@ CAMERA_FEED = ("/api/state", "/api/frame.jpg")
 # What another origin's page may read (cors_origins): the integrator's API, never the staff or camera endpoints.
 CORS_PATHS = ("/search", "/api/products/", "/api/events", "/api/openapi.json", "/api/thumbnail/", "/health")
 STREAMS_KEY = "shelfsight.streams"
+LOOKUP_SLOTS = 2  # product lookups at once (a barcode scanner sends one at a time)
 
 
 def from_this_machine() -> bool:
@@ -117,6 +118,7 @@ def create_app(
     app = Flask(__name__, static_folder=None)
     decoder = BoundedDecoder(config.max_image_pixels, config.decode_slots)
     admitted = threading.BoundedSemaphore(config.search_slots)
+    lookups = threading.BoundedSemaphore(LOOKUP_SLOTS)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     display = {"currency": config.currency, "locale": config.locale, "language": config.language}
     sessions = Sessions(idle_s=staff_idle_s, clock=clock)
@@ -256,6 +258,15 @@ def create_app(
 
     @app.get("/api/products/<code>")
     def api_product(code: str) -> tuple[Response, int]:
+        # An unknown code scans the products table (barcode attributes): a few at once, more get 429.
+        if not lookups.acquire(blocking=False):
+            return _error(429, "too many product lookups at once; retry in a second", retry_after=1)
+        try:
+            return product_lookup(code)
+        finally:
+            lookups.release()
+
+    def product_lookup(code: str) -> tuple[Response, int]:
         try:
             code = printable(code, "code", "product_id")
             product_id = kiosk.find_product(code)
@@ -307,13 +318,17 @@ def create_app(
 
     @app.get("/api/events")
     def api_events() -> Response | tuple[Response, int]:
+        if request.method == "HEAD":  # a probe: werkzeug would never start, nor close, a stream's body
+            return Response(mimetype="text/event-stream", headers={"Cache-Control": "no-store"})
         stream = streams.open()
         if stream is None:
             return _error(
                 503, f"at most {config.event_streams} event streams at once (web.event_streams)", retry_after=5
             )
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return Response(stream, mimetype="text/event-stream", headers=headers)
+        response = Response(stream.body(), mimetype="text/event-stream", headers=headers)
+        response.call_on_close(stream.close)  # also for HEAD and clients gone before the first chunk
+        return response
 
     def staff_request(limit: RateLimit | None = None) -> tuple[dict[str, Any] | None, tuple[Response, int] | None]:
         """The JSON or form body of a staff POST, or the error answer (too large, over the rate limit)."""
@@ -352,12 +367,9 @@ def create_app(
         if refused is not None:
             return refused
         assert form is not None
-        product_id = form.get("product_id")
-        unknown = set(form) - {"product_id"}
-        if unknown:
-            return _error(400, f"unknown fields: {', '.join(sorted(shown(k) for k in unknown)[:10])}")
         try:
-            undone = kiosk.undo_teach(printable(product_id, "product_id"))
+            refuse_unknown(form, {"product_id"}, "product_id")
+            undone = kiosk.undo_teach(printable(form.get("product_id"), "product_id"))
         except NothingToUndo as exc:
             return _error(404, str(exc))
         except InputError as exc:

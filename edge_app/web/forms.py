@@ -13,6 +13,7 @@ TEACH_FLAGS = ("add_to_existing", "confirm_similar")
 # Longest text each field takes (characters): a clerk types a name, not a document.
 TEXT_LIMITS = {"product_id": 200, "name": 200, "description": 2000, "category": 100, "filter": 200}
 ATTRIBUTE_PREFIX = "attribute."
+MAX_FILTERS = 10  # filter parameters per search, and values per filter: a person picks a few
 
 
 def shown(name: object) -> str:
@@ -36,14 +37,20 @@ def _flag(value: Any) -> bool:
     return value in (True, "true", "on", "1")
 
 
+def refuse_unknown(form: Mapping[str, Any], allowed: set[str], expected: str) -> None:
+    """InputError naming the fields of `form` that are not `allowed` (at most 10, echoed safely)."""
+    unknown = set(form) - allowed
+    if unknown:
+        names = ", ".join(sorted(shown(k) for k in unknown)[:10])
+        raise InputError(f"unknown fields: {names} (expected {expected})")
+
+
 def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
     """(product_id, name, optional fields) from a JSON object or a form."""
     if not isinstance(form, dict):
         raise InputError("send a JSON object or a form with product_id and name")
-    unknown = set(form) - {"product_id", "name", "price", *TEACH_FLAGS, *TEACH_TEXT_FIELDS}
-    if unknown:
-        names = ", ".join(sorted(shown(k) for k in unknown)[:10])
-        raise InputError(f"unknown fields: {names} (expected product_id, name, price, description, category)")
+    allowed = {"product_id", "name", "price", *TEACH_FLAGS, *TEACH_TEXT_FIELDS}
+    refuse_unknown(form, allowed, "product_id, name, price, description, category")
     product_id, name = form.get("product_id"), form.get("name")
     if not isinstance(product_id, str) or not product_id.strip():
         raise InputError("product_id is required")
@@ -75,11 +82,16 @@ def teach_fields(form: Any) -> tuple[str, str, dict[str, Any]]:
 def search_parameters(args: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
     """(k, filters) from a search's query string: `k`, `category` (repeatable: any of them), `attribute.<name>`."""
     k, filters = 5, {}
+    if len(args) > MAX_FILTERS + 1:
+        raise InputError(f"at most {MAX_FILTERS} filters")
     for key, values in args.items():
+        if len(values) > MAX_FILTERS:
+            raise InputError(f"{shown(key)}: at most {MAX_FILTERS} values")
         if key == "k":
-            if len(values) != 1 or not values[0].strip().lstrip("-").isdigit():
+            text = values[0].strip() if len(values) == 1 else ""
+            if not (text.isascii() and text.lstrip("-").isdigit()):  # "²" is a digit to str.isdigit, not to int()
                 raise InputError("k must be one integer")
-            k = int(values[0])
+            k = int(text)
             if not 1 <= k <= MAX_K:
                 raise InputError(f"k must be between 1 and {MAX_K}")
         elif key == "category":

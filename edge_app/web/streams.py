@@ -27,51 +27,71 @@ def sse(event: Event) -> str:
 
 class EventStreams:
     def __init__(self, feed: AnnouncementFeed, limit: int, keepalive_s: float = KEEPALIVE_S) -> None:
-        self._feed, self.limit, self.keepalive_s = feed, limit, keepalive_s
+        self.feed, self.limit, self.keepalive_s = feed, limit, keepalive_s
         self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
-        self._closed = threading.Event()
+        self.stopping = threading.Event()
 
-    def open(self) -> Iterator[str] | None:
-        """A stream starting with the current announcement; None when `limit` streams are already open."""
+    def open(self) -> "Stream | None":
+        """A stream starting with the current announcement; None when `limit` streams are already open.
+
+        The caller must see `Stream.close` called however the response ends (Flask's `call_on_close`):
+        a HEAD request or a client gone before the first chunk never runs the body's `finally`.
+        """
         if self._slots is None or not self._slots.acquire(blocking=False):
             return None
-        inbox: queue.Queue[Event] = queue.Queue(_QUEUE)
+        return Stream(self, self._slots)
 
-        def deliver(event: Event) -> None:
+    def close(self) -> None:
+        """End every open stream within half a second (server shutdown)."""
+        self.stopping.set()
+
+
+class Stream:
+    """One client's stream: a bounded inbox fed by the feed, its body, and an idempotent close."""
+
+    def __init__(self, streams: EventStreams, slots: threading.BoundedSemaphore) -> None:
+        self._streams, self._slots = streams, slots
+        self._inbox: queue.Queue[Event] = queue.Queue(_QUEUE)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._unsubscribe = streams.feed.subscribe(self._deliver)
+
+    def _deliver(self, event: Event) -> None:
+        try:
+            self._inbox.put_nowait(event)
+        except queue.Full:  # a client not reading: drop its oldest, keep the newest
             try:
-                inbox.put_nowait(event)
-            except queue.Full:  # a client not reading: drop its oldest, keep the newest
-                try:
-                    inbox.get_nowait()
-                    inbox.put_nowait(event)
-                except (queue.Empty, queue.Full):
-                    pass
+                self._inbox.get_nowait()
+                self._inbox.put_nowait(event)
+            except (queue.Empty, queue.Full):
+                pass
 
-        unsubscribe = self._feed.subscribe(deliver)
-        return self._stream(inbox, unsubscribe)
-
-    def _stream(self, inbox: "queue.Queue[Event]", unsubscribe: object) -> Iterator[str]:
-        assert self._slots is not None and callable(unsubscribe)
+    def body(self) -> Iterator[str]:
         try:
             yield "retry: 2000\n\n"  # a client reconnects 2 s after the kiosk restarts
-            if self._feed.latest is not None:
-                yield sse(self._feed.latest)
+            latest = self._streams.feed.latest
+            if latest is not None:
+                yield sse(latest)
             quiet = 0.0
-            while not self._closed.is_set():
+            while not self._streams.stopping.is_set() and not self._closed:
                 try:
-                    event = inbox.get(timeout=_WAKE_S)
+                    event = self._inbox.get(timeout=_WAKE_S)
                 except queue.Empty:
                     quiet += _WAKE_S
-                    if quiet >= self.keepalive_s:
+                    if quiet >= self._streams.keepalive_s:
                         quiet = 0.0
                         yield ": keepalive\n\n"
                     continue
                 quiet = 0.0
                 yield sse(event)
         finally:  # the client went away (write failed) or the server stops
-            unsubscribe()
-            self._slots.release()
+            self.close()
 
     def close(self) -> None:
-        """End every open stream within half a second (server shutdown)."""
-        self._closed.set()
+        """Unsubscribe and free the slot, once, whoever calls first (the body's end or the response's close)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._unsubscribe()
+        self._slots.release()

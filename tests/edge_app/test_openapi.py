@@ -120,6 +120,8 @@ def test_search_filters_keep_only_matching_products(app: Flask, sample_set: Samp
         ("k=0", None, 400, "k must be between 1 and 50"),
         ("k=two", None, 400, "k must be one integer"),
         ("kk=5", None, 400, "unknown query parameter 'kk'"),
+        ("k=%C2%B2", None, 400, "k must be one integer"),  # "²": a digit to str.isdigit, not to int()
+        ("category=" + "&category=".join("abcdefghijk"), None, 400, "at most 10 values"),
         ("", "file", 400, "send the image in the form field 'image' (this form has 'file')"),
         ("", "empty", 400, "empty upload"),
     ],
@@ -190,6 +192,8 @@ def test_teach_conflict_and_undo_match_the_document(app: Flask, kiosk: Kiosk, sa
         "references_removed": taught.json["references"],
         "hq": "not sent",  # this kiosk has no sync
     }
+    # The undo started the vote afresh: the screen never shows a product the catalog just lost.
+    assert conforms(client.get("/api/state"), "/api/state")["decision"] == "starting"
     again = client.post("/api/teach/undo", json={"product_id": "copy-of-known"})
     assert again.status_code == 404 and conforms(again, "/api/teach/undo", "post")["error"]
     wrong = client.post("/api/teach/undo", json={"product": "copy-of-known"})
@@ -239,6 +243,11 @@ def test_event_stream_starts_with_the_current_announcement(app: Flask, kiosk: Ki
     assert "event streams" in conforms(others[1], "/api/events")["error"]
     for r in (response, *others):
         r.close()
+    for _ in range(3):  # HEAD (a monitoring probe) never starts the body: its slot must still come back
+        assert client.head("/api/events").status_code == 200
+    again = app.test_client().get("/api/events", buffered=False)
+    assert again.status_code == 200
+    again.close()
 
 
 def test_cors_lets_the_configured_origin_read_and_nobody_else(app: Flask, sample_set: SampleSet) -> None:

@@ -94,7 +94,7 @@ class ScreenDouble:
             "product": None if product is None else self.cards[product],
             "confidence": 0.87 if product is not None else 0.0,
             "alternatives": [{**self.cards[i], "confidence": 0.42 - 0.05 * n} for n, i in enumerate(alternatives)],
-            "status": {"ok": not problems, "problems": [dict(p) for p in problems]},
+            "status": {"ok": not problems, "problems": [{"down": True, **dict(p)} for p in problems]},
         }
 
     def app(self) -> Flask:

@@ -78,7 +78,7 @@ def test_teach_over_http_then_the_same_frames_are_recognised(
     response = client.post("/api/teach", json={"product_id": TAUGHT, "name": "Taught at the counter", "price": "2.40"})
     assert response.status_code == 201, response.json
     body = response.json
-    assert body["product_id"] == TAUGHT and body["new_product"] and body["local"]
+    assert body["product_id"] == TAUGHT and body["new_product"] and "local" not in body  # one field, not two
     assert body["references"] == len(frames) and body["sent_to_hq"] is False  # no sync running
 
     product = store_catalog.product(TAUGHT)

@@ -55,13 +55,13 @@ catalog)` and swaps its index itself.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -88,6 +88,7 @@ from shelfsight.catalog.sync.messages import (
     KioskStatus,
     ResyncRequest,
     Withdrawal,
+    enrollment_created,
 )
 from shelfsight.catalog.sync.transport.base import Message, MessageBus, Will
 from shelfsight.catalog.sync.transport.factory import open_bus
@@ -107,6 +108,7 @@ StateOpener = Callable[[Path], SyncState]
 BusFactory = Callable[..., MessageBus]
 STATE_NAME = "sync_state.db"
 _TICK_S = 0.2
+_EVENT_BUFFER = 32  # announcement events waiting for the next tick; older ones are dropped
 _STATUS_EVERY_S = 30.0
 # A snapshot or release that failed to install (e.g. disk full) is fetched again only after this long.
 _RETRY_FAILED_S = 30.0
@@ -241,6 +243,7 @@ class KioskSync:
         self._last_error: str | None = None
         self._last_status = 0.0
         self._offline_since: float | None = time.monotonic()  # until the first connect
+        self._events: deque[bytes] = deque(maxlen=_EVENT_BUFFER)
         # Outbox rows handed to the bus without an acknowledgement: the client may still deliver them
         # (paho keeps a timed-out QoS 1 message in flight), so taking one back must also tell HQ.
         self._attempted: set[int] = set()
@@ -346,8 +349,12 @@ class KioskSync:
         )
 
     def publish_event(self, payload: bytes) -> None:
-        """Publish a recognition event on `events/<kiosk-id>` if connected (QoS 0): live news, dropped offline."""
-        self._queue.put(("event", payload))
+        """Publish a recognition event on `events/<kiosk-id>` if connected (QoS 0): live news, dropped offline.
+
+        Kept apart from the worker's queue, in a short buffer its next tick (at most 0.2 s away) sends:
+        a stalled broker drops the oldest events instead of growing a queue that enrollments wait behind.
+        """
+        self._events.append(payload)
 
     def wait_for(self, predicate: Callable[["KioskSync"], bool], timeout: float) -> bool:
         """Block until `predicate(self)` holds (checked after every change) or `timeout` passes."""
@@ -430,8 +437,6 @@ class KioskSync:
                     self._require_state().queue(self.topics.enroll(self.config.kiosk_id), item)
                 elif kind == "withdraw":
                     self._answer(*item)
-                elif kind == "event":
-                    self._publish_event(item)
                 self._tick()
             except Exception as exc:  # the worker must outlive any bug; the kiosk keeps serving
                 log.exception("sync worker error")
@@ -689,6 +694,7 @@ class KioskSync:
             self._offline_since = None
         elif self._offline_since is None:
             self._offline_since = time.monotonic()
+        self._publish_events()
         self._retry_unwritten()
         state = self._require_state()
         oldest = state.oldest_pending()
@@ -832,9 +838,15 @@ class KioskSync:
             log.info("resync request not sent: %s", exc)
 
     # -- upstream ----------------------------------------------------------------
+    def _publish_events(self) -> None:
+        while self._events:
+            payload = self._events.popleft()
+            if self._bus is None or not self._bus.connected:
+                continue  # live news: not kept for later
+            self._publish_event(payload)
+
     def _publish_event(self, payload: bytes) -> None:
-        if self._bus is None or not self._bus.connected:
-            return
+        assert self._bus is not None
         try:
             self._bus.publish(self.topics.events(self.config.kiosk_id), payload, qos=0, timeout=None)
         except SyncError as exc:
@@ -859,7 +871,7 @@ class KioskSync:
         state = self._require_state()
         kiosk_id, product_id = self.config.kiosk_id, withdrawal.product_id
         for item_id, payload in reversed(state.queued_for(self.topics.enroll(kiosk_id), product_id)):
-            if _created(payload) != withdrawal.enrollment_created:
+            if enrollment_created(payload) != withdrawal.enrollment_created:
                 continue  # another teach of the same product
             state.unqueue(item_id)
             if item_id not in self._attempted:
@@ -923,12 +935,3 @@ class KioskSync:
         if self._catalog is None:
             raise SyncError("no catalog installed yet")
         return self._catalog
-
-
-def _created(payload: bytes) -> float | None:
-    """The `created` stamp of a queued enrollment (our own JSON; None if unreadable)."""
-    try:
-        value = json.loads(payload).get("created", 0.0)  # the model's default
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None

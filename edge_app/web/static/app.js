@@ -259,7 +259,7 @@ function render(state) {
   lastState = state;
   const status = state.status || {ok: true, problems: []};
   const problems = Array.isArray(status.problems) ? status.problems : [];
-  const blocking = problems.filter((p) => !status.ok && p.component !== "sync");
+  const blocking = problems.filter((p) => !status.ok && p.down && p.component !== "sync");
   renderDiagnostics(state, problems);
   if (!status.ok && (blocking.length > 0 || problems.length === 0)) {
     setScreen("out-of-order", problemText(blocking.length > 0 ? blocking : [{component: "other"}]));
@@ -499,9 +499,13 @@ async function undo() {
     if (response.status === 404) {
       status.textContent = t("teach.nothing_to_undo");
     } else if (response.ok && body) {
-      status.textContent = body.removed_product
+      const done = body.removed_product
         ? t("teach.undone_product", {id: body.product_id})
         : t("teach.undone_views", {id: body.product_id, views: body.references_removed});
+      // What became of the enrollment HQ was sent: the clerk must know when HQ still has to reject it.
+      const hq = {"removed from outbox": "teach.hq_removed", "withdrawal queued": "teach.hq_withdrawn",
+        "not withdrawn": "teach.hq_not_withdrawn"}[body.hq];
+      status.textContent = hq ? done + ". " + t(hq) : done;
     } else {
       status.textContent = t("teach.not_undone", {reason: (body && body.error) || t("error.failed")});
       return;
