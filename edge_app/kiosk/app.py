@@ -151,7 +151,7 @@ class Kiosk:
         self._send_enrollment: Callable[[Taught], float] | None = None
         self._withdraw_enrollment: Callable[[str, float], str] | None = None
         self._undo = UndoLog()  # what each teach stored, for undo_teach (pipeline lock)
-        self._listeners: list[Callable[[KioskState], None]] = [on_update] if on_update is not None else []
+        self._listeners: list[Callable[[KioskState], object]] = [on_update] if on_update is not None else []
         self._last_frame_at: float | None = None  # monotonic time of the latest captured frame
         self._last_result_at: float | None = None  # ... and of the latest frame recognised without an error
         self._catalog_error: str | None = None  # the latest catalog update that could not be loaded
@@ -255,7 +255,7 @@ class Kiosk:
                 log.exception("state listener %s failed", getattr(listener, "__name__", listener))
         return state
 
-    def add_listener(self, listener: Callable[[KioskState], None]) -> None:
+    def add_listener(self, listener: Callable[[KioskState], object]) -> None:
         """Call `listener` with every new state, on the recognition thread: keep it short and non-blocking."""
         self._listeners.append(listener)
 

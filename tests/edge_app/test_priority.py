@@ -26,7 +26,7 @@ class SlowPipeline:
         self.uses: list[str] = []
         self._pause = threading.Event()
 
-    def recognize(self, rgb: np.ndarray, roi: RoiConfig | None = None) -> Recognition:
+    def recognize(self, rgb: np.ndarray, roi: RoiConfig | None = None, k: int | None = None) -> Recognition:
         self.uses.append("search" if roi is not None else "frame")
         self._pause.wait(0.002)
         return Recognition("unknown", None, 0.0, (), {})
