@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -150,8 +151,12 @@ def vocabulary_from_bytes(
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             meta = json.loads(bytes(arrays["meta"]).decode())
             centres = np.array(arrays["centres"])
-    # zlib.error: a member's deflate stream is damaged (it is no OSError or ValueError).
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, zlib.error) as exc:
+    # zlib.error: a member's deflate stream is damaged (it is no OSError or ValueError). numpy parses an
+    # .npy header with the tokenizer and ast.literal_eval: a damaged one raises TokenError or SyntaxError.
+    except (
+        OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, zlib.error,
+        SyntaxError, tokenize.TokenError,
+    ) as exc:  # fmt: skip
         raise ModelError(f"{path}: not a readable vocabulary file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{path}: not a shelfsight vocabulary")

@@ -512,8 +512,15 @@ def test_real_kiosk_a_scanned_barcode_shows_its_product(
 ) -> None:
     """The "scan the barcode" fallback: a scanner types the code and Enter fast; a person typing is ignored."""
     product = sample_set.designs[2].sku
-    sample_catalog.update_product(product, ean="7310865004703")
+    sample_catalog.update_product(product, ean="7310865004703")  # the session's catalog: put back at the end
     name = sample_catalog.product(product)["name"]
+    try:
+        scan_and_show(kiosk, name)
+    finally:
+        sample_catalog.update_product(product, ean=None)
+
+
+def scan_and_show(kiosk: Kiosk, name: str) -> None:
     with WebServer(create_app(kiosk), "127.0.0.1", 0) as server, chromium_page(800, 480) as page:
         page.goto(server.url + "/")
         wait_decision(page, "starting")
