@@ -10,8 +10,6 @@ client: `max_failures` in `window_s`, then 429 until the window has passed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 import threading
@@ -23,15 +21,10 @@ from typing import Callable
 
 from shelfsight.edge_app.core.errors import ConfigError, InputError
 from shelfsight.edge_app.core.files import atomic_write
+from shelfsight.edge_app.core.credentials import SecretHash
 
 MIN_PIN_CHARS = 6
 MAX_PIN_CHARS = 256
-# scrypt at the cost OWASP suggests for interactive logins (n=2**14, r=8, p=1: 16 MiB, ~50 ms).
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-# A credential file may not ask for more work than this: a tampered file must not exhaust memory.
-_MAX_SCRYPT_MEMORY = 64 * 1024 * 1024
-_FORMAT = "scrypt"
-
 Clock = Callable[[], float]
 
 
@@ -44,15 +37,9 @@ def check_pin_text(pin: str) -> str:
     return pin
 
 
-def _derive(pin: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(pin.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=_MAX_SCRYPT_MEMORY)
-
-
 def hash_pin(pin: str) -> str:
     """One line: `scrypt:n:r:p:salt:hash` (hex), what the credential file holds."""
-    salt = secrets.token_bytes(16)
-    digest = _derive(check_pin_text(pin), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"{_FORMAT}:{SCRYPT_N}:{SCRYPT_R}:{SCRYPT_P}:{salt.hex()}:{digest.hex()}\n"
+    return SecretHash.of(check_pin_text(pin)).to_line()
 
 
 def write_staff_credential(path: str | Path, pin: str) -> Path:
@@ -69,13 +56,10 @@ def write_staff_credential(path: str | Path, pin: str) -> Path:
 
 
 class StaffCredential:
-    """The staff PIN's hash from its file; `check` compares in constant time."""
+    """The staff PIN's hash from its file; `check` compares in constant time, one check at a time."""
 
-    def __init__(self, salt: bytes, digest: bytes, n: int, r: int, p: int) -> None:
-        self._salt, self._digest, self._cost = salt, digest, (n, r, p)
-        # One check at a time: each takes 16 MiB and ~50 ms, so parallel guesses can neither
-        # exhaust memory nor go faster than one after another.
-        self._lock = threading.Lock()
+    def __init__(self, hashed: SecretHash) -> None:
+        self._hash = hashed
 
     @classmethod
     def load(cls, path: str | Path) -> "StaffCredential":
@@ -86,32 +70,13 @@ class StaffCredential:
             raise ConfigError(f"{path}: no staff credential; set one with `shelfsight kiosk set-staff-pin`") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: unreadable staff credential ({type(exc).__name__})") from exc
-        parts = text.strip().split(":")
         try:
-            kind, n, r, p, salt, digest = parts
-            cost = int(n), int(r), int(p)
-            salt_bytes, digest_bytes = bytes.fromhex(salt), bytes.fromhex(digest)
-        except ValueError as exc:
+            return cls(SecretHash.from_line(text))
+        except ConfigError as exc:
             raise ConfigError(f"{path}: not a staff credential written by `shelfsight kiosk set-staff-pin`") from exc
-        n_, r_, p_ = cost
-        if (
-            kind != _FORMAT
-            or n_ < 2
-            or n_ & (n_ - 1)
-            or not 1 <= r_ <= 64
-            or not 1 <= p_ <= 16
-            or 128 * n_ * r_ > _MAX_SCRYPT_MEMORY
-            or len(salt_bytes) < 16
-            or len(digest_bytes) != 32
-        ):
-            raise ConfigError(f"{path}: not a staff credential written by `shelfsight kiosk set-staff-pin`")
-        return cls(salt_bytes, digest_bytes, *cost)
 
     def check(self, presented: object) -> bool:
-        if not isinstance(presented, str) or not 0 < len(presented) <= MAX_PIN_CHARS:
-            return False
-        with self._lock:
-            return hmac.compare_digest(_derive(presented, self._salt, *self._cost), self._digest)
+        return self._hash.check(presented, MAX_PIN_CHARS)
 
 
 @dataclass

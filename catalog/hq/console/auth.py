@@ -9,42 +9,26 @@ so a DNS-rebinding page cannot read the token either.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-import threading
-
 from shelfsight.edge_app.core.errors import ConfigError
+from shelfsight.edge_app.core.credentials import SecretHash
 
 MIN_CREDENTIAL_CHARS = 8
 MAX_CREDENTIAL_CHARS = 256
-# scrypt at the cost OWASP suggests for interactive logins (n=2**14, r=8, p=1: 16 MiB, ~50 ms).
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Credential:
-    """A staff token or PIN kept only as a salted scrypt hash; `check` compares in constant time."""
+    """The console's token or PIN, kept only as a salted scrypt hash (`core.credentials`)."""
 
     def __init__(self, secret: str) -> None:
         if not MIN_CREDENTIAL_CHARS <= len(secret) <= MAX_CREDENTIAL_CHARS:
             raise ConfigError(
                 f"the console credential must be {MIN_CREDENTIAL_CHARS} to {MAX_CREDENTIAL_CHARS} characters"
             )
-        self._salt = secrets.token_bytes(16)
-        self._hash = self._derive(secret)
-        # One check at a time: each takes 16 MiB and ~50 ms, so parallel guesses can neither
-        # exhaust memory nor go faster than one after another.
-        self._lock = threading.Lock()
-
-    def _derive(self, secret: str) -> bytes:
-        return hashlib.scrypt(secret.encode("utf-8"), salt=self._salt, **_SCRYPT)
+        self._hash = SecretHash.of(secret)
 
     def check(self, presented: object) -> bool:
-        if not isinstance(presented, str) or not 0 < len(presented) <= MAX_CREDENTIAL_CHARS:
-            return False
-        with self._lock:
-            return hmac.compare_digest(self._derive(presented), self._hash)
+        return self._hash.check(presented, MAX_CREDENTIAL_CHARS)
 
 
 def host_name(host_header: str) -> str:
