@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from shelfsight.edge_app.core.credentials import SecretHash
 from shelfsight.edge_app.core.errors import ConfigError, InputError
 from shelfsight.edge_app.core.files import atomic_write
-from shelfsight.edge_app.core.credentials import SecretHash
 
 MIN_PIN_CHARS = 6
 MAX_PIN_CHARS = 256

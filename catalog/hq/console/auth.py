@@ -9,8 +9,8 @@ so a DNS-rebinding page cannot read the token either.
 
 from __future__ import annotations
 
-from shelfsight.edge_app.core.errors import ConfigError
 from shelfsight.edge_app.core.credentials import SecretHash
+from shelfsight.edge_app.core.errors import ConfigError
 
 MIN_CREDENTIAL_CHARS = 8
 MAX_CREDENTIAL_CHARS = 256
