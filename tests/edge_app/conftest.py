@@ -7,6 +7,7 @@ second, different model is needed (a catalog built with another model).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.demo.samples import (
     Clip,
@@ -98,3 +100,18 @@ def sample_catalog(
 def full_config(sample_set: SampleSet) -> RecognitionConfig:
     """Verification over every product, so the outcome rests on real ORB matching, not on the stand-in embedder."""
     return RecognitionConfig(shortlist=sample_set.n_products, unknown_threshold=0.5, accept_similarity=1.01)
+
+
+@pytest.fixture()
+def unknown_id(sample_set: SampleSet) -> str:
+    """A sample product the test's store catalog (`store_catalog`) does not have."""
+    return sorted(p.name for p in sample_set.catalog_dir.iterdir() if p.is_dir())[-1]
+
+
+@pytest.fixture()
+def store_catalog(tmp_path: Path, sample_catalog: Any, unknown_id: str) -> Iterator[Catalog]:
+    """This test's own copy of the sample catalog (HQ's), without `unknown_id`."""
+    with Catalog(tmp_path / "store.db") as catalog:
+        catalog.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
+        catalog.remove_product(unknown_id)
+        yield catalog

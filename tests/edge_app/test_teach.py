@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -13,10 +10,8 @@ from flask.testing import FlaskClient
 
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
-from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import InputError, SimilarProductError
-from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.kiosk.teaching import lookalike
@@ -24,23 +19,9 @@ from shelfsight.edge_app.recognition import Recognition, Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.web.app import create_app
 from tests.support.staff import log_in, staff_credential
+from tests.support.teaching import show, views_of
 
 TAUGHT = "new-product"
-
-
-@pytest.fixture()
-def unknown_id(sample_set: SampleSet) -> str:
-    """A sample product the kiosk's catalog does not have."""
-    return sorted(p.name for p in sample_set.catalog_dir.iterdir() if p.is_dir())[-1]
-
-
-@pytest.fixture()
-def store_catalog(tmp_path: Path, sample_catalog: Any, unknown_id: str) -> Iterator[Catalog]:
-    """This test's own copy of the sample catalog (HQ's), without `unknown_id`."""
-    with Catalog(tmp_path / "store.db") as catalog:
-        catalog.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
-        catalog.remove_product(unknown_id)
-        yield catalog
 
 
 @pytest.fixture()
@@ -54,16 +35,6 @@ def client(kiosk: Kiosk, tmp_path: Path) -> FlaskClient:
     client = create_app(kiosk, staff=staff_credential(tmp_path)).test_client()
     log_in(client)
     return client
-
-
-def views_of(sample_set: SampleSet, product_id: str) -> list[np.ndarray]:
-    """The rendered query photos of one product: what a clerk holds up to the camera."""
-    return [load_rgb(p) for p in iter_image_files(sample_set.queries_dir / product_id)]
-
-
-def show(kiosk: Kiosk, frames: list[np.ndarray]) -> list[str | None]:
-    """Run frames through the recognition worker's path; the product id each was recognised as."""
-    return [kiosk.process(Frame(rgb, time.monotonic(), i)).frame.product_id for i, rgb in enumerate(frames)]  # type: ignore[union-attr]
 
 
 def test_teach_over_http_then_the_same_frames_are_recognised(

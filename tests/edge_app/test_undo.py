@@ -4,54 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
 
-import numpy as np
 import pytest
 
 from shelfsight.catalog.store import Catalog
 from shelfsight.catalog.sync.digest import content_digest
 from shelfsight.catalog.sync.messages import Enrollment
-from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import NothingToUndo, SyncError
-from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
+from tests.support.teaching import show, views_of
 
 TAUGHT = "taught-here"
 
 
 @pytest.fixture()
-def unknown_id(sample_set: SampleSet) -> str:
-    return sorted(p.name for p in sample_set.catalog_dir.iterdir() if p.is_dir())[-1]
-
-
-@pytest.fixture()
-def store_catalog(tmp_path: Path, sample_catalog: Any, unknown_id: str) -> Iterator[Catalog]:
-    """This test's own copy of the sample catalog (HQ's), without `unknown_id`."""
-    with Catalog(tmp_path / "store.db") as catalog:
-        catalog.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
-        catalog.remove_product(unknown_id)
-        yield catalog
-
-
-@pytest.fixture()
 def kiosk(store_catalog: Catalog, embedder: Embedder, full_config: RecognitionConfig) -> Kiosk:
     return Kiosk(Recognizer(embedder, store_catalog, full_config))
-
-
-def views_of(sample_set: SampleSet, product_id: str) -> list[np.ndarray]:
-    return [load_rgb(p) for p in iter_image_files(sample_set.queries_dir / product_id)]
-
-
-def show(kiosk: Kiosk, frames: list[np.ndarray]) -> list[str | None]:
-    return [kiosk.process(Frame(rgb, time.monotonic(), i)).frame.product_id for i, rgb in enumerate(frames)]  # type: ignore[union-attr]
 
 
 def test_undoing_a_new_product_removes_it_and_it_is_no_longer_recognised(

@@ -20,20 +20,15 @@ from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.camera import Frame
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.errors import CatalogError, ConfigError
-from shelfsight.edge_app.core.images import iter_image_files, load_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
 from shelfsight.edge_app.kiosk.config import parse_config
 from shelfsight.edge_app.kiosk.watch import CatalogWatcher
 from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
+from tests.support.teaching import views_of
 
 WAIT_S = 20.0  # a bound for the watcher thread to notice, far above its interval; never a timing assert
-
-
-@pytest.fixture()
-def unknown_id(sample_set: SampleSet) -> str:
-    return sorted(p.name for p in sample_set.catalog_dir.iterdir() if p.is_dir())[-1]
 
 
 @pytest.fixture()
@@ -51,10 +46,6 @@ def kiosk(catalog_path: Path, embedder: Embedder, full_config: RecognitionConfig
     kiosk.recognizer.catalog.index()
     yield kiosk
     kiosk.recognizer.catalog.close()  # the one it serves now: a reopen may have swapped it
-
-
-def views_of(sample_set: SampleSet, product_id: str) -> list[np.ndarray]:
-    return [load_rgb(p) for p in iter_image_files(sample_set.queries_dir / product_id)]
 
 
 def searched(kiosk: Kiosk, frames: list[np.ndarray]) -> list[str | None]:

@@ -72,19 +72,13 @@ def real_hq(tmp_path: Path, broker: Broker, hq_keys: tuple[Signer, Verifier, Pat
 
 
 def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
-    real_hq: Any, kiosk_factory, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
+    real_hq: Any, store: Any, broker: Broker, hq_keys: tuple[Signer, Verifier, Path], tmp_path: Path
 ) -> None:
     hq, embedder, frames = real_hq
+    kiosk, sync = store
+    catalog_path = current_release(sync.data_dir)[1]
     inbox = EnrollmentInbox(tmp_path / "inbox.db")
     server = RunningServer(hq, hq_keys[0], inbox, poll_s=0.2)
-    kiosks: list[Kiosk] = []
-    sync = kiosk_factory("k1", hq=hq, hooks={"on_applied": lambda version: kiosks[0].reload_catalog(version)})
-    model_path, catalog_path = current_release(sync.data_dir)
-    # Verification decides (the tiny model alone finds the three sample products too alike).
-    config = RecognitionConfig(shortlist=3, unknown_threshold=0.5, accept_similarity=1.01)
-    kiosk = Kiosk(Recognizer(open_embedder(model_path, threads=1), Catalog(catalog_path, create=False), config))
-    kiosks.append(kiosk)
-    kiosk.connect_sync(sync)
     events = Tap(broker, sync.topics.events("k1"), client_id="pos-screen")  # the store's own systems listening
     try:
         assert kiosk.health()["sync"]["behind"] == 0 and kiosk.problems() == []
@@ -142,8 +136,6 @@ def test_taught_product_goes_to_hq_is_approved_and_comes_back_as_hqs(
         events.close()
         server.stop()
         inbox.close()
-        kiosk.recognizer.catalog.close()
-        kiosk.recognizer.embedder.close()
 
 
 # -- an undone teach is withdrawn from HQ's inbox ---------------------------------------------
@@ -177,6 +169,7 @@ def store(real_hq: Any, kiosk_factory: Callable[..., KioskSync]) -> Any:
     kiosks: list[Kiosk] = []
     sync = kiosk_factory("k1", hq=hq, hooks={"on_applied": lambda version: kiosks[0].reload_catalog(version)})
     model_path, catalog_path = current_release(sync.data_dir)
+    # Verification decides (the tiny model alone finds the three sample products too alike).
     config = RecognitionConfig(shortlist=3, unknown_threshold=0.5, accept_similarity=1.01)
     kiosk = Kiosk(Recognizer(open_embedder(model_path, threads=1), Catalog(catalog_path, create=False), config))
     kiosks.append(kiosk)
