@@ -28,9 +28,9 @@ from shelfsight.edge_app.recognition import Recognizer
 from shelfsight.edge_app.recognition.config import RecognitionConfig
 from shelfsight.edge_app.web.app import MAX_FORM_BYTES, TEACHES_PER_MINUTE, WebServer, create_app
 from shelfsight.edge_app.web.auth import Sessions, StaffCredential
-from tests.edge_app.test_teach import show, views_of
 from tests.support.browser import artifact_dir, chromium_page
 from tests.support.staff import PIN, staff_credential
+from tests.support.teaching import show, views_of
 
 TAUGHT = "taught-by-staff"
 

@@ -7,14 +7,15 @@ from shelfsight.catalog.store import Catalog
 from shelfsight.edge_app.core.images import decode_rgb
 from shelfsight.edge_app.demo.samples import SampleSet
 from shelfsight.edge_app.kiosk.app import Kiosk
-from tests.edge_app.test_teach import kiosk, store_catalog, unknown_id, views_of  # noqa: F401 (fixtures)
+from tests.edge_app.test_teach import kiosk  # noqa: F401 (a fixture)
+from tests.support.teaching import views_of
 
 
 def test_a_taught_product_gets_its_sharpest_view_as_thumbnail(
     kiosk: Kiosk,  # noqa: F811
-    store_catalog: Catalog,  # noqa: F811
+    store_catalog: Catalog,
     sample_set: SampleSet,
-    unknown_id: str,  # noqa: F811
+    unknown_id: str,
 ) -> None:
     kiosk.teach("taught-here", "Taught here", frames=views_of(sample_set, unknown_id))
     views = [decode_rgb(store_catalog.reference_image(r)) for r in store_catalog.product("taught-here")["references"]]  # type: ignore[arg-type]
@@ -24,7 +25,7 @@ def test_a_taught_product_gets_its_sharpest_view_as_thumbnail(
 
 def test_teaching_views_of_a_synced_product_leaves_its_row_alone(
     kiosk: Kiosk,  # noqa: F811
-    store_catalog: Catalog,  # noqa: F811
+    store_catalog: Catalog,
     sample_set: SampleSet,
 ) -> None:
     known = store_catalog.products()[0]["id"]
