@@ -48,7 +48,11 @@ class RecognitionConfig(StrictModel):
         6.0, gt=0, description="RANSAC reprojection threshold in query work-frame pixels (1% of the 640 px side)"
     )
     min_coverage: float = Field(0.08, ge=0, lt=1, description="Share of the reference the inliers must span")
-    fast_inliers: int = Field(36, ge=4, description="Inliers of the top hit alone that settle verification early")
+    fast_inliers: int = Field(
+        36,
+        ge=4,
+        description="Inliers of the top hit that no other candidate matches as well, enough to settle verification early",
+    )
     feature_side: int = Field(640, ge=64, le=4096, description="Longest side of the ROI when extracting local features")
     orb_features: int = Field(1000, ge=50, le=4096, description="ORB features extracted from the query")
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")

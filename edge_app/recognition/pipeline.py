@@ -49,7 +49,7 @@ from shelfsight.edge_app.core.features import LocalFeatures, extract_features, e
 from shelfsight.edge_app.core.images import fit_square
 from shelfsight.edge_app.core.vocabulary import Vocabulary
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
-from shelfsight.edge_app.recognition.verify import MIN_MATCHES, count_inliers, match_references
+from shelfsight.edge_app.recognition.verify import MIN_MATCHES, match_references, unambiguous_inliers
 
 log = logging.getLogger(__name__)
 
@@ -391,16 +391,23 @@ class Recognizer(Generic[CatalogT]):
     def _settles(self, query: _Query, hits: list[Any], reference_id: str) -> dict[str, int] | None:
         """Inliers per product if the top hit's view `reference_id` alone settles verification, else None.
 
-        A match with `fast_inliers` or more is unambiguous (measured on the sample set: no wrong
-        product reaches it) and costs a fifth of the passes. Below that bar a pairwise count is
-        not evidence: only matches that survive the ratio test against the other candidates count.
+        It settles when `fast_inliers` of its inliers are unambiguous: their query features match
+        no other candidate's view about as well (`unambiguous_inliers`). Such a match is never a
+        wrong product on the development sets, and checking it costs half the joint passes. A
+        count of the top hit's inliers alone is not enough: a same-brand sibling shares most of
+        the design. Below the bar only the joint passes' counts are evidence.
         """
         cfg = self.config
         top = str(hits[0].product_id)
         first = self._reference_features(top, reference_id)
         if first is None:
             return None
-        n = count_inliers(query.features(first.version), first, cfg.ratio, cfg.ransac_px, cfg.min_coverage)
+        others = [
+            f for h in hits[1:] if (f := self._reference_features(str(h.product_id), str(h.reference_id))) is not None
+        ]
+        n = unambiguous_inliers(
+            query.features(first.version), first, others, cfg.ratio, cfg.ransac_px, cfg.min_coverage
+        )
         if n < cfg.fast_inliers:
             return None
         return {**{str(h.product_id): 0 for h in hits}, top: n}

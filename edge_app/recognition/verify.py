@@ -34,17 +34,25 @@ def _plausible(h: np.ndarray) -> bool:
     return 0.02 < det < 50.0 and abs(float(h[2, 0])) < 0.02 and abs(float(h[2, 1])) < 0.02
 
 
-def _homography_inliers(src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float, area: float) -> int:
+def _homography_inliers(
+    src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float, area: float
+) -> np.ndarray:
+    """Which of the matches (reference points `src`, query points `dst`) are inliers of a plausible homography.
+
+    All False when there is none, or when its inliers are too bunched to identify a design.
+    """
+    none = np.zeros(len(src), bool)
     homography, mask = cv2.findHomography(
         src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px, maxIters=500, confidence=0.99
     )
     if homography is None or mask is None or not _plausible(homography):
-        return 0
-    inlier_points = src[mask.ravel().astype(bool)]
+        return none
+    keep = mask.ravel().astype(bool)
+    inlier_points = src[keep]
     # Inliers bunched in one corner (a shared barcode, a common small print) do not identify a design.
     if len(inlier_points) < 3 or cv2.contourArea(cv2.convexHull(inlier_points)) < min_coverage * area:
-        return 0
-    return int(len(inlier_points))
+        return none
+    return keep
 
 
 _ROWS_PER_CHUNK = 32  # query rows per pass: keeps the temporaries in cache, ~2x faster than one big pass
@@ -105,14 +113,22 @@ def _two_nearest_faiss(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray
     return labels[:, 0].astype(np.int64), distances[:, 0].astype(np.float32), distances[:, 1].astype(np.float32)
 
 
+def _two_nearest(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    search = _two_nearest_faiss if _faiss() is not None else _two_nearest_numpy
+    return search(query, train)
+
+
+def _ratio_matches_with_distance(query: np.ndarray, train: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    if len(train) < 2:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    nearest, best, second = _two_nearest(query, train)
+    keep = np.flatnonzero(best < ratio * second)
+    return np.stack([keep, nearest[keep]], axis=1).astype(np.int64), best[keep]
+
+
 def ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float) -> np.ndarray:
     """(M, 2) [query index, train index] of nearest neighbours that pass Lowe's ratio test."""
-    if len(train) < 2:
-        return np.zeros((0, 2), np.int64)
-    search = _two_nearest_faiss if _faiss() is not None else _two_nearest_numpy
-    nearest, best, second = search(query, train)
-    keep = np.flatnonzero(best < ratio * second)
-    return np.stack([keep, nearest[keep]], axis=1).astype(np.int64)
+    return _ratio_matches_with_distance(query, train, ratio)[0]
 
 
 def match_references(
@@ -145,8 +161,10 @@ def match_references(
     for i in usable:
         mine = good[owner[good[:, 1]] == i]
         if len(mine) >= MIN_MATCHES:
-            inliers[i] = _homography_inliers(
-                points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage, references[i].area
+            inliers[i] = int(
+                _homography_inliers(
+                    points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage, references[i].area
+                ).sum()
             )
     return inliers
 
@@ -160,3 +178,37 @@ def count_inliers(
 ) -> int:
     """RANSAC-homography inliers of one reference (0 if no plausible homography)."""
     return match_references(query, [reference], ratio, ransac_px, min_coverage)[0]
+
+
+def unambiguous_inliers(
+    query: LocalFeatures,
+    reference: LocalFeatures,
+    others: Sequence[LocalFeatures],
+    ratio: float = 0.8,
+    ransac_px: float = 6.0,
+    min_coverage: float = 0.08,
+) -> int:
+    """Inliers of `reference` matched on its own, less those that `others` explain as well.
+
+    A pairwise match cannot tell a product from a same-brand sibling: the shared
+    design (logo, layout, most of the artwork) is a true planar match to either, and
+    a sibling reached 48-80 pairwise inliers on queries of its brother. So an
+    inlier counts only if its query feature also passes the ratio test against
+    the other candidates' descriptors, which is what `match_references` asks of
+    every match, at a fraction of its cost: only the inliers (tens to hundreds
+    of query features) are searched among the others, not all 1,000.
+    """
+    if len(query) < MIN_MATCHES or len(reference) < MIN_MATCHES or reference.version != query.version:
+        return 0
+    good, distance = _ratio_matches_with_distance(query.descriptors, reference.descriptors, ratio)
+    if len(good) < MIN_MATCHES:
+        return 0
+    keep = _homography_inliers(
+        reference.points[good[:, 1]], query.points[good[:, 0]], ransac_px, min_coverage, reference.area
+    )
+    rows, distance = good[keep, 0], distance[keep]
+    rivals = [o.descriptors for o in others if len(o) and o.version == query.version]
+    if not rivals or not len(rows):
+        return int(len(rows))
+    _, rival_best, _ = _two_nearest(query.descriptors[rows], np.concatenate(rivals))
+    return int(np.count_nonzero(distance < ratio * rival_best))

@@ -170,3 +170,30 @@ def test_a_catalog_without_vocabulary_or_new_features_still_verifies(
     correct = sum(r.decision == "product" and r.product_id == truth for truth, r in answers)
     assert correct >= 0.6 * len(answers)
     assert all(r.timings["local"] == 0 for _, r in answers)
+
+
+def test_a_same_brand_sibling_does_not_settle_verification() -> None:
+    """A sibling sharing most of the design matches the query pairwise, but not once the true product is a rival.
+
+    The early exit of verification (`fast_inliers`) counts only such unambiguous inliers: it had
+    settled on the embedding's top hit, a sibling, with 48-80 pairwise inliers.
+    """
+    import cv2
+
+    from shelfsight.edge_app.core.features import extract_features
+    from shelfsight.edge_app.demo.samples import cluttered_background
+    from shelfsight.edge_app.recognition.verify import count_inliers, unambiguous_inliers
+
+    rng = np.random.default_rng(3)
+    product = cluttered_background(rng, 480, 480)
+    sibling = product.copy()
+    sibling[300:] = cluttered_background(rng, 480, 480)[300:]  # the same top 60%, another flavour's bottom
+    corners = np.float32([[0, 0], [479, 0], [479, 479], [0, 479]])
+    tilted = np.float32([[40, 30], [430, 60], [450, 440], [20, 470]])
+    held = cv2.warpPerspective(product, cv2.getPerspectiveTransform(corners, tilted), (480, 480))
+    query, ours, theirs = (extract_features(image, 1000, 640) for image in (held, product, sibling))
+
+    assert count_inliers(query, theirs) >= 100  # the shared design is a true planar match
+    assert unambiguous_inliers(query, theirs, [ours]) < 20
+    assert unambiguous_inliers(query, ours, [theirs]) >= 100
+    assert unambiguous_inliers(query, ours, []) == count_inliers(query, ours)
