@@ -11,6 +11,9 @@ Settings:
   iconic_warped_5k       iconic_warped with the same distractors
   iconic_warped_clean    iconic_warped with backgrounds of fruit/vegetable photos instead of catalog images
                          (a catalog image in the background is a real match, so calibrate on this one)
+  iconic_warped_hard     iconic_warped_clean with a shopper's photo on top (warped_queries.HARD): the product
+                         partly out of the frame, a hand over it, glare, blur, noise, JPEG 60
+  iconic_warped_hard_5k  iconic_warped_hard with the distractors
 
 Distractor products (`*_5k`) are one image each: every GroZi-120 crop, the Grocery Store train
 photos of fruit and vegetables, and 1,000 packages drawn by the demo's sample renderer (boxes,
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import iconic_catalog  # noqa: E402
 from benchinfo import write_report  # noqa: E402
-from warped_queries import grozi_set, iconic_set, link  # noqa: E402
+from warped_queries import HARD, grozi_set, iconic_set, link  # noqa: E402
 
 from shelfsight.edge_app.core.images import iter_image_files  # noqa: E402
 from shelfsight.edge_app.core.labels import scan_folder  # noqa: E402
@@ -75,6 +78,12 @@ def packaged_queries(val: Path, out: Path) -> Path:
     for path in iter_image_files(val / "Packages"):
         link(path, out / "Packages" / path.relative_to(val / "Packages"))
     return out
+
+
+def clean_clutter(grocery: Path) -> list[Path]:
+    """Background images that show no catalog product: the val photos of fruit and vegetables, by name."""
+    photos = [p for group in ("Fruit", "Vegetables") for p in iter_image_files(grocery / "val" / group)]
+    return sorted(photos, key=lambda p: p.name)
 
 
 def with_distractors(catalog: Path, pool: list[Path], out: Path) -> Path:
@@ -210,10 +219,19 @@ def main() -> int:
         settings["packages_iconic"] = (iconic, packaged_queries(val, tmp / "packages"))
         if "iconic_warped_clean" in wanted:
             # Backgrounds from fruit and vegetable photos, no catalog image: the set to calibrate on.
-            photos = [p for group in ("Fruit", "Vegetables") for p in iter_image_files(args.grocery / "val" / group)]
-            clean = sorted(photos, key=lambda p: p.name)
-            queries = iconic_set(iconic, tmp / "iconic_warped_clean", seed=args.seed, clutter_from=clean)
+            queries = iconic_set(
+                iconic, tmp / "iconic_warped_clean", seed=args.seed, clutter_from=clean_clutter(args.grocery)
+            )
             settings["iconic_warped_clean"] = (iconic, queries)
+        if "iconic_warped_hard" in wanted or "iconic_warped_hard_5k" in wanted:
+            queries = iconic_set(
+                iconic,
+                tmp / "iconic_warped_hard",
+                seed=args.seed,
+                clutter_from=clean_clutter(args.grocery),
+                params=HARD,
+            )
+            settings["iconic_warped_hard"] = (iconic, queries)
         if any(name.endswith("_5k") for name in wanted):
             pool = distractor_pool(args.grocery, args.grozi, tmp / "rendered")
             crowded = with_distractors(iconic, pool, tmp / "iconic_5k")
@@ -221,6 +239,8 @@ def main() -> int:
             settings["packages_iconic_5k"] = (crowded, settings["packages_iconic"][1])
             if "iconic_warped" in settings:
                 settings["iconic_warped_5k"] = (crowded, settings["iconic_warped"][1])
+            if "iconic_warped_hard" in settings:
+                settings["iconic_warped_hard_5k"] = (crowded, settings["iconic_warped_hard"][1])
     if args.grozi and "grozi_warped" in wanted:
         settings["grozi_warped"] = grozi_set(args.grozi, tmp / "grozi", seed=args.seed)
 

@@ -49,7 +49,7 @@ from shelfsight.edge_app.core.features import LocalFeatures, extract_features, e
 from shelfsight.edge_app.core.images import fit_square
 from shelfsight.edge_app.core.vocabulary import Vocabulary
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
-from shelfsight.edge_app.recognition.verify import MIN_MATCHES, match_references, unambiguous_inliers
+from shelfsight.edge_app.recognition.verify import MIN_MATCHES, family_inliers, match_references, unambiguous_inliers
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class Recognizer(Generic[CatalogT]):
             found = match_references(
                 query.features(version), [references[i] for i in mine], cfg.ratio, cfg.ransac_px, cfg.min_coverage
             )
-            for i, n in zip(mine, found):
+            for i, n in zip(mine, family_inliers(found, cfg.min_inliers)):
                 counts[i] = n
         return counts
 

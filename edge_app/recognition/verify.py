@@ -7,6 +7,12 @@ RANSAC is therefore strong evidence that global embeddings cannot give.
 It costs a few milliseconds per reference, so it runs on the candidates only
 (the embedding's shortlist and the visual-word index's, see `pipeline`).
 
+Same-brand siblings are the hard case: their shared design is a true planar
+match too. So each candidate gets two counts (`match_references`): its own
+inliers, and the unambiguous ones no other candidate explains as well, and
+`family_inliers` lets a sibling with clearly more unambiguous evidence take the
+match while twins ORB cannot tell apart both stay verified.
+
 Query and reference features must come from the same extractor version
 (`core.features`): the pipeline extracts the query both ways only when a
 candidate still has version-1 features.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -58,10 +64,9 @@ def _homography_inliers(
 _ROWS_PER_CHUNK = 32  # query rows per pass: keeps the temporaries in cache, ~2x faster than one big pass
 
 
-def _two_nearest_numpy(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest train index and the two smallest Hamming distances per query row (popcount per 64-bit word).
-
-    About twice as fast as `cv2.BFMatcher.knnMatch` on the kiosk's sizes (400 x 2000 descriptors).
+def _k_nearest_numpy(query: np.ndarray, train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` nearest train rows of each query row and their Hamming distances, nearest first (popcount
+    per 64-bit word). About twice as fast as `cv2.BFMatcher.knnMatch` on the kiosk's sizes (400 x 2000).
     """
     q = np.ascontiguousarray(query).view(np.uint64)
     words = [np.ascontiguousarray(w) for w in np.ascontiguousarray(train).view(np.uint64).T]
@@ -76,12 +81,12 @@ def _two_nearest_numpy(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray
             np.bitwise_xor(q[start:stop, w, None], train_word[None, :], out=xor[:rows])
             np.bitwise_count(xor[:rows], out=count[:rows])
             dist[start:stop] += count[:rows]
-    rows_all = np.arange(n_query)
-    nearest = dist.argmin(axis=1)
-    best = dist[rows_all, nearest].astype(np.float32)
-    dist[rows_all, nearest] = np.iinfo(np.uint16).max
-    second = dist.min(axis=1).astype(np.float32)
-    return nearest, best, second
+    nearest = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < n_train else np.tile(np.arange(n_train), (n_query, 1))
+    near = np.take_along_axis(dist, nearest, axis=1)
+    order = np.argsort(near, axis=1, kind="stable")
+    return np.take_along_axis(nearest, order, axis=1).astype(np.int64), np.take_along_axis(near, order, axis=1).astype(
+        np.float32
+    )
 
 
 @functools.cache
@@ -104,18 +109,24 @@ def _faiss() -> Any:
     return faiss
 
 
-def _two_nearest_faiss(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same as `_two_nearest_numpy`, by faiss' exact binary index (Hamming distances are integers either way)."""
+def _k_nearest_faiss(query: np.ndarray, train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Same as `_k_nearest_numpy`, by faiss' exact binary index (Hamming distances are integers either way)."""
     faiss = _faiss()
     index = faiss.IndexBinaryFlat(train.shape[1] * 8)
     index.add(np.ascontiguousarray(train, dtype=np.uint8))
-    distances, labels = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
-    return labels[:, 0].astype(np.int64), distances[:, 0].astype(np.float32), distances[:, 1].astype(np.float32)
+    distances, labels = index.search(np.ascontiguousarray(query, dtype=np.uint8), k)
+    return labels.astype(np.int64), distances.astype(np.float32)
+
+
+def _k_nearest(query: np.ndarray, train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    search = _k_nearest_faiss if _faiss() is not None else _k_nearest_numpy
+    return search(query, train, min(k, len(train)))
 
 
 def _two_nearest(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    search = _two_nearest_faiss if _faiss() is not None else _two_nearest_numpy
-    return search(query, train)
+    """Nearest train index and the two smallest distances per query row (train has two rows at least)."""
+    labels, distances = _k_nearest(query, train, 2)
+    return labels[:, 0], distances[:, 0], distances[:, 1]
 
 
 def _ratio_matches_with_distance(query: np.ndarray, train: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -131,42 +142,93 @@ def ratio_matches(query: np.ndarray, train: np.ndarray, ratio: float) -> np.ndar
     return _ratio_matches_with_distance(query, train, ratio)[0]
 
 
+class Match(NamedTuple):
+    """What verification found for one reference."""
+
+    inliers: int  # RANSAC inliers of the matches that pass the ratio test among this reference's own features
+    unambiguous: int  # those of them whose feature no other reference matches about as well
+
+
+# Neighbours searched per query feature in the union of the candidates' descriptors: enough to find
+# each candidate's own two nearest where it matters (a feature of two siblings, a repeated pattern).
+_NEIGHBOURS = 4
+
+
 def match_references(
     query: LocalFeatures,
     references: Sequence[LocalFeatures],
     ratio: float = 0.8,
     ransac_px: float = 6.0,
     min_coverage: float = 0.08,
-) -> list[int]:
-    """Inliers of each reference, matching the query against all of them at once.
+) -> list[Match]:
+    """Inliers of each reference, from one nearest-neighbour search over all of their descriptors.
 
-    One nearest-neighbour search over the union of the references' descriptors
-    is cheaper than one per reference, and it makes Lowe's ratio test compare
-    products with each other: a feature that looks alike on several products
-    (a barcode, a white band) has a close second-best match and is discarded
-    instead of counting as evidence for any of them. Pass at most one
-    reference per product, or a product's views would cancel each other out.
-    The inliers must also cover `min_coverage` of the reference's work frame
-    (convex hull area). References of another extractor version than the
-    query's score 0.
+    Two counts per reference. `inliers`: Lowe's ratio test within the reference
+    (its nearest feature against its second nearest), then RANSAC: the evidence
+    that the query shows this design. `unambiguous`: the inliers whose query
+    feature also passes the ratio test against every other reference, the
+    evidence that it is this product rather than another with the same design. A
+    feature shared by several products (a barcode, a white band, a sibling's logo
+    and layout) counts towards the first and not the second; `family_inliers`
+    combines them. Pass at most one reference per product, or a product's views
+    would take each other's unambiguous matches.
+
+    A reference's own second nearest is known when it is among the `_NEIGHBOURS`
+    nearest of the union; otherwise the last of them stands in for it, which
+    only makes the test stricter. The inliers must also cover `min_coverage` of
+    the reference's work frame (convex hull area). References of another
+    extractor version than the query's, or with too few features, score 0.
     """
-    inliers = [0] * len(references)
+    found = [Match(0, 0)] * len(references)
     usable = [i for i, r in enumerate(references) if len(r) >= MIN_MATCHES and r.version == query.version]
     if len(query) < MIN_MATCHES or not usable:
-        return inliers
+        return found
     descriptors = np.concatenate([references[i].descriptors for i in usable])
     points = np.concatenate([references[i].points for i in usable])
     owner = np.concatenate([np.full(len(references[i]), i, np.int32) for i in usable])
-    good = ratio_matches(query.descriptors, descriptors, ratio)
+    labels, distances = _k_nearest(query.descriptors, descriptors, _NEIGHBOURS)
+    owners = owner[labels]
+    k = labels.shape[1]
+    alone = distances[:, 0] < ratio * distances[:, 1] if k > 1 else np.zeros(len(labels), bool)
+    rows = np.arange(len(labels))
     for i in usable:
-        mine = good[owner[good[:, 1]] == i]
-        if len(mine) >= MIN_MATCHES:
-            inliers[i] = int(
-                _homography_inliers(
-                    points[mine[:, 1]], query.points[mine[:, 0]], ransac_px, min_coverage, references[i].area
-                ).sum()
-            )
-    return inliers
+        mine = owners == i
+        first = mine.argmax(axis=1)
+        mine[rows, first] = False
+        second = np.where(mine.any(axis=1), mine.argmax(axis=1), k - 1)
+        own = owners[rows, first] == i
+        keep = np.flatnonzero(own & (distances[rows, first] < ratio * distances[rows, second]))
+        if len(keep) < MIN_MATCHES:
+            continue
+        train = labels[keep, first[keep]]
+        inlier = _homography_inliers(points[train], query.points[keep], ransac_px, min_coverage, references[i].area)
+        leading = keep[inlier]
+        found[i] = Match(int(inlier.sum()), int(np.count_nonzero((first[leading] == 0) & alone[leading])))
+    return found
+
+
+def family_inliers(found: Sequence[Match], min_inliers: int) -> list[int]:
+    """The inlier count that scores each reference of one `match_references` call.
+
+    A reference whose design matches (`inliers` >= `min_inliers`) keeps that count,
+    unless another such reference has clearly more unambiguous inliers: then the
+    query shows that other product, a sibling with the same design (the flavour
+    or the fat content differs), and this one keeps only its unambiguous count.
+    When neither has clearly more (siblings that differ only in colour, which
+    ORB does not see), both stay verified and the embedding's similarity, which
+    does see colour, orders them. Counting only unambiguous matches for
+    everyone, as verification did before, left both siblings unverified.
+    """
+    designs = [m for m in found if m.inliers >= min_inliers]
+    counts = []
+    for m in found:
+        rival = max((o.unambiguous for o in designs if o is not m), default=0)
+        clearly_other = m.inliers >= min_inliers and rival > 2 * m.unambiguous + _SIBLING_MARGIN
+        counts.append(m.unambiguous if clearly_other else m.inliers)
+    return counts
+
+
+_SIBLING_MARGIN = 8  # unambiguous inliers one sibling needs beyond twice the other's to take the match from it
 
 
 def count_inliers(
@@ -177,7 +239,7 @@ def count_inliers(
     min_coverage: float = 0.08,
 ) -> int:
     """RANSAC-homography inliers of one reference (0 if no plausible homography)."""
-    return match_references(query, [reference], ratio, ransac_px, min_coverage)[0]
+    return match_references(query, [reference], ratio, ransac_px, min_coverage)[0].inliers
 
 
 def unambiguous_inliers(
@@ -210,5 +272,5 @@ def unambiguous_inliers(
     rivals = [o.descriptors for o in others if len(o) and o.version == query.version]
     if not rivals or not len(rows):
         return int(len(rows))
-    _, rival_best, _ = _two_nearest(query.descriptors[rows], np.concatenate(rivals))
-    return int(np.count_nonzero(distance < ratio * rival_best))
+    _, rival_best = _k_nearest(query.descriptors[rows], np.concatenate(rivals), 1)
+    return int(np.count_nonzero(distance < ratio * rival_best[:, 0]))

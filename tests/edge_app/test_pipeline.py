@@ -172,28 +172,80 @@ def test_a_catalog_without_vocabulary_or_new_features_still_verifies(
     assert all(r.timings["local"] == 0 for _, r in answers)
 
 
+def _held_product_and_sibling() -> tuple[Any, Any, Any, Any]:
+    """Features of a tilted view of a product, the product, a sibling sharing its top 60%, and a near twin."""
+    import cv2
+
+    from shelfsight.edge_app.core.features import extract_features
+    from shelfsight.edge_app.demo.samples import cluttered_background
+
+    rng = np.random.default_rng(3)
+    product = cluttered_background(rng, 480, 480)
+    sibling = product.copy()
+    sibling[300:] = cluttered_background(rng, 480, 480)[300:]  # the same top 60%, another flavour's bottom
+    twin = product.copy()  # the same design but for a small label (1.5% fat, 3%), in other colours ORB cannot see
+    twin[440:470, 30:90] = 255
+    corners = np.array([[0, 0], [479, 0], [479, 479], [0, 479]], np.float32)
+    tilted = np.array([[40, 30], [430, 60], [450, 440], [20, 470]], np.float32)
+    held = cv2.warpPerspective(product, cv2.getPerspectiveTransform(corners, tilted), (480, 480))
+    query, ours, theirs = (extract_features(image, 1000, 640) for image in (held, product, sibling))
+    return query, ours, theirs, extract_features(twin, 1000, 640)
+
+
 def test_a_same_brand_sibling_does_not_settle_verification() -> None:
     """A sibling sharing most of the design matches the query pairwise, but not once the true product is a rival.
 
     The early exit of verification (`fast_inliers`) counts only such unambiguous inliers: it had
     settled on the embedding's top hit, a sibling, with 48-80 pairwise inliers.
     """
-    import cv2
-
-    from shelfsight.edge_app.core.features import extract_features
-    from shelfsight.edge_app.demo.samples import cluttered_background
     from shelfsight.edge_app.recognition.verify import count_inliers, unambiguous_inliers
 
-    rng = np.random.default_rng(3)
-    product = cluttered_background(rng, 480, 480)
-    sibling = product.copy()
-    sibling[300:] = cluttered_background(rng, 480, 480)[300:]  # the same top 60%, another flavour's bottom
-    corners = np.float32([[0, 0], [479, 0], [479, 479], [0, 479]])
-    tilted = np.float32([[40, 30], [430, 60], [450, 440], [20, 470]])
-    held = cv2.warpPerspective(product, cv2.getPerspectiveTransform(corners, tilted), (480, 480))
-    query, ours, theirs = (extract_features(image, 1000, 640) for image in (held, product, sibling))
-
+    query, ours, theirs, _ = _held_product_and_sibling()
     assert count_inliers(query, theirs) >= 100  # the shared design is a true planar match
     assert unambiguous_inliers(query, theirs, [ours]) < 20
     assert unambiguous_inliers(query, ours, [theirs]) >= 100
     assert unambiguous_inliers(query, ours, []) == count_inliers(query, ours)
+
+
+def test_verification_tells_siblings_apart_and_keeps_colour_twins_verified() -> None:
+    """A sibling with the same design loses the match to the product; a twin ORB cannot tell apart keeps it.
+
+    Counting only unambiguous matches for everyone left both twins unverified (0 inliers each), so
+    the similarity of two unconfirmed candidates decided; now both are verified and it decides among them.
+    """
+    from shelfsight.edge_app.recognition.verify import family_inliers, match_references
+
+    query, ours, theirs, twin = _held_product_and_sibling()
+    product, sibling = match_references(query, [ours, theirs])
+    assert product.inliers >= 100 and product.unambiguous >= 100
+    assert sibling.inliers >= 100 and sibling.unambiguous < 20
+    assert family_inliers([product, sibling], min_inliers=20) == [product.inliers, sibling.unambiguous]
+
+    product, same_to_orb = match_references(query, [ours, twin])
+    assert product.inliers >= 100 and same_to_orb.inliers >= 100
+    assert product.unambiguous < 20 and same_to_orb.unambiguous < 20
+    assert family_inliers([product, same_to_orb], min_inliers=20) == [product.inliers, same_to_orb.inliers]
+
+
+def test_sibling_rule() -> None:
+    from shelfsight.edge_app.recognition.verify import Match, family_inliers
+
+    # Below min_inliers nothing is a design match; a lone match keeps its pairwise count.
+    assert family_inliers([Match(12, 12), Match(300, 40)], min_inliers=20) == [12, 300]
+    # Clearly more unambiguous evidence (more than twice the other's, plus 8) takes the match.
+    assert family_inliers([Match(200, 31), Match(180, 11)], min_inliers=20) == [200, 11]
+    assert family_inliers([Match(200, 30), Match(180, 11)], min_inliers=20) == [200, 180]
+    assert family_inliers([], min_inliers=20) == []
+
+
+def test_both_matchers_verify_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy path (platforms without a faiss wheel) finds the same neighbours, so the same counts."""
+    pytest.importorskip("faiss", reason="faiss-cpu has no wheel for this platform")
+    from shelfsight.edge_app.recognition import verify
+
+    query, ours, theirs, twin = _held_product_and_sibling()
+    with_faiss = verify.match_references(query, [ours, theirs, twin])
+    monkeypatch.setattr(verify, "_faiss", lambda: None)
+    with_numpy = verify.match_references(query, [ours, theirs, twin])
+    assert [m.inliers for m in with_numpy] == pytest.approx([m.inliers for m in with_faiss], abs=3)
+    assert [m.unambiguous for m in with_numpy] == pytest.approx([m.unambiguous for m in with_faiss], abs=3)
