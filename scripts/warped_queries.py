@@ -89,7 +89,7 @@ def warp_onto(
     out = warped.astype(np.float32) * alpha + background.astype(np.float32) * (1 - alpha)
     if p.occlude[1] > 0:
         out = _occlude(rng, out, dst, rng.uniform(*p.occlude))
-    if rng.random() < p.glare:
+    if p.glare > 0 and rng.random() < p.glare:  # no draw when off: the default sets stay as they were
         out = _glare(rng, out, dst)
     if relight:
         out = out * rng.uniform(*p.gain) + rng.uniform(*p.bias)
