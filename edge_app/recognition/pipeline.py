@@ -49,7 +49,7 @@ from shelfsight.edge_app.core.features import LocalFeatures, extract_features, e
 from shelfsight.edge_app.core.images import fit_square
 from shelfsight.edge_app.core.vocabulary import Vocabulary
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
-from shelfsight.edge_app.recognition.verify import MIN_MATCHES, family_inliers, match_references, unambiguous_inliers
+from shelfsight.edge_app.recognition.verify import MIN_MATCHES, family_inliers, match_against, match_references
 
 log = logging.getLogger(__name__)
 
@@ -392,10 +392,11 @@ class Recognizer(Generic[CatalogT]):
         """Inliers per product if the top hit's view `reference_id` alone settles verification, else None.
 
         It settles when `fast_inliers` of its inliers are unambiguous: their query features match
-        no other candidate's view about as well (`unambiguous_inliers`). Such a match is never a
+        no other candidate's view about as well (`match_against`). Such a match is never a
         wrong product on the development sets, and checking it costs half the joint passes. A
         count of the top hit's inliers alone is not enough: a same-brand sibling shares most of
-        the design. Below the bar only the joint passes' counts are evidence.
+        the design. Below the bar only the joint passes' counts are evidence. A settled match
+        scores its own inliers, as the winner of the joint passes does (`family_inliers`).
         """
         cfg = self.config
         top = str(hits[0].product_id)
@@ -405,12 +406,10 @@ class Recognizer(Generic[CatalogT]):
         others = [
             f for h in hits[1:] if (f := self._reference_features(str(h.product_id), str(h.reference_id))) is not None
         ]
-        n = unambiguous_inliers(
-            query.features(first.version), first, others, cfg.ratio, cfg.ransac_px, cfg.min_coverage
-        )
-        if n < cfg.fast_inliers:
+        match = match_against(query.features(first.version), first, others, cfg.ratio, cfg.ransac_px, cfg.min_coverage)
+        if match.unambiguous < cfg.fast_inliers:
             return None
-        return {**{str(h.product_id): 0 for h in hits}, top: n}
+        return {**{str(h.product_id): 0 for h in hits}, top: match.inliers}
 
     def _passes(self, query: _Query, hits: list[Any], first_view: dict[str, str]) -> dict[str, int]:
         cfg = self.config

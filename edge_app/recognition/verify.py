@@ -81,12 +81,14 @@ def _k_nearest_numpy(query: np.ndarray, train: np.ndarray, k: int) -> tuple[np.n
             np.bitwise_xor(q[start:stop, w, None], train_word[None, :], out=xor[:rows])
             np.bitwise_count(xor[:rows], out=count[:rows])
             dist[start:stop] += count[:rows]
-    nearest = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < n_train else np.tile(np.arange(n_train), (n_query, 1))
+    if k < n_train:
+        nearest = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    else:
+        nearest = np.tile(np.arange(n_train), (n_query, 1))
     near = np.take_along_axis(dist, nearest, axis=1)
     order = np.argsort(near, axis=1, kind="stable")
-    return np.take_along_axis(nearest, order, axis=1).astype(np.int64), np.take_along_axis(near, order, axis=1).astype(
-        np.float32
-    )
+    labels = np.take_along_axis(nearest, order, axis=1).astype(np.int64)
+    return labels, np.take_along_axis(near, order, axis=1).astype(np.float32)
 
 
 @functools.cache
@@ -242,35 +244,35 @@ def count_inliers(
     return match_references(query, [reference], ratio, ransac_px, min_coverage)[0].inliers
 
 
-def unambiguous_inliers(
+def match_against(
     query: LocalFeatures,
     reference: LocalFeatures,
     others: Sequence[LocalFeatures],
     ratio: float = 0.8,
     ransac_px: float = 6.0,
     min_coverage: float = 0.08,
-) -> int:
-    """Inliers of `reference` matched on its own, less those that `others` explain as well.
+) -> Match:
+    """`reference` matched on its own, its inliers then checked against `others`: the two counts of `Match`.
 
     A pairwise match cannot tell a product from a same-brand sibling: the shared
     design (logo, layout, most of the artwork) is a true planar match to either, and
     a sibling reached 48-80 pairwise inliers on queries of its brother. So an
-    inlier counts only if its query feature also passes the ratio test against
-    the other candidates' descriptors, which is what `match_references` asks of
-    every match, at a fraction of its cost: only the inliers (tens to hundreds
-    of query features) are searched among the others, not all 1,000.
+    inlier is unambiguous only if its query feature also passes the ratio test
+    against the other candidates' descriptors, as in `match_references`, at a
+    fraction of its cost: only the inliers (tens to hundreds of query features)
+    are searched among the others, not all 1,000.
     """
     if len(query) < MIN_MATCHES or len(reference) < MIN_MATCHES or reference.version != query.version:
-        return 0
+        return Match(0, 0)
     good, distance = _ratio_matches_with_distance(query.descriptors, reference.descriptors, ratio)
     if len(good) < MIN_MATCHES:
-        return 0
+        return Match(0, 0)
     keep = _homography_inliers(
         reference.points[good[:, 1]], query.points[good[:, 0]], ransac_px, min_coverage, reference.area
     )
     rows, distance = good[keep, 0], distance[keep]
     rivals = [o.descriptors for o in others if len(o) and o.version == query.version]
     if not rivals or not len(rows):
-        return int(len(rows))
+        return Match(len(rows), len(rows))
     _, rival_best = _k_nearest(query.descriptors[rows], np.concatenate(rivals), 1)
-    return int(np.count_nonzero(distance < ratio * rival_best[:, 0]))
+    return Match(len(rows), int(np.count_nonzero(distance < ratio * rival_best[:, 0])))

@@ -198,13 +198,14 @@ def test_a_same_brand_sibling_does_not_settle_verification() -> None:
     The early exit of verification (`fast_inliers`) counts only such unambiguous inliers: it had
     settled on the embedding's top hit, a sibling, with 48-80 pairwise inliers.
     """
-    from shelfsight.edge_app.recognition.verify import count_inliers, unambiguous_inliers
+    from shelfsight.edge_app.recognition.verify import count_inliers, match_against
 
     query, ours, theirs, _ = _held_product_and_sibling()
     assert count_inliers(query, theirs) >= 100  # the shared design is a true planar match
-    assert unambiguous_inliers(query, theirs, [ours]) < 20
-    assert unambiguous_inliers(query, ours, [theirs]) >= 100
-    assert unambiguous_inliers(query, ours, []) == count_inliers(query, ours)
+    assert match_against(query, theirs, [ours]).unambiguous < 20
+    assert match_against(query, ours, [theirs]).unambiguous >= 100
+    assert match_against(query, ours, []).unambiguous == count_inliers(query, ours)
+    assert match_against(query, theirs, [ours]).inliers == count_inliers(query, theirs)
 
 
 def test_verification_tells_siblings_apart_and_keeps_colour_twins_verified() -> None:
