@@ -95,12 +95,20 @@ def with_distractors(catalog: Path, pool: list[Path], out: Path) -> Path:
     return out
 
 
-def distractor_pool(grocery: Path, grozi: Path | None, rendered: Path) -> list[Path]:
-    pool = [p for group in ("Fruit", "Vegetables") for p in iter_image_files(grocery / "train" / group)]
-    if grozi is not None:
-        pool += list(iter_image_files(grozi))
-    drawn = generate_sample_set(rendered, n_products=1000, refs_per_product=1, queries_per_product=0, seed=7)
-    return pool + list(iter_image_files(drawn.catalog_dir))
+def distractor_pool(grozi: Path | None, rendered: Path, size: int = 6216) -> list[Path]:
+    """`size` one-image products that are none of the Grocery Store's 81: GroZi-120 crops, then rendered packages.
+
+    Not the Grocery Store's own photos: each shows one of the catalog's products (its fruit and
+    vegetable photos are what the warped sets' apples and peppers are), so a query "losing" to one
+    of them under another id would be scored wrong for finding its own product.
+    """
+    pool = sorted(iter_image_files(grozi))[:size] if grozi is not None else []
+    if len(pool) < size:
+        drawn = generate_sample_set(
+            rendered, n_products=size - len(pool), refs_per_product=1, queries_per_product=0, seed=7
+        )
+        pool += sorted(iter_image_files(drawn.catalog_dir))
+    return pool
 
 
 def _label(ranker: PipelineRanker, product_id: str) -> str:
@@ -233,7 +241,7 @@ def main() -> int:
             )
             settings["iconic_warped_hard"] = (iconic, queries)
         if any(name.endswith("_5k") for name in wanted):
-            pool = distractor_pool(args.grocery, args.grozi, tmp / "rendered")
+            pool = distractor_pool(args.grozi, tmp / "rendered")
             crowded = with_distractors(iconic, pool, tmp / "iconic_5k")
             print(f"distractors: {len(pool)} one-image products", flush=True)
             settings["packages_iconic_5k"] = (crowded, settings["packages_iconic"][1])

@@ -49,7 +49,13 @@ from shelfsight.edge_app.core.features import LocalFeatures, extract_features, e
 from shelfsight.edge_app.core.images import fit_square
 from shelfsight.edge_app.core.vocabulary import Vocabulary
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
-from shelfsight.edge_app.recognition.verify import MIN_MATCHES, family_inliers, match_against, match_references
+from shelfsight.edge_app.recognition.verify import (
+    MIN_MATCHES,
+    family_inliers,
+    match_against,
+    match_references,
+    settles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +397,10 @@ class Recognizer(Generic[CatalogT]):
     def _settles(self, query: _Query, hits: list[Any], reference_id: str) -> dict[str, int] | None:
         """Inliers per product if the top hit's view `reference_id` alone settles verification, else None.
 
-        It settles when `fast_inliers` of its inliers are unambiguous: their query features match
-        no other candidate's view about as well (`match_against`). Such a match is never a
-        wrong product on the development sets, and checking it costs half the joint passes. A
+        It settles when `fast_inliers` of its inliers, and most of them, are unambiguous: their
+        query features match no other candidate's view about as well (`match_against`, `settles`).
+        Such a match is never a wrong product on the development sets, and checking it costs half
+        the joint passes. A
         count of the top hit's inliers alone is not enough: a same-brand sibling shares most of
         the design. Below the bar only the joint passes' counts are evidence. A settled match
         scores its own inliers, as the winner of the joint passes does (`family_inliers`).
@@ -407,7 +414,7 @@ class Recognizer(Generic[CatalogT]):
             f for h in hits[1:] if (f := self._reference_features(str(h.product_id), str(h.reference_id))) is not None
         ]
         match = match_against(query.features(first.version), first, others, cfg.ratio, cfg.ransac_px, cfg.min_coverage)
-        if match.unambiguous < cfg.fast_inliers:
+        if not settles(match, cfg.fast_inliers):
             return None
         return {**{str(h.product_id): 0 for h in hits}, top: match.inliers}
 
@@ -436,30 +443,23 @@ class Recognizer(Generic[CatalogT]):
     ) -> tuple[dict[str, int], int, list[Any]]:
         """Verification of both shortlists: (inliers per product, query keypoints, the candidates verified).
 
-        The embedding's top hit is tried alone first: when it settles verification, nothing the
-        word index could add would change the answer (its candidates would go unverified and rank
-        below), so the visual-word lookup (quantisation + inverted file, ~4 ms at 100k
-        references) is skipped.
+        The word index is asked before anything is settled: a product the embedding ranks
+        low but the words find is a rival the top hit must be checked against. Settling on
+        the embedding's shortlist alone let a same-brand sibling (Tropicana Golden Grapefruit
+        for Tropicana Apple, 70 inliers) win over the true product, which only the words had
+        found, among 6,216 distractor products.
         """
         if self.config.local_search and self._vocabulary() is not None:
             t = time.perf_counter()
             query.features(2)  # the word lookup and verification both use them: timed as the local stage
             timings["local"] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-        shortlist, _ = self._candidates(hits, [])
-        settled = self._settles(query, shortlist, shortlist[0].reference_id)
-        timings["verification"] = (time.perf_counter() - t) * 1000
-        if settled is not None:
-            return settled, query.count(), shortlist
-        before = timings["verification"]
         candidates, first_view = self._candidates(hits, self._local_shortlist(query, embedding, timings))
         top = candidates[0]
-        view = first_view.get(top.product_id)
         t = time.perf_counter()
-        inliers = self._settles(query, candidates, view) if view is not None and view != top.reference_id else None
+        inliers = self._settles(query, candidates, first_view.get(top.product_id, top.reference_id))
         if inliers is None:
             inliers = self._passes(query, candidates, first_view)
-        timings["verification"] = before + (time.perf_counter() - t) * 1000
+        timings["verification"] = (time.perf_counter() - t) * 1000
         return inliers, query.count(), candidates
 
     def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, str]]:

@@ -244,6 +244,17 @@ def count_inliers(
     return match_references(query, [reference], ratio, ransac_px, min_coverage)[0].inliers
 
 
+def settles(match: Match, fast_inliers: int) -> bool:
+    """Whether the top hit's own match (`match_against`) settles verification without the joint passes.
+
+    It needs `fast_inliers` unambiguous inliers, and they must be most of its inliers. A sibling
+    the query is not shares the design with the product it is, so most of its inliers are
+    ambiguous: Alpro Fresh Soy Milk reached 40 unambiguous of 127 inliers on a view of Alpro
+    Shelf Soy Milk, which has 239 (141 unambiguous); settling on the 40 answered the sibling.
+    """
+    return match.unambiguous >= fast_inliers and 2 * match.unambiguous >= match.inliers
+
+
 def match_against(
     query: LocalFeatures,
     reference: LocalFeatures,

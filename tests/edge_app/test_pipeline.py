@@ -208,6 +208,63 @@ def test_a_same_brand_sibling_does_not_settle_verification() -> None:
     assert match_against(query, theirs, [ours]).inliers == count_inliers(query, theirs)
 
 
+def test_settling_needs_most_inliers_unambiguous() -> None:
+    from shelfsight.edge_app.recognition.verify import Match, match_against, settles
+
+    query, ours, theirs, _ = _held_product_and_sibling()
+    assert settles(match_against(query, ours, []), 36)
+    # With a sibling sharing 60% of the design on the shortlist, neither settles: the joint passes
+    # decide (test_verification_tells_siblings_apart_and_keeps_colour_twins_verified).
+    assert not settles(match_against(query, theirs, [ours]), 36)
+    assert not settles(match_against(query, ours, [theirs]), 36)
+    # Measured: the sibling Alpro Fresh Soy Milk on a view of Alpro Shelf Soy Milk, and the product itself.
+    assert not settles(Match(127, 40), 36) and settles(Match(239, 141), 36)
+    assert not settles(Match(40, 35), 36)
+
+
+def test_the_word_index_is_asked_before_the_top_hit_settles(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding that ranks a same-brand sibling first, alone on its shortlist, and misses the product.
+
+    The sibling's match has no rival on that shortlist, so all of it looks unambiguous; only the
+    word index brings the product, against which it is not. The embedding is made to rank so by
+    replacing the catalog's search: the case is a real one (Tropicana Golden Grapefruit on a view
+    of Tropicana Apple among 6,216 distractor products), not one a tiny model reproduces on cue.
+    """
+    import cv2
+
+    from shelfsight.catalog.index import SearchHit
+    from shelfsight.catalog.ingest import ProductEntry, build_catalog
+    from shelfsight.catalog.store import Catalog
+    from shelfsight.edge_app.demo.samples import cluttered_background
+
+    rng = np.random.default_rng(3)
+    product = cluttered_background(rng, 480, 480)
+    sibling = product.copy()
+    sibling[300:] = cluttered_background(rng, 480, 480)[300:]
+    images = {"product": product, "sibling": sibling}
+    images.update({f"other{i}": cluttered_background(rng, 480, 480) for i in range(3)})
+    entries = []
+    for name, image in images.items():
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        entries.append(ProductEntry(name, {"name": name}, (path,)))
+    build_catalog(tmp_path / "c.db", embedder, entries)
+    corners = np.array([[0, 0], [479, 0], [479, 479], [0, 479]], np.float32)
+    tilted = np.array([[40, 30], [430, 60], [450, 440], [20, 470]], np.float32)
+    held = cv2.warpPerspective(product, cv2.getPerspectiveTransform(corners, tilted), (480, 480))
+    with Catalog(tmp_path / "c.db") as catalog:
+        sibling_ref = catalog.product("sibling")["references"][0]
+        monkeypatch.setattr(catalog, "search", lambda *a, **k: [SearchHit("sibling", 0.9, sibling_ref)])
+        config = RecognitionConfig(shortlist=1, unknown_threshold=0.5, accept_similarity=1.01)
+        everything = RoiConfig(x=0, y=0, width=1, height=1)
+        answer = Recognizer(embedder, catalog, config).recognize(held, roi=everything)
+        assert answer.decision == "product" and answer.product_id == "product"
+        alone = Recognizer(embedder, catalog, config.model_copy(update={"local_search": False}))
+        assert alone.recognize(held, roi=everything).product_id == "sibling"  # what settling alone answered
+
+
 def test_verification_tells_siblings_apart_and_keeps_colour_twins_verified() -> None:
     """A sibling with the same design loses the match to the product; a twin ORB cannot tell apart keeps it.
 
