@@ -54,6 +54,12 @@ from shelfsight.edge_app.core.clitools import domain_errors, progress_option, wa
     "--holdout", type=float, default=0.25, show_default=True, help="Share of products held out by --calibrate."
 )
 @click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    help="Rounds of --calibrate, each holding out another --holdout share of the products "
+    "(default: enough that every product is held out once).",
+)
+@click.option(
     "--store",
     "store_db",
     type=click.Path(dir_okay=False, exists=True),
@@ -61,7 +67,18 @@ from shelfsight.edge_app.core.clitools import domain_errors, progress_option, wa
 )
 @domain_errors
 def eval_command(
-    model, catalog_dir, queries_dir, json_out, report_dir, threads, progress, pipeline, calibrate, holdout, store_db
+    model,
+    catalog_dir,
+    queries_dir,
+    json_out,
+    report_dir,
+    threads,
+    progress,
+    pipeline,
+    calibrate,
+    holdout,
+    rounds,
+    store_db,
 ) -> None:
     """Rank each query's products by their best reference and report Recall@1/5, MAP@R, latency.
 
@@ -88,7 +105,13 @@ def eval_command(
         if calibrate:
             _calibrate(
                 run_calibration(
-                    embedder, catalog_dir, queries_dir, pipeline=pipeline, holdout=holdout, progress=progress
+                    embedder,
+                    catalog_dir,
+                    queries_dir,
+                    pipeline=pipeline,
+                    holdout=holdout,
+                    rounds=rounds,
+                    progress=progress,
                 ),
                 json_out,
                 store_db,
@@ -144,7 +167,8 @@ def _calibrate(calibration, json_out: str | None, store_db: str | None, embedder
     click.echo(
         f"threshold {calibration.threshold:.4f}  known products answered right {calibration.known_accept_rate:.4f}  "
         f"held-out products refused {calibration.unknown_reject_rate:.4f}  "
-        f"({calibration.known_queries} known / {calibration.unknown_queries} unknown queries, {calibration.pipeline})"
+        f"({calibration.known_queries} known / {calibration.unknown_queries} unknown queries over {calibration.rounds} rounds, "
+        f"{calibration.pipeline})"
     )
     _write_json(json_out, calibration.to_dict())
     if store_db:

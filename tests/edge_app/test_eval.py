@@ -168,6 +168,8 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
         "--calibrate",
         "--holdout",
         "0.34",
+        "--rounds",
+        "1",
         "--store",
         str(db),
         "--json",
@@ -176,6 +178,7 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
     assert cal.exit_code == 0, cal.output
     data = json.loads((tmp_path / "c.json").read_text())
     assert len(data["held_out_products"]) == 2 and data["unknown_queries"] == 4 and data["known_queries"] == 8
+    assert data["rounds"] == 1
     assert 0 <= data["unknown_reject_rate"] <= 1
     with Catalog(db) as catalog:
         assert float(catalog.get_meta(THRESHOLD_META_KEY)) == pytest.approx(data["threshold"])
@@ -190,6 +193,23 @@ def test_full_pipeline_eval_and_calibration_store_threshold(tiny_model: Path, tm
             assert full_kiosk.unknown_threshold == pytest.approx(data["threshold"])
             global_kiosk = Recognizer(embedder, catalog, RecognitionConfig(verify=False))
             assert global_kiosk.unknown_threshold == RecognitionConfig().default_unknown_threshold
+
+
+def test_calibration_holds_every_product_out_once_by_default(tiny_model: Path, tmp_path: Path):
+    from shelfsight.edge_app.demo.samples import generate_sample_set
+
+    samples = generate_sample_set(tmp_path / "samples", n_products=7, refs_per_product=1, queries_per_product=2)
+    common = ["eval", "--model", str(tiny_model), "--catalog", str(samples.catalog_dir)]
+    common += ["--queries", str(samples.queries_dir), "--no-progress", "--calibrate", "--holdout", "0.3"]
+    result = run(*common, "--json", str(tmp_path / "all.json"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "all.json").read_text())
+    # Groups of 2, the odd product joining the last: 3 rounds, each product unknown once, known in the others.
+    assert data["rounds"] == 3 and len(data["held_out_products"]) == 7
+    assert data["unknown_queries"] == 14 and data["known_queries"] == 7 * 2 * 2
+    assert "over 3 rounds" in result.output
+    refused = run(*common, "--rounds", "0")
+    assert refused.exit_code == 2 and "--rounds" in refused.output
 
 
 def test_choose_threshold_separates_scores():
