@@ -132,8 +132,8 @@ def calibrate(
 ) -> Calibration:
     """Hold some products out of the catalog and find the score that separates them from known ones.
 
-    The products are shuffled (by `seed`) and split into groups of `holdout` of them; each round
-    holds one group out and builds a catalog of the rest. `rounds=None` runs every group, so each
+    The products are shuffled (by `seed`) and split into 1 / `holdout` groups of near-equal size;
+    each round holds one group out and builds a catalog of the rest. `rounds=None` runs every group, so each
     product is unknown once and the threshold does not rest on which eight products one draw hid
     (on 31 packaged products at 90% of known queries right, one draw's share of held-out queries
     announced ranged from 0 to 25% over six seeds). Every round's queries are pooled before the threshold is chosen.
@@ -145,13 +145,11 @@ def calibrate(
     references = scan_folder(catalog_dir, "catalog")
     queries = scan_folder(queries_dir, "queries")
     products = sorted(set(references.products))
-    n_out = max(1, int(round(holdout * len(products))))
-    if n_out >= len(products):
+    if len(products) < 2:
         raise InputError("calibration needs at least two catalog products")
+    n_groups = min(len(products), max(2, int(round(1 / holdout))))
     order = np.random.default_rng(seed).permutation(len(products))
-    groups = [[products[i] for i in order[start : start + n_out]] for start in range(0, len(products), n_out)]
-    if len(groups) > 1 and len(groups[-1]) < n_out:  # the remainder joins the group before it
-        groups[-2].extend(groups.pop())
+    groups = [[products[i] for i in part] for part in np.array_split(order, n_groups)]  # sizes differ by 1 at most
     correct: list[float] = []  # known product, right first answer
     wrong: list[float] = []  # known product, wrong first answer
     unknown: list[float] = []  # held-out product

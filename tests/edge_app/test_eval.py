@@ -204,7 +204,7 @@ def test_calibration_holds_every_product_out_once_by_default(tiny_model: Path, t
     result = run(*common, "--json", str(tmp_path / "all.json"))
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "all.json").read_text())
-    # Groups of 2, the odd product joining the last: 3 rounds, each product unknown once, known in the others.
+    # 1 / 0.3 -> 3 groups (3, 2, 2 products): 3 rounds, each product unknown once, known in the others.
     assert data["rounds"] == 3 and len(data["held_out_products"]) == 7
     assert data["unknown_queries"] == 14 and data["known_queries"] == 7 * 2 * 2
     assert "over 3 rounds" in result.output
