@@ -13,7 +13,6 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Collection
 
 import numpy as np
 
@@ -155,7 +154,7 @@ def calibrate(
     unknown: list[float] = []  # held-out product
     everything_held: set[str] = set()
     for group in groups[: rounds or len(groups)]:
-        held_out: Collection[str] = set(group)
+        held_out = set(group)
         everything_held |= held_out
         known = LabelledImages(
             [p for p, label in zip(references.paths, references.products) if label not in held_out],
