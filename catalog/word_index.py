@@ -18,9 +18,10 @@ words (in range, sorted and unique per reference) and counts each word's
 references, the second sorts a chunk by word (uint16 keys, which numpy sorts by
 radix in linear time) and drops its reference numbers into each word's posting
 list. References index the words of their 400 strongest keypoints
-(`catalog.references`), ~390 distinct, so 100k references make ~39M uint32
-postings (~150 MB); the build takes ~2-3 s there, which is why a kiosk starts
-serving by embedding first (`Catalog.start_index`).
+(`catalog.references`), ~390 distinct, so 100k references make ~39M postings,
+2 bytes each (~78 MB; the low 16 bits of the reference number, see `WordIndex`); the
+build takes ~2-3 s there, which is why a kiosk starts serving by embedding first
+(`Catalog.start_index`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_FRACTION = 0.05
 _BUILD_CHUNK = 2048  # references per build pass: ~25 MB of temporaries
+_BLOCK = 2**16  # references per posting segment: a posting stores a reference number's low 16 bits
 MAX_WORDS_PER_REFERENCE = 4096  # one word per keypoint at most (core.features.MAX_KEYPOINTS)
 
 
@@ -95,19 +97,29 @@ class WordIndex:
         # one chunk's, never all 40M entries' at once. Pass 1 checks the words and counts each word's
         # references (no sort: a word appears once per reference); pass 2 sorts a chunk by word and
         # drops its owners into their slots.
+        # Postings hold the low 16 bits of each reference number (2 bytes, not 4: 78 MB instead of
+        # 156 MB at 100k references). A word's list is ascending, so it splits into one segment per
+        # block of 65,536 references, and a segment's block gives the high bits: `_starts` indexes
+        # segments, word w's block b being segment w * blocks + b. A build chunk never straddles a
+        # block (_BLOCK is a multiple of _BUILD_CHUNK), so each chunk fills one segment per word.
+        blocks = max(1, -(-self.n_references // _BLOCK))
+        self._blocks = blocks
         starts = range(0, self.n_references, _BUILD_CHUNK)
-        df = np.zeros(self.n_words, np.int64)
+        segment_df = np.zeros((self.n_words, blocks), np.int64)
         for start in starts:
-            df += np.bincount(self._checked_chunk(flat, offsets, start, names), minlength=self.n_words)
-        self._starts = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
-        self._postings = np.empty(int(self._starts[-1]), np.uint32)
-        filled = self._starts[:-1].copy()  # next free slot of each word's list
+            counts = np.bincount(self._checked_chunk(flat, offsets, start, names), minlength=self.n_words)
+            segment_df[:, start // _BLOCK] += counts
+        df = segment_df.sum(axis=1)
+        self._starts = np.concatenate([[0], np.cumsum(segment_df.ravel())]).astype(np.int64)
+        self._postings = np.empty(int(self._starts[-1]), np.uint16)
+        filled = self._starts[:-1].copy().reshape(self.n_words, blocks)  # next free slot of each segment
         with np.errstate(divide="ignore"):
             idf = np.where(df > 0, np.log(max(self.n_references, 1) / np.maximum(df, 1)), 0.0)
         self._weight = (idf**2).astype(np.float32)  # what one shared word adds to the dot product
         norms = np.zeros(self.n_references, np.float64)
         for start in starts:
             last = min(start + _BUILD_CHUNK, self.n_references)
+            block = start // _BLOCK
             chunk = flat[offsets[start] : offsets[last]]
             owners = np.repeat(np.arange(start, last, dtype=np.uint32), np.diff(offsets[start : last + 1]))
             # Each reference's words are one run of the chunk: its norm is a difference of running sums.
@@ -118,9 +130,10 @@ class WordIndex:
             sorted_words = chunk[order]
             counts = np.bincount(sorted_words, minlength=self.n_words)
             first_of_word = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            slots = filled[sorted_words] + (np.arange(len(order)) - first_of_word[sorted_words])
-            np.put(self._postings, slots, owners[order])  # put: ~40% faster than item assignment here
-            filled += counts
+            slots = filled[sorted_words, block] + (np.arange(len(order)) - first_of_word[sorted_words])
+            # put: ~40% faster than item assignment here
+            np.put(self._postings, slots, (owners[order] & 0xFFFF).astype(np.uint16))
+            filled[:, block] += counts
         empty = np.diff(offsets) == 0
         self._usable = (df > 0) & (df <= max(1.0, stop_fraction * self.n_references))
         self._inverse_norm = np.where(norms > 0, 1.0 / np.sqrt(np.maximum(norms, 1e-12)), 0.0).astype(np.float32)
@@ -176,15 +189,18 @@ class WordIndex:
         words = words[self._usable[words]]
         if len(words) == 0:
             return empty
-        starts, stops = self._starts[words], self._starts[words.astype(np.int64) + 1]
+        segments = (words.astype(np.int64)[:, None] * self._blocks + np.arange(self._blocks)).ravel()
+        starts, stops = self._starts[segments], self._starts[segments + 1]
         lengths = stops - starts
         total = int(lengths.sum())
         if total == 0:
             return empty
-        # One gather for every posting list: position j of list i is starts[i] + j.
+        # One gather for every segment: position j of segment i is starts[i] + j.
         offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        owners = self._postings[offsets + np.arange(total)]
-        weights = np.repeat(self._weight[words], lengths)
+        owners = self._postings[offsets + np.arange(total)].astype(np.int64)
+        if self._blocks > 1:
+            owners += np.repeat((segments % self._blocks) * _BLOCK, lengths)
+        weights = np.repeat(np.repeat(self._weight[words], self._blocks), lengths)
         scores = np.bincount(owners, weights=weights, minlength=self.n_references).astype(np.float32)
         query_norm = float(np.sqrt(self._weight[words].sum()))
         scores *= self._inverse_norm / max(query_norm, 1e-12)

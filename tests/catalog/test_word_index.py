@@ -52,3 +52,38 @@ def test_unsorted_or_repeated_stored_words_are_refused_naming_the_reference() ->
     # A reference ending low and the next starting high is fine: runs are checked per reference.
     index = WordIndex(np.array([9, 12, 1, 2], np.uint16), np.array([2, 0, 2]), 16)
     assert index.references_with_words == 2 and index.search(np.array([12]), 3).references.tolist() == [0]
+
+
+def _tf_idf(lists: list[np.ndarray], query: np.ndarray, n_words: int, stop_fraction: float) -> np.ndarray:
+    """The scores the module docstring defines, from flat (reference, word) pairs: the yardstick."""
+    unique = [np.unique(w) for w in lists]
+    words = np.concatenate(unique).astype(np.int64)
+    owners = np.repeat(np.arange(len(lists)), [len(w) for w in unique])
+    df = np.bincount(words, minlength=n_words).astype(float)
+    idf2 = np.where(df > 0, np.log(len(lists) / np.maximum(df, 1)), 0.0) ** 2
+    asked = np.zeros(n_words, bool)
+    asked[np.unique(query)] = True
+    asked &= (df > 0) & (df <= max(1.0, stop_fraction * len(lists)))
+    norms = np.sqrt(np.bincount(owners, weights=idf2[words], minlength=len(lists)))
+    shared = np.bincount(owners, weights=idf2[words] * asked[words], minlength=len(lists))
+    query_norm = np.sqrt(idf2[asked].sum())
+    return np.where(norms > 0, shared / np.maximum(norms, 1e-12) / max(query_norm, 1e-12), 0.0)
+
+
+def test_references_past_65536_keep_their_numbers_and_scores() -> None:
+    """Postings store a reference number's low 16 bits; its block of 65,536 references gives the rest."""
+    rng = np.random.default_rng(5)
+    n, n_words = 140_000, 4096  # three blocks, the last one partly filled
+    lengths = rng.integers(0, 12, n)
+    lists = np.split(rng.integers(0, 3900, int(lengths.sum())), np.cumsum(lengths)[:-1])
+    for special in (65_535, 65_536, 131_072, n - 1):
+        lists[special] = np.array([4000 + special % 7, 4090])  # words no one else has, but for 4090
+        lists[(special * 7) % 1000] = np.array([4090])
+    index = WordIndex.from_lists(lists, n_words)
+    for special in (65_535, 65_536, 131_072, n - 1):
+        query = np.array([4000 + special % 7, 4090, 17])
+        hits = index.search(query, 5)
+        expected = _tf_idf(lists, query, n_words, 0.05)
+        assert int(hits.references[0]) == special
+        np.testing.assert_allclose(hits.scores, np.sort(expected)[::-1][: len(hits)], rtol=1e-5)
+        assert set(hits.references.tolist()) <= set(np.flatnonzero(expected > 0).tolist())
