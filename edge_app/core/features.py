@@ -39,6 +39,7 @@ WORK_SIZE = 320  # version 1: side of the centre square
 LEGACY_FEATURES = 400  # version 1: features per image
 DEFAULT_FEATURES = 1000  # version 2
 FEATURE_SIDE = 640  # version 2: longest side of the work frame
+FAST_THRESHOLD = 20  # OpenCV's default: the references' corner detector threshold
 EXTRACTOR = "orb-whole-v2"  # names how reference features and their visual words were made
 DESCRIPTOR_BYTES = 32
 MAX_KEYPOINTS = 4096
@@ -68,8 +69,9 @@ class LocalFeatures:
         return float(self.frame[0] * self.frame[1])
 
 
-def _orb(gray: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    orb = cv2.ORB_create(nfeatures=int(n_features))  # type: ignore[attr-defined]  # missing from the cv2 stubs
+def _orb(gray: np.ndarray, n_features: int, fast_threshold: int = FAST_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    # ORB_create is missing from the cv2 stubs
+    orb = cv2.ORB_create(nfeatures=int(n_features), fastThreshold=int(fast_threshold))  # type: ignore[attr-defined]
     try:
         found, descriptors = orb.detectAndCompute(gray, None)
     except cv2.error as exc:
@@ -95,12 +97,21 @@ def work_frame(rgb: np.ndarray, side: int = FEATURE_SIDE) -> np.ndarray:
     return cv2.resize(gray, size, interpolation=interpolation)
 
 
-def extract_features(rgb: np.ndarray, n_features: int = DEFAULT_FEATURES, side: int = FEATURE_SIDE) -> LocalFeatures:
-    """Version 2 features of the whole image. K may be 0 (a plain box side, fruit); that is not an error."""
+def extract_features(
+    rgb: np.ndarray, n_features: int = DEFAULT_FEATURES, side: int = FEATURE_SIDE, fast_threshold: int = FAST_THRESHOLD
+) -> LocalFeatures:
+    """Version 2 features of the whole image. K may be 0 (a plain box side, fruit); that is not an error.
+
+    `fast_threshold` only decides which corners are candidates (ORB keeps the `n_features` with the
+    best Harris response among them); descriptors and scales are the same whatever it is, so a
+    query may use a lower one than its references were extracted with.
+    """
     if not 32 <= side <= MAX_FRAME_SIDE:
         raise ImageError(f"feature side {side} outside 32..{MAX_FRAME_SIDE}")
+    if not 1 <= fast_threshold <= 255:
+        raise ImageError(f"FAST threshold {fast_threshold} outside 1..255")
     gray = work_frame(rgb, side)
-    points, descriptors = _orb(gray, min(int(n_features), MAX_KEYPOINTS))
+    points, descriptors = _orb(gray, min(int(n_features), MAX_KEYPOINTS), fast_threshold)
     return LocalFeatures(points, descriptors, (int(gray.shape[1]), int(gray.shape[0])), 2)
 
 

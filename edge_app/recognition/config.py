@@ -55,6 +55,13 @@ class RecognitionConfig(StrictModel):
     )
     feature_side: int = Field(640, ge=64, le=4096, description="Longest side of the ROI when extracting local features")
     orb_features: int = Field(1000, ge=50, le=4096, description="ORB features extracted from the query")
+    query_fast_threshold: int = Field(
+        10,
+        ge=1,
+        le=255,
+        description="FAST corner threshold for the query's ORB features (references use 20): lower finds the "
+        "corners a blurred or dim view still has",
+    )
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
     unknown_threshold: float | None = Field(
         None, description="Score below which the answer is 'not in catalog'; None: the catalog's calibrated value"

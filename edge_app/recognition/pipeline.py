@@ -117,7 +117,8 @@ class _Query:
                 self.legacy = extract_legacy(self.roi)
             return self.legacy
         if self.current is None:
-            self.current = extract_features(self.roi, self.config.orb_features, self.config.feature_side)
+            cfg = self.config
+            self.current = extract_features(self.roi, cfg.orb_features, cfg.feature_side, cfg.query_fast_threshold)
         return self.current
 
     def count(self) -> int:

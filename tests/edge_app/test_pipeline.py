@@ -307,3 +307,21 @@ def test_both_matchers_verify_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     with_numpy = verify.match_references(query, [ours, theirs, twin])
     assert [m.inliers for m in with_numpy] == pytest.approx([m.inliers for m in with_faiss], abs=3)
     assert [m.unambiguous for m in with_numpy] == pytest.approx([m.unambiguous for m in with_faiss], abs=3)
+
+
+def test_a_lower_fast_threshold_finds_the_corners_of_a_blurred_view() -> None:
+    """The query's FAST threshold (10) finds corners a blurred view still has; 20 misses most of them."""
+    import cv2
+
+    from shelfsight.edge_app.core.features import extract_features
+    from shelfsight.edge_app.demo.samples import cluttered_background
+
+    sharp = cluttered_background(np.random.default_rng(4), 320, 320)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 2.0)
+    default, lower = (
+        len(extract_features(blurred, 1000, 640, t)) for t in (20, RecognitionConfig().query_fast_threshold)
+    )
+    assert len(extract_features(sharp, 1000, 640, 20)) > 700  # the sharp view has plenty at either
+    assert default > 20 and lower >= 3 * default and lower <= 1000  # measured: 71 and 269
+    with pytest.raises(ImageError):
+        extract_features(blurred, 1000, 640, 0)
