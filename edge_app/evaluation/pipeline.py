@@ -132,10 +132,11 @@ def calibrate(
     """Hold some products out of the catalog and find the score that separates them from known ones.
 
     The products are shuffled (by `seed`) and split into 1 / `holdout` groups of near-equal size;
-    each round holds one group out and builds a catalog of the rest. `rounds=None` runs every group, so each
-    product is unknown once and the threshold does not rest on which eight products one draw hid
-    (on 31 packaged products at 90% of known queries right, one draw's share of held-out queries
-    announced ranged from 0 to 25% over six seeds). Every round's queries are pooled before the threshold is chosen.
+    each round holds one group out and builds a catalog of the rest. `rounds=None` runs every
+    group, so each product is unknown once and the threshold does not rest on which eight
+    products one draw hid (on 31 packaged products at 90% of known queries right, one draw's
+    share of held-out queries announced ranged from 0 to 25% over six seeds). Every round's
+    queries are pooled before the threshold is chosen.
     """
     if not 0 < holdout < 1:
         raise InputError("--holdout must be between 0 and 1")
@@ -153,7 +154,8 @@ def calibrate(
     wrong: list[float] = []  # known product, wrong first answer
     unknown: list[float] = []  # held-out product
     everything_held: set[str] = set()
-    for group in groups[: rounds or len(groups)]:
+    chosen = groups[: rounds or len(groups)]
+    for group in chosen:
         held_out = set(group)
         everything_held |= held_out
         known = LabelledImages(
@@ -196,7 +198,7 @@ def calibrate(
         known_queries=known_queries,
         unknown_queries=len(unknown),
         held_out_products=sorted(everything_held),
-        rounds=min(rounds or len(groups), len(groups)),
+        rounds=len(chosen),
         pipeline=pipeline,
         curve=curve,
     )

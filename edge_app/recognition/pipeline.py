@@ -401,10 +401,10 @@ class Recognizer(Generic[CatalogT]):
         It settles when `fast_inliers` of its inliers, and most of them, are unambiguous: their
         query features match no other candidate's view about as well (`match_against`, `settles`).
         Such a match is never a wrong product on the development sets, and checking it costs half
-        the joint passes. A
-        count of the top hit's inliers alone is not enough: a same-brand sibling shares most of
-        the design. Below the bar only the joint passes' counts are evidence. A settled match
-        scores its own inliers, as the winner of the joint passes does (`family_inliers`).
+        the joint passes. A count of the top hit's inliers alone is not enough: a same-brand
+        sibling shares most of the design. Below the bar only the joint passes' counts are
+        evidence. A settled match scores its own inliers, as the winner of the joint passes does
+        (`family_inliers`).
         """
         cfg = self.config
         top = str(hits[0].product_id)
@@ -455,13 +455,8 @@ class Recognizer(Generic[CatalogT]):
             query.features(2)  # the word lookup and verification both use them: timed as the local stage
             timings["local"] = (time.perf_counter() - t) * 1000
         candidates, first_view = self._candidates(hits, self._local_shortlist(query, embedding, timings))
-        top = candidates[0]
-        t = time.perf_counter()
-        inliers = self._settles(query, candidates, first_view.get(top.product_id, top.reference_id))
-        if inliers is None:
-            inliers = self._passes(query, candidates, first_view)
-        timings["verification"] = (time.perf_counter() - t) * 1000
-        return inliers, query.count(), candidates
+        inliers, n_query = self._verify(query, candidates, timings, first_view=first_view)
+        return inliers, n_query, candidates
 
     def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, str]]:
         """The embedding's shortlist, then the word index's products it lacks; and, for products both
