@@ -294,6 +294,14 @@ def main() -> int:
                 f"({cal.known_queries} known / {cal.unknown_queries} unknown queries)",
                 flush=True,
             )
+            at_target = max((p for p in cal.curve if p[2] <= 0.05), key=lambda p: p[1], default=None)
+            out["calibration"]["best_at_5pct_announced"] = at_target
+            if at_target is not None:
+                print(
+                    f"  on the curve, at most 5% of held-out queries announced: threshold {at_target[0]:.4f}  "
+                    f"known answered right {at_target[1]:.4f}  held-out announced {at_target[2]:.4f}",
+                    flush=True,
+                )
     out["load_average_end"] = load_average()
 
     print(f"\n{'setting':15s} {'pipeline':15s} {'R@1':>7s} {'R@5':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'queries':>8s}")

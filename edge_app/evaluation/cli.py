@@ -60,6 +60,12 @@ from shelfsight.edge_app.core.clitools import domain_errors, progress_option, wa
     "(default: enough that every product is held out once).",
 )
 @click.option(
+    "--max-announced",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    help="With --calibrate: pick the loosest threshold that announces at most this share of held-out "
+    "products' queries as a product (e.g. 0.05), instead of the best right-minus-wrong balance.",
+)
+@click.option(
     "--store",
     "store_db",
     type=click.Path(dir_okay=False, exists=True),
@@ -78,6 +84,7 @@ def eval_command(
     calibrate,
     holdout,
     rounds,
+    max_announced,
     store_db,
 ) -> None:
     """Rank each query's products by their best reference and report Recall@1/5, MAP@R, latency.
@@ -87,6 +94,7 @@ def eval_command(
       shelfsight eval --model edge_app/assets/default_model.tflite \\
         --catalog data/iconic --queries data/val --json eval.json --report eval-report
       shelfsight eval --model M.tflite --catalog refs --queries photos --pipeline full --calibrate --store kiosk.db
+      shelfsight eval --model M.tflite --catalog refs --queries photos --pipeline full --calibrate --max-announced 0.05
     """
     progress = wants_progress(progress)
     if Path(model).is_dir():
@@ -100,6 +108,8 @@ def eval_command(
     with open_embedder(model, threads=threads) as embedder:
         if store_db and not calibrate:
             raise click.UsageError("--store writes the threshold --calibrate finds: give both")
+        if max_announced is not None and not calibrate:
+            raise click.UsageError("--max-announced chooses the threshold --calibrate finds: give both")
         if store_db:
             _check_store(store_db, embedder)  # before the minutes of calibration it would throw away
         if calibrate:
@@ -111,6 +121,7 @@ def eval_command(
                     pipeline=pipeline,
                     holdout=holdout,
                     rounds=rounds,
+                    max_announced=max_announced,
                     progress=progress,
                 ),
                 json_out,

@@ -117,6 +117,42 @@ def choose_threshold(correct_scores: np.ndarray, reject_scores: np.ndarray) -> t
     return best[1], best[2], best[3]
 
 
+def threshold_for_announced(correct_scores: np.ndarray, unknown_scores: np.ndarray, max_announced: float) -> float:
+    """The loosest threshold at which at most `max_announced` of the held-out queries reach it."""
+    finite = np.sort(unknown_scores[np.isfinite(unknown_scores)])[::-1]
+    allowed = int(np.floor(max_announced * len(unknown_scores) + 1e-9))  # queries that may be announced
+    if allowed >= len(finite):  # all of them may be: as loose as every known right answer needs
+        everything = np.concatenate([correct_scores[np.isfinite(correct_scores)], finite])
+        return float(everything.min()) if len(everything) else 0.0
+    # Just above the first held-out score that must be refused; ties there are refused too.
+    return float(np.nextafter(finite[allowed], np.inf))
+
+
+def trade_off(correct_scores: np.ndarray, unknown_scores: np.ndarray, known_queries: int) -> list[tuple[float, float, float]]:
+    """Every operating point: (threshold, known queries answered right, held-out queries announced).
+
+    One point just above each distinct held-out score, where the announced share drops, plus the
+    loosest threshold; loosest first. Between these points only the known share changes, so the
+    list is the whole trade-off, not a sample of it (quantile steps hid whether 5% announced at
+    90% right lay between two of them).
+    """
+    finite = unknown_scores[np.isfinite(unknown_scores)]
+    everything = np.concatenate([correct_scores, finite])
+    if not len(everything):
+        return []
+    steps = np.unique(np.concatenate([[everything.min()], np.nextafter(np.unique(finite), np.inf)]))
+    right = np.sort(correct_scores)
+    announced = np.sort(unknown_scores)
+    return [
+        (
+            round(float(t), 6),
+            round(float(len(right) - np.searchsorted(right, t, side="left")) / known_queries, 4),
+            round(float(len(announced) - np.searchsorted(announced, t, side="left")) / len(unknown_scores), 4),
+        )
+        for t in steps
+    ]
+
+
 def calibrate(
     embedder: Embedder,
     catalog_dir: str | Path,
@@ -126,6 +162,7 @@ def calibrate(
     holdout: float = 0.25,
     seed: int = 0,
     rounds: int | None = None,
+    max_announced: float | None = None,
     config: RecognitionConfig | None = None,
     progress: bool = False,
 ) -> Calibration:
@@ -137,9 +174,16 @@ def calibrate(
     products one draw hid (on 31 packaged products at 90% of known queries right, one draw's
     share of held-out queries announced ranged from 0 to 25% over six seeds). Every round's
     queries are pooled before the threshold is chosen.
+
+    The threshold maximises right answers minus answers that should have been refused
+    (`choose_threshold`), or, with `max_announced`, is the loosest one announcing at most that
+    share of held-out queries as a product (`threshold_for_announced`): a store that would
+    rather say "not in catalog" than name a sibling states it that way.
     """
     if not 0 < holdout < 1:
         raise InputError("--holdout must be between 0 and 1")
+    if max_announced is not None and not 0 <= max_announced < 1:
+        raise InputError("--max-announced must be at least 0 and below 1")
     if rounds is not None and rounds < 1:
         raise InputError("--rounds must be at least 1")
     references = scan_folder(catalog_dir, "catalog")
@@ -179,18 +223,11 @@ def calibrate(
     known_queries = len(correct) + len(wrong)
     if not unknown or not known_queries:
         raise InputError("calibration needs queries of both held-out and catalog products")
-    threshold, _, _ = choose_threshold(np.asarray(correct), np.asarray(wrong + unknown))
-    scores = np.asarray(correct + wrong + unknown)
-    finite = scores[np.isfinite(scores)]
-    steps = np.unique(np.quantile(finite, np.linspace(0, 1, 21))) if len(finite) else np.zeros(0)
-    curve = [
-        (
-            round(float(t), 4),
-            round(sum(s >= t for s in correct) / known_queries, 4),
-            round(sum(s >= t for s in unknown) / len(unknown), 4),
-        )
-        for t in steps
-    ]
+    if max_announced is None:
+        threshold, _, _ = choose_threshold(np.asarray(correct), np.asarray(wrong + unknown))
+    else:
+        threshold = threshold_for_announced(np.asarray(correct), np.asarray(unknown), max_announced)
+    curve = trade_off(np.asarray(correct), np.asarray(unknown), known_queries)
     return Calibration(
         threshold=threshold,
         known_accept_rate=sum(s >= threshold for s in correct) / known_queries,

@@ -208,8 +208,15 @@ def test_calibration_holds_every_product_out_once_by_default(tiny_model: Path, t
     assert data["rounds"] == 3 and len(data["held_out_products"]) == 7
     assert data["unknown_queries"] == 14 and data["known_queries"] == 7 * 2 * 2
     assert "over 3 rounds" in result.output
+    # the curve runs down to the threshold that announces no held-out query
+    assert data["curve"][-1][2] == 0.0 and data["curve"][0][2] > 0
+    strict = run(*common, "--max-announced", "0", "--json", str(tmp_path / "strict.json"))
+    assert strict.exit_code == 0, strict.output
+    assert json.loads((tmp_path / "strict.json").read_text())["unknown_reject_rate"] == 1.0
     refused = run(*common, "--rounds", "0")
     assert refused.exit_code == 2 and "--rounds" in refused.output
+    alone = run(*common[:-3], "--max-announced", "0.05")  # without --calibrate
+    assert alone.exit_code == 2 and "--max-announced" in alone.output
 
 
 def test_choose_threshold_separates_scores():
@@ -219,3 +226,38 @@ def test_choose_threshold_separates_scores():
 
     threshold, accept, false_accept = choose_threshold(np.array([0.9, 0.8, 0.85]), np.array([0.3, 0.5, 0.82]))
     assert 0.5 < threshold <= 0.8 and accept == 1.0 and false_accept == pytest.approx(1 / 3)
+
+
+def test_the_trade_off_lists_every_operating_point():
+    import numpy as np
+
+    from shelfsight.edge_app.evaluation.pipeline import trade_off
+
+    correct = np.array([1.0, 1.2, 1.4, 1.6])
+    unknown = np.array([0.5, 1.1, 1.3, -np.inf])
+    curve = trade_off(correct, unknown, known_queries=5)  # one known query answered wrong
+    thresholds = [t for t, _, _ in curve]
+    assert thresholds == sorted(thresholds) and thresholds[0] == 0.5
+    # loosest: every right answer and every finite held-out score accepted; the -inf one never is
+    assert curve[0][1:] == (0.8, 0.75)
+    # just above each held-out score the announced share drops by one query
+    assert [a for _, _, a in curve] == [0.75, 0.5, 0.25, 0.0]
+    assert [k for _, k, _ in curve] == [0.8, 0.8, 0.6, 0.4]
+
+
+def test_a_threshold_for_an_announced_share_refuses_enough_held_out_queries():
+    import numpy as np
+
+    from shelfsight.edge_app.evaluation.pipeline import threshold_for_announced
+
+    correct = np.array([0.9, 1.5, 1.7])
+    unknown = np.array([0.2, 1.0, 1.2, 1.2, 1.6])
+    at_most_one = threshold_for_announced(correct, unknown, 0.2)  # 1 of 5 may be announced
+    assert 1.2 < at_most_one < 1.6 and int(np.sum(unknown >= at_most_one)) == 1
+    # two may be announced, but the second and third tie: both are refused
+    at_most_two = threshold_for_announced(correct, unknown, 0.4)
+    assert at_most_two == at_most_one
+    assert threshold_for_announced(correct, unknown, 0.0) > 1.6
+    assert threshold_for_announced(correct, unknown, 0.99) == np.nextafter(0.2, np.inf)  # 4 of 5
+    # a held-out query nothing answered (-inf) is never announced: the one other may be
+    assert threshold_for_announced(correct, np.array([1.0, -np.inf]), 0.5) == 0.9
