@@ -36,6 +36,7 @@ from shelfsight.edge_app.core.features import extract_features  # noqa: E402
 from shelfsight.edge_app.core.images import fit_square, iter_image_files, load_rgb  # noqa: E402
 from shelfsight.edge_app.core.vocabulary import load_vocabulary  # noqa: E402
 from shelfsight.edge_app.demo.samples import generate_sample_set  # noqa: E402
+from shelfsight.edge_app.recognition.config import RecognitionConfig  # noqa: E402
 from shelfsight.edge_app.runtime.litert import LiteRTEmbedder  # noqa: E402
 
 
@@ -52,8 +53,10 @@ def main() -> None:
         samples = generate_sample_set(Path(tmp), n_products=12, refs_per_product=1, queries_per_product=5)
         frames = [load_rgb(p) for p in iter_image_files(samples.queries_dir)][: args.frames]
 
+    cfg = RecognitionConfig()  # the kiosk's query extraction (feature count, side, FAST threshold)
+
     def local_work(rgb: np.ndarray) -> int:
-        features = extract_features(rgb)
+        features = extract_features(rgb, cfg.orb_features, cfg.feature_side, cfg.query_fast_threshold)
         return len(vocabulary.quantize(features.descriptors))
 
     results = []
