@@ -99,10 +99,16 @@ def unit_vector(embedding: np.ndarray, dim: int | None) -> np.ndarray:
     return vector / norm
 
 
-# Words of a reference's strongest keypoints only: the inverted file holds one entry per distinct
+# Words of 400 of a reference's keypoints only: the inverted file holds one entry per distinct
 # word and reference, and at 100k references 1,000 keypoints' words (~900 distinct) made it 770 MB
 # of kiosk memory and an 11 s start; verification still uses all the keypoints.
 MAX_INDEXED_KEYPOINTS = 400
+# The 400 are the strongest of each cell of an 8 x 8 grid over the reference in turn, not the
+# strongest overall: those crowd onto the highest-contrast print (a logo, a black title), and a view
+# that shows the rest of the package (the top out of the frame, a hand over the logo) shared few
+# indexed words with it. On the hard warped printed products (seed 1), the word index's top 8 held
+# 70.7% of the views verifiable against their reference, 84.5% with the grid.
+INDEX_GRID = 8
 
 
 def bundled_vocabulary() -> Vocabulary:
@@ -116,7 +122,28 @@ def words_of(features: LocalFeatures, vocabulary: Vocabulary) -> bytes | None:
     """The stored words of a reference's features: None unless they are version 2 and not empty."""
     if features.version != 2 or len(features) == 0:
         return None
-    return encode_words(vocabulary.quantize(features.descriptors[:MAX_INDEXED_KEYPOINTS]))
+    return encode_words(vocabulary.quantize(features.descriptors[indexed_keypoints(features)]))
+
+
+def indexed_keypoints(features: LocalFeatures, limit: int = MAX_INDEXED_KEYPOINTS, grid: int = INDEX_GRID) -> np.ndarray:
+    """Which keypoints' words the inverted file indexes: round-robin over grid cells, strongest first.
+
+    Keypoints are stored strongest first, so a cell's j-th keypoint is its j-th strongest; the
+    first `limit` by (j, strength) take every cell's strongest, then every cell's second, and so on.
+    Sorted indices into `features`.
+    """
+    n = len(features)
+    if n <= limit:
+        return np.arange(n)
+    width, height = features.frame
+    column = np.clip((features.points[:, 0] * grid / max(width, 1)).astype(np.int64), 0, grid - 1)
+    row = np.clip((features.points[:, 1] * grid / max(height, 1)).astype(np.int64), 0, grid - 1)
+    cell = row * grid + column
+    by_cell = np.argsort(cell, kind="stable")  # strongest first within each cell
+    first = np.searchsorted(cell[by_cell], cell[by_cell], side="left")
+    rank = np.empty(n, np.int64)
+    rank[by_cell] = np.arange(n) - first
+    return np.sort(np.lexsort((np.arange(n), rank))[:limit])
 
 
 def words_for(keypoints: bytes | None, vocabulary: Vocabulary | None, name: str = "reference") -> bytes | None:

@@ -87,3 +87,34 @@ def test_references_past_65536_keep_their_numbers_and_scores() -> None:
         assert int(hits.references[0]) == special
         np.testing.assert_allclose(hits.scores, np.sort(expected)[::-1][: len(hits)], rtol=1e-5)
         assert set(hits.references.tolist()) <= set(np.flatnonzero(expected > 0).tolist())
+
+
+def test_indexed_keypoints_cover_the_whole_reference_not_only_its_boldest_print() -> None:
+    """A package whose top is bold print and the rest faint: the faint part's keypoints are indexed too.
+
+    The strongest 400 keypoints all sat on the bold top, so a view of the rest (the top out of the
+    frame, a hand over the logo) shared few indexed words with its reference.
+    """
+    import cv2
+
+    from shelfsight.catalog.references import MAX_INDEXED_KEYPOINTS, indexed_keypoints
+    from shelfsight.edge_app.core.features import extract_features
+
+    blocks = np.random.default_rng(5).integers(0, 256, (80, 60, 3)).astype(np.uint8)
+    package = cv2.resize(blocks, (480, 640), interpolation=cv2.INTER_NEAREST)
+    faint = package[160:].astype(np.float32)
+    package[160:] = np.clip((faint - 128) * 0.6 + 128, 0, 255).astype(np.uint8)
+    features = extract_features(package, 1000, 640)
+    assert len(features) > MAX_INDEXED_KEYPOINTS
+    chosen = indexed_keypoints(features)
+    assert len(chosen) == MAX_INDEXED_KEYPOINTS and np.all(np.diff(chosen) > 0)
+    below = features.points[:, 1] > 160
+    assert below[:MAX_INDEXED_KEYPOINTS].sum() < 0.25 * below.sum()  # the strongest overall: the top
+    assert below[chosen].sum() == below.sum()  # the faint part has few keypoints: all of them are kept
+    # Within a cell the strongest (stored first) are the ones kept.
+    cell = (features.points[:, 1] // 80).astype(int) * 8 + (features.points[:, 0] // 60).astype(int)
+    for c in np.unique(cell):
+        mine = np.flatnonzero(cell == c)
+        assert np.array_equal(np.intersect1d(mine, chosen), mine[: len(np.intersect1d(mine, chosen))])
+    few = extract_features(package[:100], 300, 320)
+    assert np.array_equal(indexed_keypoints(few), np.arange(len(few)))  # under the limit: every keypoint
