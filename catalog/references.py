@@ -125,7 +125,9 @@ def words_of(features: LocalFeatures, vocabulary: Vocabulary) -> bytes | None:
     return encode_words(vocabulary.quantize(features.descriptors[indexed_keypoints(features)]))
 
 
-def indexed_keypoints(features: LocalFeatures, limit: int = MAX_INDEXED_KEYPOINTS, grid: int = INDEX_GRID) -> np.ndarray:
+def indexed_keypoints(
+    features: LocalFeatures, limit: int = MAX_INDEXED_KEYPOINTS, grid: int = INDEX_GRID
+) -> np.ndarray:
     """Which keypoints' words the inverted file indexes: round-robin over grid cells, strongest first.
 
     Keypoints are stored strongest first, so a cell's j-th keypoint is its j-th strongest; the

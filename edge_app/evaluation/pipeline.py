@@ -128,7 +128,9 @@ def threshold_for_announced(correct_scores: np.ndarray, unknown_scores: np.ndarr
     return float(np.nextafter(finite[allowed], np.inf))
 
 
-def trade_off(correct_scores: np.ndarray, unknown_scores: np.ndarray, known_queries: int) -> list[tuple[float, float, float]]:
+def trade_off(
+    correct_scores: np.ndarray, unknown_scores: np.ndarray, known_queries: int
+) -> list[tuple[float, float, float]]:
     """Every operating point: (threshold, known queries answered right, held-out queries announced).
 
     One point just above each distinct held-out score, where the announced share drops, plus the

@@ -152,12 +152,8 @@ class Match(NamedTuple):
 
 
 # Neighbours searched per query feature in the union of the candidates' descriptors: enough to find
-# a reference's own second nearest behind the copies of a feature the other candidates share. A
-# product line's design on the whole shortlist (5 embedding + 8 word candidates) puts up to 13
-# copies first. With 4, three colour variants on the shortlist left every one of them unverified,
-# and 5 of 93 printed products' hard views lost a match they had alone (bench_pipeline, seed 1).
-# 16 costs 17% more than 4 in the search (1,000 x 13,000 descriptors, faiss).
-_NEIGHBOURS = 16
+# each candidate's own two nearest where it matters (a feature of two siblings, a repeated pattern).
+_NEIGHBOURS = 4
 
 
 def match_references(
