@@ -48,8 +48,14 @@ def _homography_inliers(
     All False when there is none, or when its inliers are too bunched to identify a design.
     """
     none = np.zeros(len(src), bool)
+    # MAGSAC++ (OpenCV's USAC framework) rather than classic RANSAC: its SPRT test drops a bad
+    # hypothesis after a few points, so a wrong candidate (most of those verified) no longer costs
+    # all 500 iterations. On 2,479 match sets of hard warped views against every printed iconic
+    # reference (seed 1) it took 0.11 ms per call where cv2.RANSAC took 4.9 ms in the same run,
+    # and found 20+ inliers on 24 of 31 own references where RANSAC found them on 23 (27 wrong
+    # references reached 20, RANSAC 28). Both are deterministic (fixed seeds inside OpenCV).
     homography, mask = cv2.findHomography(
-        src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC, ransac_px, maxIters=500, confidence=0.99
+        src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.USAC_MAGSAC, ransac_px, maxIters=500, confidence=0.99
     )
     if homography is None or mask is None or not _plausible(homography):
         return none
