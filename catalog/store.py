@@ -566,6 +566,19 @@ class Catalog:
         """The stored JPEG of a reference's prepared square image (None if it was stored without one)."""
         return self._cell("reference_images", "image_jpeg", reference_id)
 
+    def reference_embedding(self, reference_id: str) -> np.ndarray:
+        """A reference's embedding as stored (float32, dequantised from its int8 codes); CatalogError if none."""
+        with self.reading():
+            row = self.db.execute(
+                "SELECT embedding, scale, dim FROM reference_images WHERE id = ?", [reference_id]
+            ).fetchone()
+        if row is None:
+            raise CatalogError(f"no reference {reference_id!r} in {self.name}")
+        codes, scale, dim = row
+        if not isinstance(codes, bytes) or len(codes) != dim:
+            raise CatalogError(f"{self.name}: reference {reference_id!r} has a damaged embedding")
+        return np.frombuffer(codes, np.int8).astype(np.float32) * np.float32(scale)
+
     def references(self) -> list[dict[str, Any]]:
         """id, product_id, source, phash, local for every reference, sorted by id."""
         with self.reading():

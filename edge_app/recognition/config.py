@@ -63,6 +63,14 @@ class RecognitionConfig(StrictModel):
         "corners a blurred or dim view still has",
     )
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
+    align: bool = Field(
+        True,
+        description="Embed the query again, rectified onto each verified candidate's reference by its homography, "
+        "and score with that similarity where it is higher (one interpreter invoke per candidate aligned)",
+    )
+    align_candidates: int = Field(
+        2, ge=1, le=10, description="Verified candidates aligned, best first (each costs one interpreter invoke)"
+    )
     unknown_threshold: float | None = Field(
         None, description="Score below which the answer is 'not in catalog'; None: the catalog's calibrated value"
     )

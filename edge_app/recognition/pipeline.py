@@ -16,7 +16,11 @@ Verification then decides between them on geometry.
 Scores. Each shortlisted product gets `score = similarity + g`, where the
 cosine similarity comes from the global embedding and `g = n / (n + min_inliers)`
 is a geometric bonus in [0.5, 1) when the best reference has n >= min_inliers
-RANSAC inliers (0 otherwise). A verified product therefore always outranks an
+RANSAC inliers (0 otherwise). For the best verified candidates the similarity is
+the higher of that and the aligned similarity (`align`): the query rectified
+onto the verified reference by its homography and embedded again, which lines a
+true match up with its reference and leaves a same-brand sibling, or a product
+the catalog lacks, unlike it. A verified product therefore always outranks an
 unverified one, and one threshold on the top score (calibrated by
 `shelfsight eval --calibrate`, stored in the catalog as "unknown_threshold")
 separates catalog products from unknown ones. With `require_verification`
@@ -48,9 +52,11 @@ from shelfsight.edge_app.core.errors import CatalogError, ImageError
 from shelfsight.edge_app.core.features import LocalFeatures, extract_features, extract_legacy
 from shelfsight.edge_app.core.images import fit_square
 from shelfsight.edge_app.core.vocabulary import Vocabulary
+from shelfsight.edge_app.recognition.align import aligned_similarity
 from shelfsight.edge_app.recognition.config import RecognitionConfig, RoiConfig
 from shelfsight.edge_app.recognition.verify import (
     MIN_MATCHES,
+    Match,
     family_inliers,
     match_against,
     match_references,
@@ -90,6 +96,7 @@ class CatalogLike(Protocol):
     def index(self) -> WordSearch: ...
     def vocabulary(self) -> Vocabulary | None: ...
     def features(self, reference_id: str) -> LocalFeatures: ...
+    def reference_embedding(self, reference_id: str) -> np.ndarray: ...
     def product(self, product_id: str) -> dict[str, Any]: ...
     def get_meta(self, key: str) -> Any: ...
 
@@ -100,6 +107,20 @@ class _Hit(NamedTuple):
     product_id: str
     score: float
     reference_id: str
+
+
+class _View(NamedTuple):
+    """The reference view that gave a product its inliers, and how it matched."""
+
+    reference_id: str
+    features: LocalFeatures
+    match: Match
+
+
+class _Verified(NamedTuple):
+    inliers: dict[str, int]  # per candidate product, as scored (`family_inliers`)
+    n_query: int  # query keypoints
+    views: dict[str, _View]  # the best view of each product with inliers
 
 
 @dataclass
@@ -130,13 +151,14 @@ class _Query:
 @dataclass(frozen=True)
 class Candidate:
     product_id: str
-    similarity: float
+    similarity: float  # the global embeddings' cosine
     inliers: int
     score: float
     confidence: float
     verified: bool
     reference_id: str = ""
     name: str = ""
+    aligned_similarity: float | None = None  # the rectified query's cosine to the verified view (`align`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -266,7 +288,7 @@ class Recognizer(Generic[CatalogT]):
         return {
             "model": self.embedder.fingerprint,
             "vocabulary": vocabulary.fingerprint if local and vocabulary is not None else None,
-            "pipeline": "full" if self.config.verify else "global",
+            "pipeline": ("full-aligned" if self.config.align else "full") if self.config.verify else "global",
         }
 
     def _stored_threshold(self) -> float:
@@ -356,28 +378,29 @@ class Recognizer(Generic[CatalogT]):
             log.warning("cannot verify %s against %s: %s", product_id, reference_id, exc)
             return None
 
-    def _inliers(self, query: _Query, references: list[LocalFeatures]) -> list[int]:
-        """Inliers of each reference, each matched with the query features of its own extractor version."""
+    def _inliers(self, query: _Query, references: list[LocalFeatures]) -> list[tuple[int, Match]]:
+        """Scored inliers and match of each reference, each matched with the query features of its own extractor version."""
         cfg = self.config
-        counts = [0] * len(references)
+        counts = [(0, Match(0, 0))] * len(references)
         for version in sorted({r.version for r in references}):
             mine = [i for i, r in enumerate(references) if r.version == version]
             found = match_references(
                 query.features(version), [references[i] for i in mine], cfg.ratio, cfg.ransac_px, cfg.min_coverage
             )
-            for i, n in zip(mine, family_inliers(found, cfg.min_inliers)):
-                counts[i] = n
+            for i, n, match in zip(mine, family_inliers(found, cfg.min_inliers), found):
+                counts[i] = (n, match)
         return counts
 
     def verify_shortlist(
         self, roi: np.ndarray, hits: list[Any], timings: dict[str, float]
     ) -> tuple[dict[str, int], int]:
         """Inliers per product of an embedding shortlist, and the query's keypoint count (benchmarks use it)."""
-        return self._verify(_Query(roi, self.config), hits[: self.config.shortlist], timings)
+        verified = self._verify(_Query(roi, self.config), hits[: self.config.shortlist], timings)
+        return verified.inliers, verified.n_query
 
     def _verify(
         self, query: _Query, hits: list[Any], timings: dict[str, float], *, first_view: dict[str, str] | None = None
-    ) -> tuple[dict[str, int], int]:
+    ) -> _Verified:
         """Inliers per candidate product.
 
         Fast path: the top hit's best view alone (`_settles`). Otherwise pass j
@@ -389,13 +412,14 @@ class Recognizer(Generic[CatalogT]):
         t = time.perf_counter()
         first_view = first_view or {}
         top = hits[0]
-        inliers = self._settles(query, hits, first_view.get(top.product_id, str(top.reference_id)))
-        if inliers is None:
-            inliers = self._passes(query, hits, first_view)
+        settled = self._settles(query, hits, first_view.get(top.product_id, str(top.reference_id)))
+        inliers, views = settled if settled is not None else self._passes(query, hits, first_view)
         timings["verification"] = (time.perf_counter() - t) * 1000
-        return inliers, query.count()
+        return _Verified(inliers, query.count(), views)
 
-    def _settles(self, query: _Query, hits: list[Any], reference_id: str) -> dict[str, int] | None:
+    def _settles(
+        self, query: _Query, hits: list[Any], reference_id: str
+    ) -> tuple[dict[str, int], dict[str, _View]] | None:
         """Inliers per product if the top hit's view `reference_id` alone settles verification, else None.
 
         It settles when `fast_inliers` of its inliers, and most of them, are unambiguous: their
@@ -417,32 +441,37 @@ class Recognizer(Generic[CatalogT]):
         match = match_against(query.features(first.version), first, others, cfg.ratio, cfg.ransac_px, cfg.min_coverage)
         if not settles(match, cfg.fast_inliers):
             return None
-        return {**{str(h.product_id): 0 for h in hits}, top: match.inliers}
+        return {**{str(h.product_id): 0 for h in hits}, top: match.inliers}, {top: _View(reference_id, first, match)}
 
-    def _passes(self, query: _Query, hits: list[Any], first_view: dict[str, str]) -> dict[str, int]:
+    def _passes(
+        self, query: _Query, hits: list[Any], first_view: dict[str, str]
+    ) -> tuple[dict[str, int], dict[str, _View]]:
         cfg = self.config
         inliers = {h.product_id: 0 for h in hits}
+        views: dict[str, _View] = {}
         tried = {h.product_id: self._views(h, first_view.get(h.product_id)) for h in hits}
         for j in range(cfg.max_references):
             if j > 0 and any(n >= cfg.min_inliers for n in inliers.values()):
                 break
             loaded = [
-                (pid, f)
+                (pid, refs[j], f)
                 for pid, refs in tried.items()
                 if len(refs) > j
                 if (f := self._reference_features(pid, refs[j])) is not None
             ]
             if not loaded:
                 break
-            counts = self._inliers(query, [f for _, f in loaded])
-            for (pid, _), n in zip(loaded, counts):
-                inliers[pid] = max(inliers[pid], n)
-        return inliers
+            counts = self._inliers(query, [f for _, _, f in loaded])
+            for (pid, reference_id, features), (n, match) in zip(loaded, counts):
+                if n > inliers[pid]:
+                    inliers[pid] = n
+                    views[pid] = _View(reference_id, features, match)
+        return inliers, views
 
     def _verify_both(
         self, query: _Query, hits: list[Any], embedding: np.ndarray, timings: dict[str, float]
-    ) -> tuple[dict[str, int], int, list[Any]]:
-        """Verification of both shortlists: (inliers per product, query keypoints, the candidates verified).
+    ) -> tuple[_Verified, list[Any]]:
+        """Verification of both shortlists: what it found, and the candidates verified.
 
         The word index is asked before anything is settled: a product the embedding ranks
         low but the words find is a rival the top hit must be checked against. Settling on
@@ -455,8 +484,43 @@ class Recognizer(Generic[CatalogT]):
             query.features(2)  # the word lookup and verification both use them: timed as the local stage
             timings["local"] = (time.perf_counter() - t) * 1000
         candidates, first_view = self._candidates(hits, self._local_shortlist(query, embedding, timings))
-        inliers, n_query = self._verify(query, candidates, timings, first_view=first_view)
-        return inliers, n_query, candidates
+        return self._verify(query, candidates, timings, first_view=first_view), candidates
+
+    def _align(
+        self, query: _Query, hits: list[Any], verified: _Verified, timings: dict[str, float]
+    ) -> dict[str, float]:
+        """Aligned similarity (`align`) of the best `align_candidates` verified candidates, by score."""
+        cfg = self.config
+        if not cfg.align:
+            return {}
+        t = time.perf_counter()
+        scored = [
+            (float(h.score) + geometric_bonus(verified.inliers.get(h.product_id, 0), cfg.min_inliers), h.product_id)
+            for h in hits
+            if verified.inliers.get(h.product_id, 0) >= cfg.min_inliers and h.product_id in verified.views
+        ]
+        aligned: dict[str, float] = {}
+        for _, product_id in sorted(scored, reverse=True)[: cfg.align_candidates]:
+            view = verified.views[product_id]
+            if view.match.homography is None:
+                continue
+            try:
+                reference_embedding = self.catalog.reference_embedding(view.reference_id)
+            except CatalogError as exc:
+                log.warning("cannot align %s on %s: %s", product_id, view.reference_id, exc)
+                continue
+            similarity = aligned_similarity(
+                self.embedder,
+                query.roi,
+                query.features(view.features.version),
+                view.features,
+                view.match.homography,
+                reference_embedding,
+            )
+            if similarity is not None:
+                aligned[product_id] = similarity
+        timings["verification"] += (time.perf_counter() - t) * 1000
+        return aligned
 
     def _candidates(self, hits: list[Any], word_hits: list[Any]) -> tuple[list[Any], dict[str, str]]:
         """The embedding's shortlist, then the word index's products it lacks; and, for products both
@@ -482,8 +546,13 @@ class Recognizer(Generic[CatalogT]):
         others = [r for r in self._product_data(hit.product_id).get("references", []) if r not in lead]
         return [*lead, *others]
 
-    def _rank(self, hits: list[Any], inliers: dict[str, int] | None) -> list[Candidate]:
-        """Candidates best first. `inliers` is None when verification did not run."""
+    def _rank(
+        self, hits: list[Any], inliers: dict[str, int] | None, aligned: dict[str, float] | None = None
+    ) -> list[Candidate]:
+        """Candidates best first. `inliers` is None when verification did not run.
+
+        A candidate with an aligned similarity scores with it where it beats the global one.
+        """
         cfg = self.config
         threshold = self.unknown_threshold
         candidates = []
@@ -491,7 +560,8 @@ class Recognizer(Generic[CatalogT]):
             n = (inliers or {}).get(hit.product_id, 0)
             bonus = geometric_bonus(n, cfg.min_inliers)
             similarity = float(hit.score)
-            score = similarity + bonus
+            lined_up = (aligned or {}).get(hit.product_id)
+            score = max(similarity, lined_up if lined_up is not None else similarity) + bonus
             if inliers is not None and cfg.require_verification and bonus == 0 and similarity < cfg.accept_similarity:
                 score -= 1.0  # looked at and not confirmed: below every verified or near-certain candidate
             candidates.append(
@@ -504,6 +574,7 @@ class Recognizer(Generic[CatalogT]):
                     verified=bonus > 0,
                     reference_id=str(hit.reference_id),
                     name=str(self._product_data(str(hit.product_id)).get("name", "")),
+                    aligned_similarity=lined_up,
                 )
             )
         candidates.sort(key=lambda c: c.score, reverse=True)
@@ -521,14 +592,17 @@ class Recognizer(Generic[CatalogT]):
             return _Outcome(True, [], timings)
         embedding, hits = self._shortlist(square, max(k, self.config.shortlist, self.config.top_k), timings)
         inliers: dict[str, int] | None = None
+        aligned: dict[str, float] = {}
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
             query = _Query(crop, self.config)
-            inliers, n_query, candidates = self._verify_both(query, hits, embedding, timings)
+            verified, candidates = self._verify_both(query, hits, embedding, timings)
+            inliers, n_query = verified.inliers, verified.n_query
+            aligned = self._align(query, candidates, verified, timings)
             listed = {c.product_id for c in candidates}
             hits = candidates + [h for h in hits if str(h.product_id) not in listed]
         t = time.perf_counter()
-        ranked = self._rank(hits, inliers)
+        ranked = self._rank(hits, inliers, aligned)
         timings["decision"] = (time.perf_counter() - t) * 1000
         top_score = ranked[0].score if ranked else 0.0
         # Hardly any corners and nothing convincing: a bare wall or table, not an unknown product.

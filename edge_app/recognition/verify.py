@@ -42,12 +42,13 @@ def _plausible(h: np.ndarray) -> bool:
 
 def _homography_inliers(
     src: np.ndarray, dst: np.ndarray, ransac_px: float, min_coverage: float, area: float
-) -> np.ndarray:
-    """Which of the matches (reference points `src`, query points `dst`) are inliers of a plausible homography.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which of the matches (reference points `src`, query points `dst`) are inliers of a plausible
+    homography, and that homography (reference work frame -> query work frame).
 
-    All False when there is none, or when its inliers are too bunched to identify a design.
+    All False and None when there is none, or when its inliers are too bunched to identify a design.
     """
-    none = np.zeros(len(src), bool)
+    none = np.zeros(len(src), bool), None
     # Classic RANSAC, not MAGSAC++ (cv2.USAC_MAGSAC): that one is ~45x faster per call (0.11 vs 4.9 ms
     # over 2,479 match sets) but finds more inliers on same-brand siblings too, so a product the
     # catalog lacks verifies as its sibling more often. With <= 5% of held-out printed products'
@@ -63,7 +64,7 @@ def _homography_inliers(
     # Inliers bunched in one corner (a shared barcode, a common small print) do not identify a design.
     if len(inlier_points) < 3 or cv2.contourArea(cv2.convexHull(inlier_points)) < min_coverage * area:
         return none
-    return keep
+    return keep, homography
 
 
 _ROWS_PER_CHUNK = 32  # query rows per pass: keeps the temporaries in cache, ~2x faster than one big pass
@@ -154,6 +155,7 @@ class Match(NamedTuple):
 
     inliers: int  # RANSAC inliers of the matches that pass the ratio test among this reference's own features
     unambiguous: int  # those of them whose feature no other reference matches about as well
+    homography: np.ndarray | None = None  # reference work frame -> query work frame, when there are inliers
 
 
 # Neighbours searched per query feature in the union of the candidates' descriptors: enough to find
@@ -208,9 +210,12 @@ def match_references(
         if len(keep) < MIN_MATCHES:
             continue
         train = labels[keep, first[keep]]
-        inlier = _homography_inliers(points[train], query.points[keep], ransac_px, min_coverage, references[i].area)
+        inlier, homography = _homography_inliers(
+            points[train], query.points[keep], ransac_px, min_coverage, references[i].area
+        )
         leading = keep[inlier]
-        found[i] = Match(int(inlier.sum()), int(np.count_nonzero((first[leading] == 0) & alone[leading])))
+        unambiguous = int(np.count_nonzero((first[leading] == 0) & alone[leading]))
+        found[i] = Match(int(inlier.sum()), unambiguous, homography)
     return found
 
 
@@ -283,12 +288,12 @@ def match_against(
     good, distance = _ratio_matches_with_distance(query.descriptors, reference.descriptors, ratio)
     if len(good) < MIN_MATCHES:
         return Match(0, 0)
-    keep = _homography_inliers(
+    keep, homography = _homography_inliers(
         reference.points[good[:, 1]], query.points[good[:, 0]], ransac_px, min_coverage, reference.area
     )
     rows, distance = good[keep, 0], distance[keep]
     rivals = [o.descriptors for o in others if len(o) and o.version == query.version]
     if not rivals or not len(rows):
-        return Match(len(rows), len(rows))
+        return Match(len(rows), len(rows), homography)
     _, rival_best = _k_nearest(query.descriptors[rows], np.concatenate(rivals), 1)
-    return Match(len(rows), int(np.count_nonzero(distance < ratio * rival_best[:, 0])))
+    return Match(len(rows), int(np.count_nonzero(distance < ratio * rival_best[:, 0])), homography)

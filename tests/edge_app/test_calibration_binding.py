@@ -67,7 +67,11 @@ def test_reembed_clears_the_old_models_threshold(tmp_path: Path, tiny_model: Pat
 
 @pytest.mark.parametrize(
     ("calibrated_for", "runs"),
-    [({"pipeline": "full"}, RecognitionConfig(verify=False)), ({"model": "another"}, RecognitionConfig())],
+    [
+        ({"pipeline": "full"}, RecognitionConfig(verify=False)),
+        ({"pipeline": "full"}, RecognitionConfig()),  # calibrated before aligned similarity: another scale
+        ({"model": "another"}, RecognitionConfig()),
+    ],
 )
 def test_a_mismatch_at_start_is_a_warning_and_the_safe_default(
     tmp_path: Path,
