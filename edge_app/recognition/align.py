@@ -25,14 +25,15 @@ import cv2
 import numpy as np
 
 from shelfsight.edge_app.core.embedder import Embedder
-from shelfsight.edge_app.core.features import LocalFeatures
+from shelfsight.edge_app.core.features import FEATURE_SIDE, LocalFeatures
 from shelfsight.edge_app.core.images import fit_square
 
 log = logging.getLogger(__name__)
 
 
 def rectify(roi: np.ndarray, query: LocalFeatures, reference: LocalFeatures, homography: np.ndarray) -> np.ndarray:
-    """The region of interest warped onto the reference's work frame (RGB, the frame's size).
+    """The region of interest warped onto the reference's work frame (RGB, the frame's size, at
+    most FEATURE_SIDE on its longest side).
 
     `homography` maps reference work-frame points to query work-frame points (`verify.Match`);
     both feature sets must be version 2 (the whole image, aspect kept), whose work frame is the
@@ -41,9 +42,12 @@ def rectify(roi: np.ndarray, query: LocalFeatures, reference: LocalFeatures, hom
     partly out of view lacks does not read as a black band.
     """
     height, width = roi.shape[:2]
+    # A synced catalog may hold frames up to MAX_FRAME_SIDE; the embedder sees a few hundred pixels.
+    shrink = min(1.0, FEATURE_SIDE / max(reference.frame))
+    size = (max(1, round(reference.frame[0] * shrink)), max(1, round(reference.frame[1] * shrink)))
     to_roi = np.diag([width / query.frame[0], height / query.frame[1], 1.0]) @ homography
+    to_roi = to_roi @ np.diag([1.0 / shrink, 1.0 / shrink, 1.0])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # to_roi maps output pixels to region pixels
-    size = (int(reference.frame[0]), int(reference.frame[1]))
     return cv2.warpPerspective(np.ascontiguousarray(roi), to_roi, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -46,6 +46,14 @@ def test_rectify_undoes_the_warp_between_the_reference_and_the_query_region() ->
     assert error < 6.0 < unaligned, (error, unaligned)
 
 
+def test_a_huge_reference_frame_is_rectified_at_the_work_frame_size() -> None:
+    roi = _texture(320, 320)
+    back = rectify(roi, _frame(640, 640), _frame(4096, 2048), np.diag([640 / 4096, 640 / 4096, 1.0]))
+    assert back.shape == (320, 640, 3)  # not 2048 x 4096: the embedder sees a few hundred pixels
+    error = np.abs(back[20:300, 20:620].astype(np.int16) - cv2.resize(roi, (640, 640))[20:300, 20:620]).mean()
+    assert error < 6.0
+
+
 def test_legacy_centre_square_features_are_not_aligned(embedder: Embedder) -> None:
     roi = _texture(320, 320)
     similarity = aligned_similarity(
