@@ -63,6 +63,11 @@ class RecognitionConfig(StrictModel):
         "corners a blurred or dim view still has",
     )
     max_references: int = Field(3, ge=1, description="Reference views tried per shortlisted product")
+    overlap_local: bool = Field(
+        True,
+        description="Extract the query's local features on a second thread while the embedding runs (both release "
+        "the GIL; bench_concurrency.py times it against doing one after the other)",
+    )
     align: bool = Field(
         True,
         description="Embed the query again, rectified onto each verified candidate's reference by its homography, "

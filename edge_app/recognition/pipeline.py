@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -131,6 +132,15 @@ class _Query:
     config: RecognitionConfig
     current: LocalFeatures | None = None
     legacy: LocalFeatures | None = None
+    pending: Future[LocalFeatures] | None = None  # version 2 extraction started on another thread
+
+    def start(self, executor: ThreadPoolExecutor) -> None:
+        """Extract the version 2 features on `executor`'s thread; `features(2)` waits for them."""
+        self.pending = executor.submit(self._extract)
+
+    def _extract(self) -> LocalFeatures:
+        cfg = self.config
+        return extract_features(self.roi, cfg.orb_features, cfg.feature_side, cfg.query_fast_threshold)
 
     def features(self, version: int) -> LocalFeatures:
         if version == 1:
@@ -138,8 +148,7 @@ class _Query:
                 self.legacy = extract_legacy(self.roi)
             return self.legacy
         if self.current is None:
-            cfg = self.config
-            self.current = extract_features(self.roi, cfg.orb_features, cfg.feature_side, cfg.query_fast_threshold)
+            self.current = self.pending.result() if self.pending is not None else self._extract()
         return self.current
 
     def count(self) -> int:
@@ -254,6 +263,7 @@ class Recognizer(Generic[CatalogT]):
         self._threshold: float | None = None
         self._seen_version: int | None = None
         self._vocabulary_cache: tuple[int | None, Vocabulary | None] | None = None
+        self._local_thread: ThreadPoolExecutor | None = None  # made on first use (`overlap_local`)
 
     # ------------------------------------------------------------------ catalog-derived state
 
@@ -353,6 +363,17 @@ class Recognizer(Generic[CatalogT]):
                 hits = list(index.search_words(words, cfg.local_shortlist, embedding))
         timings["local"] += (time.perf_counter() - t) * 1000
         return hits
+
+    def _overlaps_local(self) -> bool:
+        """Whether this frame's local features are started beside the invoke (they are wasted only
+        when the embedding alone settles the frame, which `accept_similarity` keeps rare)."""
+        cfg = self.config
+        return cfg.overlap_local and cfg.verify and cfg.local_search and self._vocabulary() is not None
+
+    def _local_executor(self) -> ThreadPoolExecutor:
+        if self._local_thread is None:
+            self._local_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelfsight-local")
+        return self._local_thread
 
     def _vocabulary(self) -> Vocabulary | None:
         if self._vocabulary_cache is None or self._vocabulary_cache[0] != self._seen_version:
@@ -590,12 +611,15 @@ class Recognizer(Generic[CatalogT]):
         timings["preprocess"] = (time.perf_counter() - t) * 1000
         if is_flat:
             return _Outcome(True, [], timings)
+        query = _Query(crop, self.config)
+        if self._overlaps_local():
+            # Both release the GIL: ORB runs on the second core while the interpreter invokes.
+            query.start(self._local_executor())
         embedding, hits = self._shortlist(square, max(k, self.config.shortlist, self.config.top_k), timings)
         inliers: dict[str, int] | None = None
         aligned: dict[str, float] = {}
         n_query = MIN_MATCHES
         if self._needs_verification(hits):
-            query = _Query(crop, self.config)
             verified, candidates = self._verify_both(query, hits, embedding, timings)
             inliers, n_query = verified.inliers, verified.n_query
             aligned = self._align(query, candidates, verified, timings)

@@ -325,3 +325,37 @@ def test_a_lower_fast_threshold_finds_the_corners_of_a_blurred_view() -> None:
     assert default > 20 and lower >= 3 * default and lower <= 1000  # measured: 71 and 269
     with pytest.raises(ImageError):
         extract_features(blurred, 1000, 640, 0)
+
+
+def test_local_features_overlap_the_invoke_and_change_nothing(
+    sample_set: SampleSet,
+    sample_catalog: Any,
+    embedder: Embedder,
+    full_config: RecognitionConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from shelfsight.edge_app.recognition import pipeline
+
+    threads: list[str] = []
+    extract = pipeline.extract_features
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "extract_features", recording)
+    overlapped = Recognizer(embedder, sample_catalog, full_config)
+    in_turn = Recognizer(embedder, sample_catalog, full_config.model_copy(update={"overlap_local": False}))
+    for _, path in queries(sample_set)[:6]:
+        rgb = load_rgb(path)
+        threads.clear()
+        first = overlapped.recognize(rgb)
+        assert threads == ["shelfsight-local_0"]  # once per frame, on the worker thread
+        threads.clear()
+        second = in_turn.recognize(rgb)
+        assert threads == [threading.current_thread().name]
+        assert [(c.product_id, c.inliers, round(c.score, 6)) for c in first.candidates] == [
+            (c.product_id, c.inliers, round(c.score, 6)) for c in second.candidates
+        ]
