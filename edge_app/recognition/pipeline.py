@@ -510,27 +510,42 @@ class Recognizer(Generic[CatalogT]):
     def _align(
         self, query: _Query, hits: list[Any], verified: _Verified, timings: dict[str, float]
     ) -> dict[str, float]:
-        """Aligned similarity (`align`) of the best `align_candidates` verified candidates, by score."""
+        """Aligned similarity (`align`) of the best `align_candidates` verified candidates, by score.
+
+        Nothing is aligned when the top verified candidate already clears the "not in catalog"
+        threshold and no rival, even with a perfect aligned similarity (1.0), could pass it; a
+        runner-up is skipped when it could not pass an aligned candidate's score. Either way the
+        answer is the one aligning everything would give (only the winner's confidence may be
+        lower), and each skip saves an interpreter invoke.
+        """
         cfg = self.config
         if not cfg.align:
             return {}
         t = time.perf_counter()
-        scored = [
-            (float(h.score) + geometric_bonus(verified.inliers.get(h.product_id, 0), cfg.min_inliers), h.product_id)
+        verified_hits = [
+            (float(h.score), geometric_bonus(verified.inliers.get(h.product_id, 0), cfg.min_inliers), h.product_id)
             for h in hits
-            if verified.inliers.get(h.product_id, 0) >= cfg.min_inliers and h.product_id in verified.views
+            if h.product_id in verified.views
         ]
+        best_first = sorted((c for c in verified_hits if c[1] > 0), key=lambda c: c[0] + c[1], reverse=True)
         aligned: dict[str, float] = {}
-        for _, product_id in sorted(scored, reverse=True)[: cfg.align_candidates]:
+        if best_first:
+            top = best_first[0][0] + best_first[0][1]
+            if top >= self.unknown_threshold and all(1.0 + bonus <= top for _, bonus, _ in best_first[1:]):
+                # Aligning only raises scores: the top is announced and no rival could pass it anyway.
+                timings["verification"] += (time.perf_counter() - t) * 1000
+                return aligned
+        leader = -np.inf  # the best score an aligned candidate has reached
+        for similarity, bonus, product_id in best_first[: cfg.align_candidates]:
             view = verified.views[product_id]
-            if view.match.homography is None:
-                continue
+            if view.match.homography is None or leader >= 1.0 + bonus:
+                continue  # even a perfect aligned similarity could not take the lead: save the invoke
             try:
                 reference_embedding = self.catalog.reference_embedding(view.reference_id)
             except CatalogError as exc:
                 log.warning("cannot align %s on %s: %s", product_id, view.reference_id, exc)
                 continue
-            similarity = aligned_similarity(
+            lined_up = aligned_similarity(
                 self.embedder,
                 query.roi,
                 query.features(view.features.version),
@@ -538,8 +553,9 @@ class Recognizer(Generic[CatalogT]):
                 view.match.homography,
                 reference_embedding,
             )
-            if similarity is not None:
-                aligned[product_id] = similarity
+            if lined_up is not None:
+                aligned[product_id] = lined_up
+                leader = max(leader, max(similarity, lined_up) + bonus)
         timings["verification"] += (time.perf_counter() - t) * 1000
         return aligned
 

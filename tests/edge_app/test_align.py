@@ -82,8 +82,9 @@ def test_verified_candidates_score_with_the_aligned_similarity(
     sample_set: SampleSet, pixel_catalog: tuple[Embedder, Any], full_config: RecognitionConfig
 ) -> None:
     pixels, catalog = pixel_catalog
-    aligned = Recognizer(pixels, catalog, full_config)
-    plain = Recognizer(pixels, catalog, full_config.model_copy(update={"align": False}))
+    unclear = full_config.model_copy(update={"unknown_threshold": 3.0})  # no score clears it: everything aligns
+    aligned = Recognizer(pixels, catalog, unclear)
+    plain = Recognizer(pixels, catalog, unclear.model_copy(update={"align": False}))
     paths = list(iter_image_files(sample_set.queries_dir))
     lifted = looked_at = 0
     for path in paths:
@@ -104,6 +105,25 @@ def test_verified_candidates_score_with_the_aligned_similarity(
     assert lifted >= 0.75 * looked_at, (lifted, looked_at)
 
 
+def test_a_clear_winner_is_not_aligned_and_wins_all_the_same(
+    sample_set: SampleSet, pixel_catalog: tuple[Embedder, Any], full_config: RecognitionConfig
+) -> None:
+    pixels, catalog = pixel_catalog
+    clear = Recognizer(pixels, catalog, full_config)  # threshold 0.5: any verified top clears it
+    everything = Recognizer(pixels, catalog, full_config.model_copy(update={"unknown_threshold": 3.0}))
+    skipped = 0
+    for path in iter_image_files(sample_set.queries_dir):
+        rgb = load_rgb(path)
+        quick, full = clear.recognize(rgb), everything.recognize(rgb)
+        assert quick.candidates[0].product_id == full.candidates[0].product_id
+        top = quick.candidates[0]
+        rivals = [c for c in quick.candidates[1:] if c.verified]
+        if top.verified and all(1.0 + c.score - c.similarity <= top.score for c in rivals):
+            assert all(c.aligned_similarity is None for c in quick.candidates)
+            skipped += 1
+    assert skipped  # the rule fired on some of the views
+
+
 def test_aligning_costs_no_more_invokes_than_align_candidates(
     sample_set: SampleSet, sample_catalog: Any, embedder: Embedder, full_config: RecognitionConfig
 ) -> None:
@@ -116,7 +136,7 @@ def test_aligning_costs_no_more_invokes_than_align_candidates(
             calls.append(len(images))
             return embedder.embed_batch(images)
 
-    config = full_config.model_copy(update={"align_candidates": 1})
+    config = full_config.model_copy(update={"align_candidates": 1, "unknown_threshold": 3.0})
     recognizer = Recognizer(Counting(), sample_catalog, config)
     for path in list(iter_image_files(sample_set.queries_dir))[:6]:
         calls.clear()
