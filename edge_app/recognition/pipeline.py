@@ -508,7 +508,7 @@ class Recognizer(Generic[CatalogT]):
         return self._verify(query, candidates, timings, first_view=first_view), candidates
 
     def _align(
-        self, query: _Query, hits: list[Any], verified: _Verified, timings: dict[str, float]
+        self, query: _Query, hits: list[Any], verified: _Verified, timings: dict[str, float], *, every: bool = False
     ) -> dict[str, float]:
         """Aligned similarity (`align`) of the best `align_candidates` verified candidates, by score.
 
@@ -516,7 +516,9 @@ class Recognizer(Generic[CatalogT]):
         threshold and no rival, even with a perfect aligned similarity (1.0), could pass it; a
         runner-up is skipped when it could not pass an aligned candidate's score. Either way the
         answer is the one aligning everything would give (only the winner's confidence may be
-        lower), and each skip saves an interpreter invoke.
+        lower), and each skip saves an interpreter invoke. `every` aligns the best `align_candidates`
+        regardless: `rank` reports scores, and calibration must see the ones an aligned kiosk
+        compares with its threshold.
         """
         cfg = self.config
         if not cfg.align:
@@ -529,7 +531,7 @@ class Recognizer(Generic[CatalogT]):
         ]
         best_first = sorted((c for c in verified_hits if c[1] > 0), key=lambda c: c[0] + c[1], reverse=True)
         aligned: dict[str, float] = {}
-        if best_first:
+        if best_first and not every:
             top = best_first[0][0] + best_first[0][1]
             if top >= self.unknown_threshold and all(1.0 + bonus <= top for _, bonus, _ in best_first[1:]):
                 # Aligning only raises scores: the top is announced and no rival could pass it anyway.
@@ -538,7 +540,7 @@ class Recognizer(Generic[CatalogT]):
         leader = -np.inf  # the best score an aligned candidate has reached
         for similarity, bonus, product_id in best_first[: cfg.align_candidates]:
             view = verified.views[product_id]
-            if view.match.homography is None or leader >= 1.0 + bonus:
+            if view.match.homography is None or (leader >= 1.0 + bonus and not every):
                 continue  # even a perfect aligned similarity could not take the lead: save the invoke
             try:
                 reference_embedding = self.catalog.reference_embedding(view.reference_id)
@@ -617,7 +619,7 @@ class Recognizer(Generic[CatalogT]):
         candidates.sort(key=lambda c: c.score, reverse=True)
         return candidates
 
-    def _evaluate(self, rgb: np.ndarray, k: int, roi: RoiConfig | None) -> _Outcome:
+    def _evaluate(self, rgb: np.ndarray, k: int, roi: RoiConfig | None, *, every_score: bool = False) -> _Outcome:
         self._refresh()
         timings = dict.fromkeys(STAGES, 0.0)
         t = time.perf_counter()
@@ -638,7 +640,7 @@ class Recognizer(Generic[CatalogT]):
         if self._needs_verification(hits):
             verified, candidates = self._verify_both(query, hits, embedding, timings)
             inliers, n_query = verified.inliers, verified.n_query
-            aligned = self._align(query, candidates, verified, timings)
+            aligned = self._align(query, candidates, verified, timings, every=every_score)
             listed = {c.product_id for c in candidates}
             hits = candidates + [h for h in hits if str(h.product_id) not in listed]
         t = time.perf_counter()
@@ -652,8 +654,12 @@ class Recognizer(Generic[CatalogT]):
     # ------------------------------------------------------------------ public API
 
     def rank(self, rgb: np.ndarray, k: int = 5, *, roi: RoiConfig | None = None) -> list[tuple[str, float]]:
-        """The k best products for an image with their pipeline scores (used by `shelfsight eval`)."""
-        return [(c.product_id, c.score) for c in self._evaluate(rgb, k, roi).ranked[:k]]
+        """The k best products for an image with their pipeline scores (used by `shelfsight eval`).
+
+        Every score is computed in full (no alignment skipped), so a calibration sees the scores a
+        kiosk compares with its threshold; `recognize` gives the same winner.
+        """
+        return [(c.product_id, c.score) for c in self._evaluate(rgb, k, roi, every_score=True).ranked[:k]]
 
     def recognize(self, rgb: np.ndarray, *, roi: RoiConfig | None = None, k: int | None = None) -> Recognition:
         """Recognise the product in the region of interest (`roi` overrides the configured one).

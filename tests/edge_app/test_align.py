@@ -116,6 +116,8 @@ def test_a_clear_winner_is_not_aligned_and_wins_all_the_same(
         rgb = load_rgb(path)
         quick, full = clear.recognize(rgb), everything.recognize(rgb)
         assert quick.candidates[0].product_id == full.candidates[0].product_id
+        # eval's ranking never skips: its scores are the ones calibration must see
+        assert clear.rank(rgb, k=1) == [(full.candidates[0].product_id, pytest.approx(full.candidates[0].score))]
         top = quick.candidates[0]
         rivals = [c for c in quick.candidates[1:] if c.verified]
         if top.verified and all(1.0 + c.score - c.similarity <= top.score for c in rivals):
