@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
@@ -33,8 +36,8 @@ def test_rectify_undoes_the_warp_between_the_reference_and_the_query_region() ->
     reference = _texture(640, 480)  # the reference's work frame (landscape, as a box side would be)
     # Reference work frame -> query work frame (640 x 640): tilted, smaller, off centre.
     homography = cv2.getPerspectiveTransform(
-        np.float32([[0, 0], [640, 0], [640, 480], [0, 480]]),
-        np.float32([[120, 90], [560, 140], [530, 500], [90, 470]]),
+        np.array([[0, 0], [640, 0], [640, 480], [0, 480]], np.float32),
+        np.array([[120, 90], [560, 140], [530, 500], [90, 470]], np.float32),
     )
     query_work = cv2.warpPerspective(reference, homography, (640, 640), flags=cv2.INTER_LINEAR)
     roi = cv2.resize(query_work, (400, 400), interpolation=cv2.INTER_AREA)  # the region is not work-frame sized
@@ -155,3 +158,28 @@ def test_a_reference_embedding_is_read_back_as_stored(sample_catalog: Any, embed
     assert hit.reference_id == reference_id and hit.score == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(CatalogError, match="no reference"):
         sample_catalog.reference_embedding("no-such-reference")
+
+
+def test_a_damaged_reference_embedding_is_logged_and_recognition_goes_on(
+    tmp_path: Path,
+    sample_set: SampleSet,
+    sample_catalog: Any,
+    embedder: Embedder,
+    full_config: RecognitionConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shelfsight.catalog.store import Catalog
+
+    unclear = full_config.model_copy(update={"unknown_threshold": 3.0})  # so that every verified top is aligned
+    with Catalog(tmp_path / "kiosk.db") as catalog:
+        catalog.replace_with_snapshot(json.loads(json.dumps(sample_catalog.export_snapshot())))
+        recognizer = Recognizer(embedder, catalog, unclear)
+        path = next(iter(iter_image_files(sample_set.queries_dir)))
+        before = recognizer.recognize(load_rgb(path)).candidates[0]
+        assert before.verified and before.aligned_similarity is not None
+        # Damaged after the index was built: the search still works, the stored row does not.
+        catalog.db.execute("UPDATE reference_images SET embedding = x'00'")
+        with caplog.at_level(logging.WARNING, logger="shelfsight.edge_app.recognition.pipeline"):
+            after = recognizer.recognize(load_rgb(path)).candidates[0]
+        assert after.product_id == before.product_id and after.verified and after.aligned_similarity is None
+        assert "cannot align" in caplog.text and "damaged embedding" in caplog.text
