@@ -19,16 +19,12 @@ verified candidates, the best `align_candidates` of them.
 
 from __future__ import annotations
 
-import logging
-
 import cv2
 import numpy as np
 
 from shelfsight.edge_app.core.embedder import Embedder
 from shelfsight.edge_app.core.features import FEATURE_SIDE, LocalFeatures
 from shelfsight.edge_app.core.images import fit_square
-
-log = logging.getLogger(__name__)
 
 
 def rectify(roi: np.ndarray, query: LocalFeatures, reference: LocalFeatures, homography: np.ndarray) -> np.ndarray:

@@ -364,11 +364,14 @@ class Recognizer(Generic[CatalogT]):
         timings["local"] += (time.perf_counter() - t) * 1000
         return hits
 
+    def _searches_words(self) -> bool:
+        """Whether verification also asks the visual-word index (on, and the catalog has a vocabulary)."""
+        return self.config.local_search and self._vocabulary() is not None
+
     def _overlaps_local(self) -> bool:
         """Whether this frame's local features are started beside the invoke (they are wasted only
         when the embedding alone settles the frame, which `accept_similarity` keeps rare)."""
-        cfg = self.config
-        return cfg.overlap_local and cfg.verify and cfg.local_search and self._vocabulary() is not None
+        return self.config.overlap_local and self.config.verify and self._searches_words()
 
     def _local_executor(self) -> ThreadPoolExecutor:
         if self._local_thread is None:
@@ -500,7 +503,7 @@ class Recognizer(Generic[CatalogT]):
         for Tropicana Apple, 70 inliers) win over the true product, which only the words had
         found, among 6,216 distractor products.
         """
-        if self.config.local_search and self._vocabulary() is not None:
+        if self._searches_words():
             t = time.perf_counter()
             query.features(2)  # the word lookup and verification both use them: timed as the local stage
             timings["local"] = (time.perf_counter() - t) * 1000
@@ -525,18 +528,17 @@ class Recognizer(Generic[CatalogT]):
             return {}
         t = time.perf_counter()
         verified_hits = [
-            (float(h.score), geometric_bonus(verified.inliers.get(h.product_id, 0), cfg.min_inliers), h.product_id)
+            (float(h.score), bonus, h.product_id)
             for h in hits
             if h.product_id in verified.views
+            and (bonus := geometric_bonus(verified.inliers.get(h.product_id, 0), cfg.min_inliers)) > 0
         ]
-        best_first = sorted((c for c in verified_hits if c[1] > 0), key=lambda c: c[0] + c[1], reverse=True)
-        aligned: dict[str, float] = {}
+        best_first = sorted(verified_hits, key=lambda c: c[0] + c[1], reverse=True)
         if best_first and not every:
             top = best_first[0][0] + best_first[0][1]
             if top >= self.unknown_threshold and all(1.0 + bonus <= top for _, bonus, _ in best_first[1:]):
-                # Aligning only raises scores: the top is announced and no rival could pass it anyway.
-                timings["verification"] += (time.perf_counter() - t) * 1000
-                return aligned
+                best_first = []  # aligning only raises scores: the top is announced, no rival could pass it
+        aligned: dict[str, float] = {}
         leader = -np.inf  # the best score an aligned candidate has reached
         for similarity, bonus, product_id in best_first[: cfg.align_candidates]:
             view = verified.views[product_id]
