@@ -55,7 +55,8 @@ def _homography_inliers(
     # product the catalog lacks verify as its sibling more often until aligned similarity
     # (`align`) separated them: with it, at <= 5% of held-out printed products' queries announced,
     # known queries right 99.3 / 97.1 / 98.9% with RANSAC and 100 / 97.8 / 99.3% with MAGSAC++
-    # (packages_warped_clean, dev seeds 1-3); hard warped views 0.572 -> 0.580, GroZi p50 54 -> 34 ms.
+    # (packages_warped_clean, dev seeds 1-3); hard warped views 0.572 -> 0.580, GroZi query p50 54 -> 34 ms
+    # (bench_pipeline runs one after the other on one host, not one process).
     homography, mask = cv2.findHomography(
         src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.USAC_MAGSAC, ransac_px, maxIters=500, confidence=0.99
     )
